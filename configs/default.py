@@ -1,0 +1,93 @@
+"""The paper's model on MIMIC-CXR (Klug, Sutter, Vogt, MIDL 2021; SPEC §2–5).
+
+Prepare the dataset once (credentialed MIMIC-CXR-JPG + reports in MANUAL_DIR; see README):
+  python main.py --config=configs/default.py --workdir=runs/mimic \
+      --config.data.manual_dir=MANUAL_DIR
+Sizes: 128 px, 128 tokens, vocabulary from the data (about 2,900 words), latent 512,
+59.2 M parameters, 4.5 GFLOP per example forward. 150 epochs of ~61.7k studies at batch 200
+is ~46k steps: about a day on one A100/H100-class GPU, hours on a TPU pod slice.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.data = data = ml_collections.ConfigDict()
+  data.name = "mimic_cxr/paper"           # tfds name/config; 'mimic_cxr/all_studies' adds
+  data.data_dir = config_dict.placeholder(str)  # incomplete studies. None: tfds default dir.
+  data.manual_dir = config_dict.placeholder(str)  # MIMIC-CXR-JPG + reports (credentialed).
+  data.modalities = ("frontal", "lateral", "text")
+  data.image_size = 128
+  data.text_length = 128
+  data.require_complete = True            # the paper trains on complete F+L+T studies only
+  data.train_split = "train"
+  data.eval_split = "validation"
+  data.test_split = "test"
+
+  config.model = model = ml_collections.ConfigDict()
+  model.latent_dim = 512
+  model.image_encoder_widths = (64, 128, 192, 256, 320, 320)
+  model.image_decoder_widths = (320, 256, 192, 128, 64, 64)
+  model.text_encoder_widths = (128, 256, 384, 512, 512, 512, 640)
+  model.text_decoder_widths = (640, 640, 640, 640, 512, 512, 128)
+  model.dropout = 0.5
+  model.variant = "mopoe"                 # 'mopoe' | 'poe' | 'moe'
+  model.prior_expert = "full_set"         # 'none' | 'full_set' | 'all'
+  model.assignment = "slice"              # 'slice' (reference) | 'random'
+  model.logvar_bound = config_dict.placeholder(float)  # None: unbounded, as the reference
+  model.text_padding_index = 0            # reference: nn.Embedding(padding_idx=0) (<exc>)
+  model.compute_dtype = "float32"         # or 'bfloat16' (params and loss stay float32)
+  model.rec_weights = (1 / 3, 1 / 3, 1 / 3)
+  model.beta = 1.0
+  model.image_scale = 0.75                # Laplace scale of the image likelihood
+  model.mask_text_padding = False         # reference: the text loss covers <pad> too
+
+  config.train = train = ml_collections.ConfigDict()
+  train.seed = 0
+  train.batch_size = 200                  # global batch, split over all devices
+  train.num_epochs = 150.0
+  train.num_steps = config_dict.placeholder(int)  # overrides num_epochs when set
+  train.learning_rate = 5e-4
+  train.b1 = 0.9
+  train.b2 = 0.999
+  train.warmup_steps = 500                # linear warm-up keeps the first steps finite
+  train.plateau_patience = 5              # evaluations without improvement of the eval loss
+  train.plateau_factor = 0.5              # learning-rate factor on a plateau
+  train.plateau_min_scale = 1e-3
+  train.log_every_steps = 100
+  train.eval_every_steps = 310            # about one epoch of the paper's training set
+  train.eval_batches = config_dict.placeholder(int)  # None: the whole eval split
+  train.checkpoint_every_steps = 1000
+  train.keep_checkpoints = 3              # plus the best by eval loss
+  train.multihost = False                 # call jax.distributed.initialize() first
+  train.image_grid_studies = 8            # studies in the TensorBoard image grids
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 200
+  ev.checkpoint_step = config_dict.placeholder(int)  # None: the latest checkpoint
+  ev.seed = 0
+  ev.probes = True
+  ev.probe_train_examples = 500           # drawn with replacement from the train split
+  ev.probe_repeats = 1
+  ev.probe_max_iter = 1000
+  ev.probe_legacy_metric = False          # the reference's swapped-argument hard-label AP
+  ev.probe_max_train_pool = 20000         # train-split examples encoded for the draws
+  ev.generation = True
+  ev.generation_studies = 8
+  ev.prior_samples = 16
+  ev.coherence = True
+  ev.likelihood = True
+  ev.likelihood_samples = 64
+  ev.likelihood_examples = 256
+
+  config.classifier = clf = ml_collections.ConfigDict()
+  clf.image_widths = (32, 64, 128, 128, 128)  # conv widths, stride 2 each
+  clf.text_embed = 64
+  clf.text_widths = (128, 128, 128)
+  clf.num_steps = 3000
+  clf.batch_size = 128
+  clf.learning_rate = 1e-3
+  return config

@@ -1,0 +1,1 @@
+"""Input pipeline: tfds builders (synthetic_cxr, mimic_cxr), text vocabulary, batching."""

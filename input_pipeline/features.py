@@ -1,0 +1,53 @@
+"""The example layout shared by every chest X-ray builder (synthetic_cxr and mimic_cxr).
+
+One example is one study:
+  frontal    uint8 [S, S, 1]  PA view (zeros where unavailable)
+  lateral    uint8 [S, S, 1]  lateral view (zeros where unavailable)
+  text       int32 [T]        FINDINGS word ids (<eos>, then <pad>; all <pad> where unavailable)
+  report     string           the FINDINGS text the ids were made from
+  available  bool  [3]        which of (frontal, lateral, text) the study has
+  labels     float32 [14]     CheXpert labels in LABELS order: 1 positive, 0 negative,
+                              -1 uncertain, NaN not mentioned (blank in the CSV)
+  finding    int32            1 if any of the 13 pathologies (all but "No Finding") is 1
+  study_id   string
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+MODALITIES = ("frontal", "lateral", "text")
+
+LABELS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
+    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion",
+    "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
+)
+NO_FINDING_INDEX = LABELS.index("No Finding")
+
+# Names used for the probe tables: "Finding" first, then the 14 CheXpert labels.
+PROBE_LABELS = ("Finding",) + LABELS
+
+
+def finding_from_labels(labels: np.ndarray) -> np.ndarray:
+  """1 where any of the 13 pathologies is positive (1.0); labels [..., 14] -> int32 [...]."""
+  labels = np.asarray(labels, dtype=np.float32)
+  pathologies = np.delete(labels, NO_FINDING_INDEX, axis=-1)
+  return np.any(pathologies == 1.0, axis=-1).astype(np.int32)
+
+
+def study_features(image_size: int, text_length: int, extra=None) -> tfds.features.FeaturesDict:
+  """The FeaturesDict of one study; ``extra`` adds builder-specific features."""
+  features = {
+      "frontal": tfds.features.Image(shape=(image_size, image_size, 1), dtype=np.uint8),
+      "lateral": tfds.features.Image(shape=(image_size, image_size, 1), dtype=np.uint8),
+      "text": tfds.features.Tensor(shape=(text_length,), dtype=np.int32),
+      "report": tfds.features.Text(),
+      "available": tfds.features.Tensor(shape=(len(MODALITIES),), dtype=np.bool_),
+      "labels": tfds.features.Tensor(shape=(len(LABELS),), dtype=np.float32),
+      "finding": tfds.features.Tensor(shape=(), dtype=np.int32),
+      "study_id": tfds.features.Text(),
+  }
+  features.update(extra or {})
+  return tfds.features.FeaturesDict(features)

@@ -1,0 +1,143 @@
+"""The multimodal VAE: one encoder and one decoder per modality around a shared latent.
+
+``MoPoE.__call__`` runs the whole generative path of a training step: encode every modality,
+fuse all subsets at once (:mod:`mopoe_jax.fusion`), assign each row a subset, draw one
+reparameterised z per row, and decode every modality from it. The objective lives in
+:mod:`mopoe_jax.objective`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mopoe_jax import fusion, networks, subsets
+
+TEXT = "text"
+
+
+def is_text(modality: str) -> bool:
+  return modality == TEXT
+
+
+@flax.struct.dataclass
+class ModelOutput:
+  mu: jax.Array          # [M, B, D] unimodal posterior means
+  logvar: jax.Array      # [M, B, D] unimodal posterior log-variances
+  mu_k: jax.Array        # [K, B, D] subset posterior means
+  logvar_k: jax.Array    # [K, B, D] subset posterior log-variances
+  valid: jax.Array       # bool [B, K] subset valid for the example
+  assignment: jax.Array  # int [B] subset each row's z was drawn from
+  z: jax.Array           # [B, D]
+  outputs: dict          # modality -> image Laplace location [B, S, S, 1] / text logits [B, T, V]
+
+
+class MoPoE(nn.Module):
+  """Encoders/decoders for ``modalities`` and the mixture of products of experts."""
+  modalities: Sequence[str]
+  subset_mask: Sequence[Sequence[bool]]  # [K, M] as nested tuples (hashable)
+  latent_dim: int
+  vocab_size: int
+  image_encoder_widths: Sequence[int]
+  image_decoder_widths: Sequence[int]
+  text_encoder_widths: Sequence[int]
+  text_decoder_widths: Sequence[int]
+  dropout: float = 0.5
+  prior_expert: str = "full_set"
+  assignment: str = "slice"
+  logvar_bound: float | None = None  # soft bound b * tanh(logvar / b); None = reference
+  text_padding_index: int | None = 0
+  dtype: jnp.dtype | None = None
+
+  def setup(self):
+    encoders, decoders = {}, {}
+    for m in self.modalities:
+      if is_text(m):
+        encoders[m] = networks.TextEncoder(self.text_encoder_widths, self.latent_dim,
+                                           self.vocab_size, self.dropout,
+                                           self.text_padding_index, self.dtype)
+        decoders[m] = networks.TextDecoder(self.text_decoder_widths, self.vocab_size,
+                                           self.dropout, self.dtype)
+      else:
+        encoders[m] = networks.ImageEncoder(self.image_encoder_widths, self.latent_dim,
+                                            self.dropout, self.dtype)
+        decoders[m] = networks.ImageDecoder(self.image_decoder_widths, self.dropout, self.dtype)
+    self.encoders = encoders
+    self.decoders = decoders
+
+  @property
+  def mask(self) -> np.ndarray:
+    return np.asarray(self.subset_mask, dtype=bool)
+
+  def encode(self, inputs: dict, train: bool):
+    """inputs: modality -> [B, S, S, 1] float images / [B, T] int tokens.
+
+    Returns (mu, logvar), each float32 [M, B, D].
+    """
+    mus, logvars = [], []
+    for m in self.modalities:
+      mu, logvar = self.encoders[m](inputs[m], train)
+      logvar = logvar.astype(jnp.float32)
+      if self.logvar_bound is not None:
+        logvar = self.logvar_bound * jnp.tanh(logvar / self.logvar_bound)
+      mus.append(mu.astype(jnp.float32))
+      logvars.append(logvar)
+    return jnp.stack(mus), jnp.stack(logvars)
+
+  def decode(self, z, train: bool) -> dict:
+    """z: [B, D] -> modality -> image location [B, S, S, 1] / text logits [B, T, V] (float32)."""
+    return {m: self.decoders[m](z, train).astype(jnp.float32) for m in self.modalities}
+
+  def posteriors(self, inputs: dict, available, train: bool):
+    """Unimodal and subset posteriors: (mu, logvar [M, B, D], mu_k, logvar_k [K, B, D])."""
+    mu, logvar = self.encode(inputs, train)
+    mu_k, logvar_k = fusion.subset_posteriors(mu, logvar, self.mask, available,
+                                              self.prior_expert)
+    return mu, logvar, mu_k, logvar_k
+
+  def __call__(self, inputs: dict, available, train: bool) -> ModelOutput:
+    """The generative path of one step; draws from the 'sample' rng stream."""
+    mu, logvar, mu_k, logvar_k = self.posteriors(inputs, available, train)
+    batch_size = mu.shape[1]
+    valid = fusion.valid_subsets(self.mask, available, batch_size)
+    assign_rng, z_rng = jax.random.split(self.make_rng("sample"))
+    assignment = fusion.assign_subsets(assign_rng, valid, self.assignment)
+    z = fusion.sample_mixture(z_rng, mu_k, logvar_k, assignment)
+    return ModelOutput(mu=mu, logvar=logvar, mu_k=mu_k, logvar_k=logvar_k, valid=valid,
+                       assignment=assignment, z=z, outputs=self.decode(z, train))
+
+
+def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Sequence[str],
+                      image_size: int, text_length: int, vocab_size: int) -> MoPoE:
+  """Builds the model after checking that the config's sizes fit together."""
+  c = model_config
+  if any(not is_text(m) for m in modalities):
+    networks.check_image_geometry(image_size, c.image_encoder_widths, c.image_decoder_widths)
+  if any(is_text(m) for m in modalities):
+    networks.check_text_geometry(text_length, c.text_encoder_widths, c.text_decoder_widths)
+  mask = subsets.variant_mask(c.variant, len(modalities))
+  fusion.prior_flags(mask, c.prior_expert)  # validates the choice
+  if c.assignment not in fusion.ASSIGNMENTS:
+    raise ValueError(f"Unknown model.assignment {c.assignment!r}; choose one of "
+                     f"{fusion.ASSIGNMENTS}.")
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(c.compute_dtype)
+  if dtype is None:
+    raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got "
+                     f"{c.compute_dtype!r}.")
+  return MoPoE(
+      modalities=tuple(modalities),
+      subset_mask=tuple(tuple(bool(v) for v in row) for row in mask),
+      latent_dim=c.latent_dim, vocab_size=vocab_size,
+      image_encoder_widths=tuple(c.image_encoder_widths),
+      image_decoder_widths=tuple(c.image_decoder_widths),
+      text_encoder_widths=tuple(c.text_encoder_widths),
+      text_decoder_widths=tuple(c.text_decoder_widths),
+      dropout=c.dropout, prior_expert=c.prior_expert, assignment=c.assignment,
+      logvar_bound=c.logvar_bound, text_padding_index=c.text_padding_index,
+      dtype=None if dtype == jnp.float32 else dtype)
