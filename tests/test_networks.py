@@ -1,0 +1,198 @@
+"""Fast transposed convolution, the networks' structure, the objective end to end."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default as default_config
+from configs import tiny as tiny_config
+from mopoe_jax import layers, model as model_lib, networks, objective, subsets
+
+
+def _reference_conv_transpose(x, w, s, p, op):
+  """PyTorch's definition through lax.conv_transpose (kernel [*k, C_in, C_out])."""
+  nd = x.ndim - 2
+  spatial = "HW"[:nd]
+  pads = [(k - 1 - pp, k - 1 - pp + o) for k, pp, o in zip(w.shape[:nd], p, op)]
+  return jax.lax.conv_transpose(
+      x, w, s, pads,
+      dimension_numbers=("N" + spatial + "C", spatial + "OI", "N" + spatial + "C"),
+      transpose_kernel=True)
+
+
+def _naive_conv_transpose(x, w, s, p, op):
+  """The definition itself: out[s*i - p + t] += x[i] @ w[t] (numpy, small inputs only)."""
+  nd = x.ndim - 2
+  ks = w.shape[:nd]
+  outs = [(n - 1) * ss - 2 * pp + k + o
+          for n, ss, pp, k, o in zip(x.shape[1:-1], s, p, ks, op)]
+  y = np.zeros((x.shape[0], *outs, w.shape[-1]))
+  for idx in np.ndindex(*x.shape[1:-1]):
+    for t in np.ndindex(*ks):
+      pos = [i * ss - pp + tt for i, ss, pp, tt in zip(idx, s, p, t)]
+      if all(0 <= q < o for q, o in zip(pos, outs)):
+        y[(slice(None), *pos)] += x[(slice(None), *idx)] @ w[t]
+  return y
+
+
+CASES = [  # (k, s, p, output_padding, n): every transposed convolution of the networks
+    (4, 2, 1, 0, 5), (3, 2, 1, 1, 4), (4, 1, 0, 0, 1), (1, 1, 0, 0, 3), (5, 3, 1, 0, 3)]
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+@pytest.mark.parametrize("k,s,p,op,n", CASES)
+def test_fast_conv_transpose_equals_reference_values_and_gradients(nd, k, s, p, op, n):
+  rng = np.random.default_rng(k * 10 + s)
+  x = jnp.asarray(rng.normal(size=(2, *(n,) * nd, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(*(k,) * nd, 3, 4)), jnp.float32)
+  args = ((s,) * nd, (p,) * nd, (op,) * nd)
+  fast = layers.conv_transpose(x, w, *args)
+  ref = _reference_conv_transpose(x, w, *args)
+  np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(fast, _naive_conv_transpose(np.asarray(x, np.float64),
+                                                         np.asarray(w, np.float64), *args),
+                             rtol=1e-4, atol=1e-4)
+  cot = jnp.asarray(rng.normal(size=fast.shape), jnp.float32)
+  g_fast = jax.grad(lambda a, b: jnp.sum(layers.conv_transpose(a, b, *args) * cot),
+                    argnums=(0, 1))(x, w)
+  g_ref = jax.grad(lambda a, b: jnp.sum(_reference_conv_transpose(a, b, *args) * cot),
+                   argnums=(0, 1))(x, w)
+  for a, b in zip(g_fast, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_decoders_use_the_phase_form():
+  """The strided transposed convolutions compile to stride-1 convolutions, no lhs dilation."""
+  x = jnp.ones((1, 4, 4, 8))
+  w = jnp.ones((4, 4, 8, 8))
+  jaxpr = jax.make_jaxpr(lambda a: layers.conv_transpose(a, w, (2, 2), (1, 1)))(x)
+  convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  assert len(convs) == 1 and convs[0].params["lhs_dilation"] == (1, 1)
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _abstract_init(config, vocab_size, batch=8):
+  c = config
+  m = model_lib.model_from_config(c.model, modalities=c.data.modalities,
+                                  image_size=c.data.image_size,
+                                  text_length=c.data.text_length, vocab_size=vocab_size)
+  s, t = c.data.image_size, c.data.text_length
+  inputs = {"frontal": jnp.zeros((batch, s, s, 1)), "lateral": jnp.zeros((batch, s, s, 1)),
+            "text": jnp.zeros((batch, t), jnp.int32)}
+  rngs = {n: jax.random.PRNGKey(0) for n in ("params", "sample", "dropout")}
+  variables = jax.eval_shape(lambda: m.init(rngs, inputs, None, False))
+  out = jax.eval_shape(lambda v: m.apply(v, inputs, None, False, rngs=rngs), variables)
+  return m, variables, out
+
+
+def test_paper_model_parameter_counts_and_shapes():
+  """SPEC §2's counts of the reference at latent 512, V = 2,900, 128 px, 128 tokens."""
+  _, variables, out = _abstract_init(default_config.get_config(), vocab_size=2900)
+  p = variables["params"]
+  assert _count(p["encoders_frontal"]) == 9_081_728
+  assert _count(p["encoders_frontal"]["mu"]) == 164_352
+  blocks = [_count(p["encoders_frontal"][f"ResidualBlock_{i}"]) for i in range(5)]
+  assert blocks == [266_880, 803_904, 1_611_264, 2_688_960, 3_381_440]
+  assert _count(p["encoders_frontal"]["Conv_0"]) == 576
+  assert _count(p["decoders_lateral"]) == 5_769_921
+  assert _count(p["encoders_text"]) == 11_569_024
+  assert _count(p["decoders_text"]) == 17_968_596
+  assert _count(p) == 59_240_918
+  assert out.outputs["frontal"].shape == (8, 128, 128, 1)
+  assert out.outputs["text"].shape == (8, 128, 2900)
+  assert out.mu.shape == (3, 8, 512) and out.mu_k.shape == (7, 8, 512)
+  assert out.z.shape == (8, 512)
+
+
+def test_geometry_errors_say_what_to_change():
+  c = tiny_config.get_config()
+  with pytest.raises(ValueError, match="Image size 48 does not fit the networks"):
+    networks.check_image_geometry(48, c.model.image_encoder_widths,
+                                  c.model.image_decoder_widths)
+  with pytest.raises(ValueError, match="Text length 30 does not fit"):
+    networks.check_text_geometry(30, c.model.text_encoder_widths, c.model.text_decoder_widths)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+  c = tiny_config.get_config()
+  m = model_lib.model_from_config(c.model, modalities=c.data.modalities,
+                                  image_size=c.data.image_size,
+                                  text_length=c.data.text_length, vocab_size=50)
+  rng = np.random.default_rng(0)
+  b, s, t = 16, c.data.image_size, c.data.text_length
+  inputs = {"frontal": jnp.asarray(rng.uniform(size=(b, s, s, 1)), jnp.float32),
+            "lateral": jnp.asarray(rng.uniform(size=(b, s, s, 1)), jnp.float32),
+            "text": jnp.asarray(rng.integers(0, 50, size=(b, t)), jnp.int32)}
+  available = np.ones((b, 3), bool)
+  available[::3, 1] = False
+  available[1::4, 2] = False
+  rngs = {n: jax.random.PRNGKey(i) for i, n in enumerate(("params", "sample", "dropout"))}
+  variables = m.init(rngs, inputs, jnp.asarray(available), False)
+  return c, m, variables, inputs, jnp.asarray(available)
+
+
+def _loss_fn(c, m):
+  names = subsets.subset_names(c.data.modalities, m.mask)
+
+  def loss(params, batch_stats, inputs, available, rng):
+    out, updates = m.apply({"params": params, "batch_stats": batch_stats}, inputs, available,
+                           True, rngs={"sample": rng, "dropout": rng},
+                           mutable=["batch_stats"])
+    terms = objective.loss_terms(out, inputs, available, modalities=c.data.modalities,
+                                 rec_weights=c.model.rec_weights, beta=c.model.beta,
+                                 image_scale=c.model.image_scale)
+    value, metrics = objective.reduce_terms(terms, names, available)
+    return value, (terms, metrics, updates)
+  return loss
+
+
+def test_objective_terms_and_finite_gradients(tiny_setup):
+  c, m, variables, inputs, available = tiny_setup
+  loss = _loss_fn(c, m)
+  (value, (terms, metrics, _)), grads = jax.value_and_grad(loss, has_aux=True)(
+      variables["params"], variables["batch_stats"], inputs, available, jax.random.PRNGKey(3))
+  assert np.isfinite(float(value))
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  assert _count(grads) == _count(variables["params"])
+  # Missing modalities contribute no reconstruction; the total is rec + beta * kl.
+  assert (np.asarray(terms.nll["lateral"])[~np.asarray(available[:, 1])] == 0).all()
+  assert (np.asarray(terms.nll["text"])[np.asarray(available[:, 2])] > 0).all()
+  rec = sum(w * terms.nll[mod] for w, mod in zip(c.model.rec_weights, c.data.modalities))
+  np.testing.assert_allclose(terms.rec, rec, rtol=1e-5)
+  np.testing.assert_allclose(terms.total, terms.rec + c.model.beta * terms.kl, rtol=1e-5)
+  np.testing.assert_allclose(value, np.mean(terms.total), rtol=1e-5)
+  assert set(metrics) >= {"loss", "rec", "kl", "nll/frontal", "kl_subset/frontal+lateral+text"}
+
+
+def test_likelihoods_match_closed_forms():
+  x = jnp.array([[[0.2, 0.9]]])
+  loc = jnp.array([[[0.5, 0.4]]])
+  expected = (0.3 + 0.5) / 0.75 + 2 * np.log(1.5)
+  np.testing.assert_allclose(objective.laplace_nll(x, loc, 0.75), [expected], rtol=1e-6)
+  logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]]))
+  tokens = jnp.array([[0, 1]])
+  np.testing.assert_allclose(objective.categorical_nll(tokens, logits),
+                             [-np.log(0.5) - np.log(0.1)], rtol=1e-5)
+  np.testing.assert_allclose(objective.categorical_nll(tokens, logits, mask_padding=True),
+                             [-np.log(0.5)], rtol=1e-5)  # id 1 is <pad>
+
+
+def test_jitted_objective_does_not_retrace(tiny_setup):
+  c, m, variables, inputs, available = tiny_setup
+  loss = _loss_fn(c, m)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, batch_stats, inputs, available, rng):
+    return jax.value_and_grad(loss, has_aux=True)(params, batch_stats, inputs, available, rng)
+
+  for seed in range(2):
+    (v, _), _ = step(variables["params"], variables["batch_stats"], inputs, available,
+                     jax.random.PRNGKey(seed))
+    assert np.isfinite(float(v))
