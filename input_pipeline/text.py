@@ -27,6 +27,7 @@ _TOKEN_RE = re.compile(
     r"|'(?:s|re|ve|ll|d|m)\b"  # other clitics
     r"|\d+(?:[.,]\d+)*"      # numbers, 3.5 / 1,000
     r"|[a-z]+(?:[-'][a-z]+)*"  # words, hyphenated words
+    r"|_+"                   # MIMIC's de-identification placeholder ___ stays one token
     r"|[^\sa-z\d]"           # any other single non-space character
 )
 

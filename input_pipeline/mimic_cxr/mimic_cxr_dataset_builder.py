@@ -1,0 +1,410 @@
+"""tfds builder ``mimic_cxr``: MIMIC-CXR studies (frontal, lateral, FINDINGS) from a manual dir.
+
+MIMIC-CXR is credentialed, so nothing is downloaded: the user points ``--manual_dir`` at a copy
+of MIMIC-CXR-JPG 2.0.0 and the reports (see MANUAL_DOWNLOAD_INSTRUCTIONS). From the repository
+root:
+
+  python -m input_pipeline.mimic_cxr --config=paper \
+      --manual_dir=/path/to/physionet.org/files/mimic-cxr-jpg/2.0.0 \
+      --data_dir=$HOME/tensorflow_datasets
+
+or, where apache-beam and mlcroissant are installed (the ``tfds`` command line of
+tensorflow-datasets 4.9.10 does not start without them),
+
+  PYTHONPATH=. tfds build input_pipeline/mimic_cxr --config=paper \
+      --manual_dir=/path/to/physionet.org/files/mimic-cxr-jpg/2.0.0 \
+      --data_dir=$HOME/tensorflow_datasets
+
+Each example is one study in the layout of ``input_pipeline.features.study_features`` plus
+``subject_id``, ``frontal_dicom_id`` and ``lateral_dicom_id`` (which images were used; "" where
+none). The text vocabulary (from the train split only) is stored in the dataset metadata:
+``tfds.builder("mimic_cxr/paper", data_dir=...).info.metadata["vocabulary"]``.
+
+Nothing vanishes silently: ``skip_report_<split>.csv`` beside the dataset's files lists every
+study of the split CSV that was not written and every file that could not be used (columns
+split, subject_id, study_id, dicom_id, reason, outcome; the reasons and outcomes are the
+constants of ``input_pipeline.mimic_cxr.selection``); the counts are logged at the end of each
+split and kept in ``info.metadata["skipped"]``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import functools
+import io
+import os
+import time
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
+
+from input_pipeline import features
+from input_pipeline import text as text_lib
+from input_pipeline.mimic_cxr import images
+from input_pipeline.mimic_cxr import reports
+from input_pipeline.mimic_cxr import selection
+
+_DESCRIPTION = """\
+MIMIC-CXR studies as (frontal image, lateral image, report FINDINGS) triples for multimodal
+generative models, as in Klug, Sutter and Vogt, "Multimodal Generative Learning on the MIMIC-CXR
+Database" (MIDL 2021). Images are MIMIC-CXR-JPG radiographs, centre-cropped and resized; text is
+the lower-cased FINDINGS section as word ids of a train-split vocabulary
+(info.metadata["vocabulary"]); labels are the CheXpert (or NegBio) labels of MIMIC-CXR-JPG.
+"""
+
+_CITATION = """\
+@inproceedings{klug2021multimodal,
+  title={Multimodal Generative Learning on the {MIMIC-CXR} Database},
+  author={Klug, Hendrik and Sutter, Thomas M. and Vogt, Julia E.},
+  booktitle={Medical Imaging with Deep Learning (MIDL)},
+  year={2021}
+}
+@article{johnson2019mimiccxrjpg,
+  title={{MIMIC-CXR-JPG}, a large publicly available database of labeled chest radiographs},
+  author={Johnson, Alistair E. W. and Pollard, Tom J. and Greenbaum, Nathaniel R. and
+          Lungren, Matthew P. and Deng, Chih-ying and Peng, Yifan and Lu, Zhiyong and
+          Mark, Roger G. and Berkowitz, Seth J. and Horng, Steven},
+  journal={arXiv preprint arXiv:1901.07042},
+  year={2019}
+}
+"""
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+MIMIC-CXR is credentialed data: become a credentialed PhysioNet user and sign the data use
+agreements of both projects below, then download into one directory, the manual dir:
+
+1. MIMIC-CXR-JPG 2.0.0 ({selection.JPG_URL}), about 570 GB:
+     wget -r -N -c -np --user YOUR_USER --ask-password \\
+         https://physionet.org/files/mimic-cxr-jpg/2.0.0/
+   The directory physionet.org/files/mimic-cxr-jpg/2.0.0/ it creates is the manual dir. It
+   must hold the image tree and the four CSVs (only the label CSV of the chosen label_source
+   is read):
+     files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg   (XX = the first two digits of the subject id)
+     {selection.METADATA_CSV}
+     {selection.CHEXPERT_CSV}
+     {selection.NEGBIO_CSV}
+     {selection.SPLIT_CSV}
+2. The free-text reports, {selection.REPORTS_ZIP}, of MIMIC-CXR 2.0.0 ({selection.REPORTS_URL}):
+     wget -N -c --user YOUR_USER --ask-password \\
+         https://physionet.org/files/mimic-cxr/2.0.0/{selection.REPORTS_ZIP}
+   Put the zip, as downloaded, into the manual dir. Alternatively unpack it so that its
+   files/pXX/pSUBJECT/sSTUDY.txt land in the same files/ tree as the images (the zip is used
+   whenever it is present).
+
+The manual dir then looks like:
+  files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg
+  files/p10/p10000032/s50414267.txt        (only if the reports are unpacked)
+  {selection.METADATA_CSV}
+  {selection.CHEXPERT_CSV}
+  {selection.NEGBIO_CSV}
+  {selection.SPLIT_CSV}
+  {selection.REPORTS_ZIP}                   (unless unpacked)
+
+Build from the repository root with (configs: paper, all_studies)
+  python -m input_pipeline.mimic_cxr --config=paper \\
+      --manual_dir=/path/to/physionet.org/files/mimic-cxr-jpg/2.0.0 \\
+      --data_dir=$HOME/tensorflow_datasets
+or, where apache-beam and mlcroissant are installed (the tfds command line needs them),
+  PYTHONPATH=. tfds build input_pipeline/mimic_cxr --config=paper --manual_dir=... --data_dir=...
+"""
+
+
+@dataclasses.dataclass(eq=False)
+class MimicCxrConfig(tfds.core.BuilderConfig):
+  """What goes into one variant of the dataset.
+
+  Attributes:
+    image_size: side S of the stored square images (uint8 [S, S, 1]).
+    text_length: T word ids per study: at most T - 1 words, <eos>, then <pad>.
+    selection: "paper" (PA + lateral + non-empty section, all three required) or "all_studies"
+      (every study with at least one usable modality; the `available` flags say which).
+    label_source: "chexpert" or "negbio": the label CSV of MIMIC-CXR-JPG to read.
+    section: "findings", or "findings_or_impression" (IMPRESSION where FINDINGS is empty).
+    min_count: the vocabulary keeps train-split words seen MORE than min_count times.
+    frontal_views: ViewPosition values that count as the frontal image.
+    lateral_views: ViewPosition values that count as the lateral image.
+    num_workers: threads that decode images and read reports (None: 2 x CPUs, at most 32).
+      Does not change the data.
+  """
+  image_size: int = 128
+  text_length: int = 128
+  selection: str = selection.PAPER
+  label_source: str = "chexpert"
+  section: str = reports.FINDINGS
+  min_count: int = 3
+  frontal_views: tuple[str, ...] = ("PA",)
+  lateral_views: tuple[str, ...] = ("LATERAL", "LL")
+  num_workers: int | None = None
+
+  def __post_init__(self):
+    if self.image_size < 1:
+      raise ValueError(f"image_size must be positive, got {self.image_size}.")
+    if self.text_length < 2:
+      raise ValueError(
+          f"text_length must be at least 2 (one word and <eos>), got {self.text_length}.")
+    if self.selection not in selection.SELECTIONS:
+      raise ValueError(
+          f"Unknown selection {self.selection!r}; expected one of {selection.SELECTIONS}.")
+    if self.label_source not in selection.LABEL_CSVS:
+      raise ValueError(f"Unknown label_source {self.label_source!r}; expected one of "
+                       f"{tuple(selection.LABEL_CSVS)}.")
+    if self.section not in reports.SECTIONS:
+      raise ValueError(f"Unknown section {self.section!r}; expected one of {reports.SECTIONS}.")
+    if self.min_count < 0:
+      raise ValueError(f"min_count must be >= 0, got {self.min_count}.")
+    if self.num_workers is not None and self.num_workers < 1:
+      raise ValueError(f"num_workers must be positive or None, got {self.num_workers}.")
+
+
+def default_num_workers() -> int:
+  return min(32, 2 * (os.cpu_count() or 1))
+
+
+def make_example(
+    study: selection.SelectedStudy,
+    split: str,
+    image_size: int,
+    text_length: int,
+    vocabulary: text_lib.Vocabulary,
+    require_all: bool,
+) -> tuple[dict | None, list[selection.SkipRow]]:
+  """Loads one selected study: (the example, or None where the study is skipped; its skip rows).
+
+  For each view the candidates are tried in order; the first that decodes is used. With
+  ``require_all`` (the paper selection) a study lacking any modality is skipped; otherwise the
+  missing modality is marked unavailable (zeros / all <pad>), and only a study left with no
+  modality at all is skipped.
+  """
+  def row(dicom_id: str, reason: str, outcome: str) -> selection.SkipRow:
+    return selection.SkipRow(split, study.subject_id, study.study_id, dicom_id, reason, outcome)
+
+  rows = []
+  loaded, used = {}, {}
+  for view, candidates in (("frontal", study.frontal), ("lateral", study.lateral)):
+    failures = []
+    for image in candidates:
+      try:
+        loaded[view] = images.load_image(image.path, image_size)
+      except FileNotFoundError:
+        failures.append((image.dicom_id, selection.IMAGE_MISSING))
+      except images.IMAGE_ERRORS as e:
+        logging.warning("Study %s: cannot decode %s (%s: %s).",
+                        study.study_id, image.path, type(e).__name__, e)
+        failures.append((image.dicom_id, selection.IMAGE_UNREADABLE))
+      else:
+        used[view] = image.dicom_id
+        break
+    outcome = (selection.OTHER_IMAGE_USED if view in loaded
+               else selection.MODALITY_UNAVAILABLE)
+    rows.extend(row(dicom_id, reason, outcome) for dicom_id, reason in failures)
+  if study.report_missing:
+    rows.append(row("", selection.REPORT_MISSING, selection.MODALITY_UNAVAILABLE))
+
+  available = np.asarray(["frontal" in loaded, "lateral" in loaded, bool(study.text)])
+  if not available.any() or (require_all and not available.all()):
+    rows = [dataclasses.replace(r, outcome=selection.STUDY_SKIPPED)
+            if r.outcome == selection.MODALITY_UNAVAILABLE else r for r in rows]
+    if not rows:  # all_studies: nothing was listed, nothing could be used.
+      rows.append(row("", selection.NO_MODALITY, selection.STUDY_SKIPPED))
+    return None, rows
+
+  if study.labels is None:
+    labels = np.full((len(features.LABELS),), np.nan, dtype=np.float32)
+    rows.append(row("", selection.LABELS_MISSING, selection.KEPT))
+  else:
+    labels = study.labels
+  blank = np.zeros((image_size, image_size, 1), dtype=np.uint8)
+  if study.text:
+    ids = vocabulary.encode(study.text, text_length)
+  else:
+    ids = np.full((text_length,), text_lib.PAD_ID, dtype=np.int32)
+  example = {
+      "frontal": loaded.get("frontal", blank),
+      "lateral": loaded.get("lateral", blank),
+      "text": ids,
+      "report": study.text,
+      "available": available,
+      "labels": labels,
+      "finding": features.finding_from_labels(labels),
+      "study_id": study.study_id,
+      "subject_id": study.subject_id,
+      "frontal_dicom_id": used.get("frontal", ""),
+      "lateral_dicom_id": used.get("lateral", ""),
+  }
+  return example, rows
+
+
+def _ordered_map(
+    pool: concurrent.futures.Executor, fn: Callable, items: Iterable, window: int,
+) -> Iterator:
+  """fn over items in the pool, results in input order, at most ``window`` in flight."""
+  pending = collections.deque()
+  for item in items:
+    pending.append(pool.submit(fn, item))
+    if len(pending) >= window:
+      yield pending.popleft().result()
+  while pending:
+    yield pending.popleft().result()
+
+
+def write_skip_report(path: epath.Path, rows: Iterable[selection.SkipRow]) -> None:
+  """Writes the skip report CSV (columns selection.SKIP_REPORT_COLUMNS)."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(selection.SKIP_REPORT_COLUMNS)
+  for r in rows:
+    writer.writerow([getattr(r, c) for c in selection.SKIP_REPORT_COLUMNS])
+  path.write_text(buffer.getvalue())
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """MIMIC-CXR studies: frontal and lateral radiographs and the report's FINDINGS."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  BUILDER_CONFIGS = [
+      MimicCxrConfig(
+          name="paper",
+          description="The paper's selection: PA + lateral + non-empty FINDINGS, 128 px, "
+                      "128 tokens, CheXpert labels.",
+          image_size=128, text_length=128, selection=selection.PAPER),
+      MimicCxrConfig(
+          name="all_studies",
+          description="Every study with at least one of a PA image, a lateral image and a "
+                      "non-empty FINDINGS section, 128 px, 128 tokens; `available` says which.",
+          image_size=128, text_length=128, selection=selection.ALL_STUDIES),
+  ]
+  DEFAULT_CONFIG_NAME = "paper"
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    extra = {
+        "subject_id": tfds.features.Text(),
+        "frontal_dicom_id": tfds.features.Text(),
+        "lateral_dicom_id": tfds.features.Text(),
+    }
+    return self.dataset_info_from_configs(
+        description=_DESCRIPTION,
+        features=features.study_features(config.image_size, config.text_length, extra=extra),
+        homepage=selection.JPG_URL,
+        citation=_CITATION,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    config = self.builder_config
+    manual_dir = epath.Path(dl_manager.manual_dir)
+    paths = selection.check_manual_dir(manual_dir, config.label_source)
+    num_workers = config.num_workers or default_num_workers()
+
+    split_of = selection.read_split(paths[selection.SPLIT_CSV])
+    studies, view_counts = selection.read_studies(
+        paths[selection.METADATA_CSV], split_of, paths[selection.FILES_DIR],
+        frontal_views=config.frontal_views, lateral_views=config.lateral_views)
+    label_csv = paths[selection.LABEL_CSVS[config.label_source]]
+    labels = selection.read_labels(label_csv)
+    logging.info("mimic_cxr: %d studies in %s, %d images listed (%s), %d label rows in %s.",
+                 len(split_of), selection.SPLIT_CSV, sum(view_counts.values()),
+                 dict(view_counts), len(labels), label_csv.name)
+
+    reader = selection.ReportReader(manual_dir)
+    logging.info("mimic_cxr: reading reports from %s.", reader.source)
+    try:
+      selected, skipped = selection.select_studies(
+          studies, reader, labels, config.selection, config.section, num_workers)
+    finally:
+      reader.close()
+
+    vocabulary = text_lib.Vocabulary.build(
+        (s.text for s in selected["train"] if s.text), min_count=config.min_count)
+    logging.info("mimic_cxr: vocabulary of %d words from %d train reports (words seen more "
+                 "than %d times).", len(vocabulary),
+                 sum(bool(s.text) for s in selected["train"]), config.min_count)
+    self.info.metadata["vocabulary"] = vocabulary.words
+    self.info.metadata["config"] = {
+        "image_size": config.image_size, "text_length": config.text_length,
+        "selection": config.selection, "label_source": config.label_source,
+        "section": config.section, "min_count": config.min_count,
+        "frontal_views": list(config.frontal_views),
+        "lateral_views": list(config.lateral_views),
+    }
+    self.info.metadata["skipped"] = {}
+    self._summaries = {}
+    return {
+        split: self._generate_examples(
+            split=split, studies=selected[split], skipped=skipped[split],
+            listed=len(studies[split]), vocabulary=vocabulary, num_workers=num_workers)
+        for split in selection.SPLITS.values()
+    }
+
+  def _generate_examples(
+      self,
+      split: str,
+      studies: list[selection.SelectedStudy],
+      skipped: list[selection.SkipRow],
+      listed: int,
+      vocabulary: text_lib.Vocabulary,
+      num_workers: int,
+  ):
+    """Yields (study_id, example) in study id order; images decode in a thread pool."""
+    config = self.builder_config
+    rows = list(skipped)
+    written = 0
+    available = np.zeros(len(features.MODALITIES), dtype=np.int64)
+    impression = 0
+    load = functools.partial(
+        make_example, split=split, image_size=config.image_size,
+        text_length=config.text_length, vocabulary=vocabulary,
+        require_all=config.selection == selection.PAPER)
+    start = last_log = time.monotonic()
+    try:
+      with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+        results = _ordered_map(pool, load, studies, window=4 * num_workers)
+        for done, (study, (example, study_rows)) in enumerate(zip(studies, results), start=1):
+          rows.extend(study_rows)
+          if example is not None:
+            written += 1
+            available += example["available"]
+            impression += study.text_source == "impression"
+            yield study.study_id, example
+          now = time.monotonic()
+          if now - last_log >= 30 or done == len(studies):
+            last_log = now
+            rate = done / max(now - start, 1e-9)
+            logging.info("mimic_cxr %s: %d/%d studies loaded (%.0f/s, ETA %.0f s).",
+                         split, done, len(studies), rate, (len(studies) - done) / rate)
+    finally:
+      self._finish_split(split, rows, listed, written, available, impression)
+
+  def _finish_split(self, split, rows, listed, written, available, impression) -> None:
+    """Writes the skip report, logs the counts, keeps them in the metadata."""
+    path = epath.Path(self.data_dir) / f"skip_report_{split}.csv"
+    write_skip_report(path, rows)
+    # While tfds writes, data_dir is a temporary sibling of the final version directory.
+    final_path = path.parent.parent / str(self.info.version) / path.name
+    counts = collections.Counter(f"{r.reason}/{r.outcome}" for r in rows)
+    skipped_studies = len({r.study_id for r in rows if r.outcome == selection.STUDY_SKIPPED})
+    self.info.metadata["skipped"][split] = {
+        "listed": listed, "written": written, "skipped_studies": skipped_studies,
+        "counts": dict(sorted(counts.items())),
+    }
+    logging.info(
+        "mimic_cxr/%s %s: wrote %d of %d studies (available: frontal %d, lateral %d, text %d; "
+        "text from IMPRESSION %d); skipped %d studies; skip report rows by reason/outcome: %s; "
+        "skip report: %s", self.builder_config.name, split, written, listed, *available.tolist(),
+        impression, skipped_studies, dict(sorted(counts.items())) or "none", final_path)
+    self._summaries[split] = (written, listed, counts)
+    if len(self._summaries) == len(selection.SPLITS):
+      total = sum((c for _, _, c in self._summaries.values()), collections.Counter())
+      logging.info(
+          "mimic_cxr/%s build done: wrote %s studies; skip report rows by reason/outcome: %s.",
+          self.builder_config.name,
+          ", ".join(f"{s} {w} of {n}" for s, (w, n, _) in self._summaries.items()),
+          dict(sorted(total.items())) or "none")

@@ -1,0 +1,87 @@
+"""Sections of MIMIC-CXR free-text reports.
+
+A MIMIC-CXR report is plain text with upper-case section headers, each followed by a colon:
+
+                                 FINAL REPORT
+   EXAMINATION:  CHEST (PA AND LAT)
+   INDICATION:  ___F with new onset ascites
+   COMPARISON:  None.
+   FINDINGS:
+   There is no focal consolidation, pleural effusion or pneumothorax.
+   IMPRESSION:
+   No acute cardiopulmonary process.
+
+A header is an upper-case name (letters, digits, spaces and ``,&/()'-``) at the start of a line,
+then a colon; a section runs from its header to the next header (or the end of the report).
+Lines without such a header before the first one (``FINAL REPORT``, ``WET READ ...``) belong to
+no section. Whitespace inside a section is collapsed to single spaces.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Section choices of the builder configs.
+FINDINGS = "findings"
+FINDINGS_OR_IMPRESSION = "findings_or_impression"
+SECTIONS = (FINDINGS, FINDINGS_OR_IMPRESSION)
+
+# Header names (after whitespace normalisation) that count as each section.
+FINDINGS_HEADERS = ("FINDINGS", "FINDING")
+IMPRESSION_HEADERS = ("IMPRESSION", "IMPRESSIONS")
+
+_HEADER_RE = re.compile(
+    r"^[ \t]*([A-Z][A-Z0-9 ,&/()'\-]*[A-Z0-9)])[ \t]*:", re.MULTILINE)
+_SPACE_RE = re.compile(r"\s+")
+
+
+def normalize_whitespace(text: str) -> str:
+  """Collapses every run of whitespace (newlines included) into one space; strips the ends."""
+  return _SPACE_RE.sub(" ", text).strip()
+
+
+def split_sections(report: str) -> list[tuple[str, str]]:
+  """The (header, body) pairs of ``report`` in order of appearance.
+
+  Headers are whitespace-normalised upper-case names without the colon (``"FINDINGS"``);
+  bodies are whitespace-normalised and keep their case. Text before the first header is dropped.
+  """
+  matches = list(_HEADER_RE.finditer(report))
+  sections = []
+  for i, match in enumerate(matches):
+    end = matches[i + 1].start() if i + 1 < len(matches) else len(report)
+    header = normalize_whitespace(match.group(1))
+    sections.append((header, normalize_whitespace(report[match.end():end])))
+  return sections
+
+
+def find_section(report: str, headers: tuple[str, ...]) -> str:
+  """The body of the first non-empty section whose header is in ``headers``; "" if none."""
+  for header, body in split_sections(report):
+    if header in headers and body:
+      return body
+  return ""
+
+
+def section_text(report: str, section: str = FINDINGS) -> tuple[str, str]:
+  """The lower-cased text of the configured section and which section it came from.
+
+  Args:
+    report: the whole report file.
+    section: ``"findings"`` (the FINDINGS section only) or ``"findings_or_impression"``
+      (FINDINGS, or IMPRESSION where FINDINGS is absent or empty).
+
+  Returns:
+    (text, source): ``text`` lower-cased and whitespace-normalised, ``source`` one of
+    ``"findings"``, ``"impression"`` or ``""`` (then ``text`` is "" too).
+  """
+  if section not in SECTIONS:
+    raise ValueError(f"Unknown report section {section!r}; expected one of {SECTIONS}.")
+  text = find_section(report, FINDINGS_HEADERS)
+  if text:
+    return text.lower(), "findings"
+  if section == FINDINGS_OR_IMPRESSION:
+    text = find_section(report, IMPRESSION_HEADERS)
+    if text:
+      return text.lower(), "impression"
+  return "", ""
