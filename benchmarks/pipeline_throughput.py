@@ -1,6 +1,6 @@
 """Throughput of the training input pipeline (tfds -> decoded numpy batches), host only.
 
-  python -m benchmarks.input_pipeline --dataset=synthetic_cxr/small --batch_size=128
+  python benchmarks/pipeline_throughput.py --dataset=synthetic_cxr/small --batch_size=128
 
 Builds the dataset first if it is not prepared yet (synthetic_cxr renders it; mimic_cxr needs
 --manual_dir). Prints the time to the first batch of a fresh iterator and of one resumed in the
@@ -8,12 +8,8 @@ middle of a later epoch, then batches/s and examples/s over --num_batches batche
 --warmup_batches. The numbers are per process: a multi-host run feeds each host this fast.
 """
 
-import sys
 import time
 
-if __name__ == "__main__" and not __package__:
-  # Run as a file, this module would shadow the `input_pipeline` package it benchmarks.
-  sys.exit("Run from the repository root: python -m benchmarks.input_pipeline [--flags]")
 
 from absl import app
 from absl import flags
