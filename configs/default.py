@@ -82,6 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
   ev.likelihood = True
   ev.likelihood_samples = 64
   ev.likelihood_examples = 256
+  ev.likelihood_batch_size = 32           # studies per likelihood step (x samples x subsets)
+  ev.generation_latent = "sample"         # 'sample' of q_subset or its 'mean' (grids, coherence)
+  ev.probe_min_test_examples = 20         # fewer valid test studies for a subset is an error
+  ev.attribute_coherence = True           # score generated images against ground-truth
+                                          # attributes where the dataset has them (synthetic)
 
   config.classifier = clf = ml_collections.ConfigDict()
   clf.image_widths = (32, 64, 128, 128, 128)  # conv widths, stride 2 each
@@ -90,4 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
   clf.num_steps = 3000
   clf.batch_size = 128
   clf.learning_rate = 1e-3
+  clf.seed = 0
+  clf.attribute_weight = 1.0              # MSE of standardised attributes (synthetic data)
+  clf.shuffle_buffer_size = 4096          # decoded studies
+  clf.checkpoint_dir = config_dict.placeholder(str)  # None: <workdir>/classifiers; share one
+                                          # directory across runs on the same dataset
   return config

@@ -141,3 +141,24 @@ def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Se
       dropout=c.dropout, prior_expert=c.prior_expert, assignment=c.assignment,
       logvar_bound=c.logvar_bound, text_padding_index=c.text_padding_index,
       dtype=None if dtype == jnp.float32 else dtype)
+
+
+# The order of the builders' `available` columns (input_pipeline.features.MODALITIES).
+DATA_MODALITIES = ("frontal", "lateral", "text")
+
+
+def inputs_from_batch(batch: dict, modalities: Sequence[str]):
+  """A pipeline batch -> (inputs, available) for the model.
+
+  Images go from uint8 [B, S, S, 1] to float32 in [0, 1] (on device, inside jit); text stays
+  int32 [B, T]; ``available`` becomes bool [B, M] in the order of ``modalities``.
+  """
+  inputs = {}
+  for m in modalities:
+    x = batch[m]
+    if not is_text(m):
+      x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+    inputs[m] = x
+  columns = [DATA_MODALITIES.index(m) for m in modalities]
+  available = jnp.asarray(batch["available"])[:, columns].astype(bool)
+  return inputs, available

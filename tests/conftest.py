@@ -18,3 +18,25 @@ jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("MOPOE_TEST_XLA_CACHE", "/tmp/mopoe_jax_test_xla_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_tiny_dir(tmp_path_factory):
+  """Builds synthetic_cxr/tiny (32 px, 32 tokens, 384/128/128 studies) once per session."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import input_pipeline.synthetic_cxr  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  tfds.builder("synthetic_cxr/tiny", data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def tiny_config(data_dir: str, **train_overrides):
+  """configs/tiny.py pointed at ``data_dir`` with train fields overridden."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data.data_dir = data_dir
+  for key, value in train_overrides.items():
+    config.train[key] = value
+  return config

@@ -133,8 +133,21 @@ def tiny_setup():
   available[::3, 1] = False
   available[1::4, 2] = False
   rngs = {n: jax.random.PRNGKey(i) for i, n in enumerate(("params", "sample", "dropout"))}
-  variables = m.init(rngs, inputs, jnp.asarray(available), False)
+  variables = jax.jit(lambda r: m.init(r, inputs, jnp.asarray(available), False))(rngs)
   return c, m, variables, inputs, jnp.asarray(available)
+
+
+@pytest.fixture(scope="module")
+def jitted_loss_and_grad(tiny_setup):
+  """One jitted value-and-grad of the objective, shared; it may be traced once only."""
+  c, m, *_ = tiny_setup
+  loss = _loss_fn(c, m)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, batch_stats, inputs, available, rng):
+    return jax.value_and_grad(loss, has_aux=True)(params, batch_stats, inputs, available, rng)
+  return step
 
 
 def _loss_fn(c, m):
@@ -152,10 +165,9 @@ def _loss_fn(c, m):
   return loss
 
 
-def test_objective_terms_and_finite_gradients(tiny_setup):
+def test_objective_terms_and_finite_gradients(tiny_setup, jitted_loss_and_grad):
   c, m, variables, inputs, available = tiny_setup
-  loss = _loss_fn(c, m)
-  (value, (terms, metrics, _)), grads = jax.value_and_grad(loss, has_aux=True)(
+  (value, (terms, metrics, _)), grads = jitted_loss_and_grad(
       variables["params"], variables["batch_stats"], inputs, available, jax.random.PRNGKey(3))
   assert np.isfinite(float(value))
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
@@ -183,16 +195,9 @@ def test_likelihoods_match_closed_forms():
                              [-np.log(0.5)], rtol=1e-5)  # id 1 is <pad>
 
 
-def test_jitted_objective_does_not_retrace(tiny_setup):
-  c, m, variables, inputs, available = tiny_setup
-  loss = _loss_fn(c, m)
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(params, batch_stats, inputs, available, rng):
-    return jax.value_and_grad(loss, has_aux=True)(params, batch_stats, inputs, available, rng)
-
-  for seed in range(2):
-    (v, _), _ = step(variables["params"], variables["batch_stats"], inputs, available,
-                     jax.random.PRNGKey(seed))
+def test_jitted_objective_does_not_retrace(tiny_setup, jitted_loss_and_grad):
+  _, _, variables, inputs, available = tiny_setup
+  for seed in range(2):  # a second trace would raise in chex.assert_max_traces
+    (v, _), _ = jitted_loss_and_grad(variables["params"], variables["batch_stats"], inputs,
+                                     available, jax.random.PRNGKey(seed))
     assert np.isfinite(float(v))
