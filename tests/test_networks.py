@@ -201,3 +201,23 @@ def test_jitted_objective_does_not_retrace(tiny_setup, jitted_loss_and_grad):
     (v, _), _ = jitted_loss_and_grad(variables["params"], variables["batch_stats"], inputs,
                                      available, jax.random.PRNGKey(seed))
     assert np.isfinite(float(v))
+
+
+def test_bfloat16_compute_keeps_params_and_outputs_float32():
+  c = tiny_config.get_config()
+  c.model.compute_dtype = "bfloat16"
+  m, variables, out = _abstract_init(c, vocab_size=50)
+  assert {x.dtype for x in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
+  assert out.outputs["frontal"].dtype == jnp.float32 and out.mu_k.dtype == jnp.float32
+  jaxpr = jax.make_jaxpr(lambda v: m.apply(v, *_tiny_inputs(c), False,
+                                           rngs={"sample": jax.random.PRNGKey(0)}))(variables)
+  assert "bf16" in str(jaxpr)  # the convolutions run in bfloat16
+  c.model.compute_dtype = "float16"
+  with pytest.raises(ValueError, match="compute_dtype must be 'float32' or 'bfloat16'"):
+    _abstract_init(c, vocab_size=50)
+
+
+def _tiny_inputs(c, batch=8):
+  s, t = c.data.image_size, c.data.text_length
+  return ({"frontal": jnp.zeros((batch, s, s, 1)), "lateral": jnp.zeros((batch, s, s, 1)),
+           "text": jnp.zeros((batch, t), jnp.int32)}, None)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import tiny_config
 from input_pipeline import pipeline
-from mopoe_jax import checkpointing, train
+from mopoe_jax import checkpointing, evaluation, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,6 +66,10 @@ def test_checkpoint_round_trip(straight_run):
   config, workdir, state = straight_run
   manager = checkpointing.create_manager(workdir, read_only=True)
   assert manager.latest_step() == 30
+  # Retention: the newest keep_checkpoints (2) plus the best by eval loss.
+  evals = dict(_scalars(workdir, "eval_loss"))
+  best = min(evals, key=evals.get)
+  assert set(manager.all_steps()) == {20, 30, best}
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
                           if isinstance(x, jax.Array) else x, state)
   restored, meta = checkpointing.restore_train_state(manager, abstract)
@@ -82,12 +86,12 @@ def test_checkpoint_round_trip(straight_run):
 
 
 def test_kill_and_resume_is_bit_identical(straight_run, tmp_path):
-  """A run killed hard after step 10 (its last checkpoint) and resumed ends where the straight
+  """A run killed hard after step 20 (its last checkpoint) and resumed ends where the straight
   run ended: same batches from the data position, same rngs, same optimizer state."""
   config, workdir, straight = straight_run
-  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), "10"),
-                  os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "10"))
-  assert checkpointing.create_manager(str(tmp_path), read_only=True).latest_step() == 10
+  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
+                  os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"))
+  assert checkpointing.create_manager(str(tmp_path), read_only=True).latest_step() == 20
   resumed = train.train_and_evaluate(config, str(tmp_path))
   assert int(resumed.step) == 30
   for a, b in zip(_leaves(resumed), _leaves(straight)):
@@ -189,3 +193,44 @@ def test_two_devices_match_one_device(synthetic_tiny_dir):
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                         timeout=360)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_evaluate_mode_restores_without_optimizer_state(straight_run, tmp_path):
+  config, workdir, _ = straight_run
+  config = tiny_config(config.data.data_dir)
+  for part in ("generation", "coherence", "likelihood"):
+    config.eval[part] = False
+  results = evaluation.evaluate(config, workdir)
+  assert results["settings"]["step"] == 30
+  assert os.path.exists(os.path.join(workdir, "eval", "probes.json"))
+  # A workdir without checkpoints, a missing step, a checkpoint of another model shape.
+  with pytest.raises(FileNotFoundError, match="No checkpoint in .*Train first"):
+    evaluation.evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match=r"No checkpoint of step 7 .*available steps: \[.*30\]"):
+    evaluation.evaluate(config, workdir, step=7)
+  other = tiny_config(config.data.data_dir)
+  other.model.latent_dim = 8
+  with pytest.raises(ValueError, match="trained with another model shape"):
+    evaluation.evaluate(other, workdir)
+
+
+def test_plateau_lowers_the_learning_rate_after_patience_evaluations():
+  plateau = train.Plateau()
+  losses = [10.0, 9.0, 9.5, 9.2, 9.1, 8.0, 8.5, 8.6]
+  drops = [plateau.update(x, patience=3, factor=0.5, min_scale=0.2) for x in losses]
+  assert drops == [False, False, False, False, True, False, False, False]
+  assert plateau.scale == 0.5 and plateau.best == 8.0 and plateau.bad_evals == 2
+  for _ in range(12):
+    plateau.update(9.0, patience=3, factor=0.5, min_scale=0.2)
+  assert plateau.scale == 0.2  # never below min_scale
+
+
+def test_set_plateau_scale_changes_only_the_factor(straight_run):
+  _, _, state = straight_run
+  lowered = train.set_plateau_scale(state, 0.25)
+  assert float(train.plateau_scale(lowered.opt_state)) == 0.25
+  assert float(train.plateau_scale(state.opt_state)) == 1.0
+  assert (train.plateau_scale(lowered.opt_state).sharding ==
+          train.plateau_scale(state.opt_state).sharding)  # the jitted step does not recompile
+  for a, b in zip(jax.tree.leaves(lowered.opt_state[0]), jax.tree.leaves(state.opt_state[0])):
+    np.testing.assert_array_equal(a, b)
