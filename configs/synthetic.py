@@ -30,13 +30,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   train = config.train
   train.batch_size = 64
-  train.num_epochs = 12.0
+  train.num_epochs = 8.0
   train.learning_rate = 1e-3
   train.warmup_steps = 100
   train.log_every_steps = 50
-  train.eval_every_steps = 400
+  train.eval_every_steps = 250
   train.eval_batches = 4
-  train.checkpoint_every_steps = 400
+  train.checkpoint_every_steps = 250
   train.keep_checkpoints = 2
 
   ev = config.eval
