@@ -532,7 +532,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.warning("Stopping at step %d (checkpoint saved; rerun to resume).", step)
         break
   manager.wait_until_finished()
-  writer.flush()
+  manager.close()
+  writer.close()
+  del train_iter
   if last_eval is not None:
     logging.info("Final eval loss %.3f at step %d.", last_eval["loss"], step)
   return state
