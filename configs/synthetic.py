@@ -2,9 +2,10 @@
 
   python main.py --config=configs/synthetic.py --workdir=runs/synthetic
 
-Builds `synthetic_cxr/small` (64 px, 64 tokens, ~6k training studies; seconds), trains a
-reduced-width model and evaluates it. On a 2-core CPU the whole run (build, compile, training,
-evaluation) takes about 15 minutes; on one GPU about a minute.
+Builds `synthetic_cxr/small` (64 px, 64 tokens, 6,000 training studies; ~20 s), trains a
+reduced-width model (4.0 M parameters) for 8 epochs (744 steps of 64) and evaluates it. The
+whole run (build, compilation, training, evaluation) took 19 CPU-minutes: 11-13 minutes on an
+idle 2-core CPU (19.6 minutes measured on a shared, loaded one); a few minutes on one GPU.
 """
 
 import ml_collections

@@ -1036,6 +1036,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
   """Restores a checkpoint of ``workdir`` (parameters and batch statistics only; the latest, or
   ``step`` / ``config.eval.checkpoint_step``) on this host's first device and runs
   `run_evaluation`. Works on a CPU for checkpoints trained on accelerators."""
+  if jax.process_index() != 0:
+    logging.info("Process %d: evaluation runs on process 0 only.", jax.process_index())
+    return {}
   manager = checkpointing.create_manager(workdir, read_only=True)
   steps = list(manager.all_steps())
   if not steps:
