@@ -8,6 +8,7 @@ Every config field can be overridden, e.g. --config.train.batch_size=128.
 
 import logging as logging_std
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -43,7 +44,11 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   logging.info("Workdir: %s", workdir)
   if FLAGS.mode in ("train", "train_and_evaluate"):
-    train.train_and_evaluate(FLAGS.config, workdir)
+    try:
+      train.train_and_evaluate(FLAGS.config, workdir)
+    except train.Preempted as e:
+      logging.warning("%s", e)
+      sys.exit(143)  # 128 + SIGTERM: the scheduler sees a terminated job
     logging.info("Checkpoints: %s", os.path.join(workdir, "checkpoints"))
     logging.info("TensorBoard logs: %s (tensorboard --logdir %s)", workdir, workdir)
   if FLAGS.mode in ("evaluate", "train_and_evaluate"):

@@ -45,6 +45,15 @@ class NonFiniteError(RuntimeError):
   """Raised when training produced a non-finite loss or gradient."""
 
 
+class Preempted(RuntimeError):
+  """Raised after SIGTERM (or an Orbax preemption notice) once the checkpoint is saved."""
+
+  def __init__(self, step: int, checkpoint_dir: str):
+    super().__init__(f"Preempted at step {step}; the checkpoint of step {step} is in "
+                     f"{checkpoint_dir}. Rerun the same command to resume.")
+    self.step = step
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   """The static, hashable part of the config that the jitted step closes over."""
@@ -417,7 +426,12 @@ def _flat_hparams(config) -> dict:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (resuming from the newest checkpoint in ``workdir``) and returns the final state."""
+  """Trains (resuming from the newest checkpoint in ``workdir``) and returns the final state.
+
+  Raises:
+    Preempted: after SIGTERM, once the checkpoint of the current step is saved.
+    NonFiniteError: when a loss or gradient was not finite (names the step).
+  """
   if config.train.multihost:
     jax.distributed.initialize()
   validate_config(config, jax.device_count())
@@ -529,12 +543,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         ckpt_metrics = {"eval_loss": eval_metrics["loss"]} if eval_metrics else None
         checkpointing.save(manager, state, meta(), ckpt_metrics, force=stop)
       if stop:
-        logging.warning("Stopping at step %d (checkpoint saved; rerun to resume).", step)
         break
   manager.wait_until_finished()
   manager.close()
   writer.close()
   del train_iter
+  if step < total_steps:
+    raise Preempted(step, str(manager.directory))
   if last_eval is not None:
     logging.info("Final eval loss %.3f at step %d.", last_eval["loss"], step)
   return state
