@@ -35,6 +35,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  from mopoe_jax import xla_config  # pylint: disable=g-import-not-at-top
+  logging.info("XLA_FLAGS=%s", xla_config.apply_defaults())
   # TensorFlow (tf.data) must not take the accelerators that JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
