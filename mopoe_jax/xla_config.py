@@ -1,8 +1,8 @@
 """XLA settings that the entry points apply before JAX starts its backends.
 
-On XLA:CPU (jaxlib 0.10 / 0.11) convolutions rewritten into individual YNNPACK calls ran this
-model's training step 1.5-2x slower than XLA's own convolution emitter (benchmarks/README.md,
-issue #6). ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` turns that one
+On XLA:CPU (jaxlib 0.10) convolutions rewritten into individual YNNPACK calls made this
+model's paper-size training step slower than XLA's own convolution emitter: 2.23 vs 1.83 s per
+step of 8 on 2 cores, measured interleaved (benchmarks/results/step_optimization.md, issue #6). ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` turns that one
 rewrite off; it is a CPU-only option that GPU and TPU backends ignore.
 """
 
