@@ -21,7 +21,6 @@ from typing import Any
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
-import flax.struct
 from flax.training import train_state as flax_train_state
 import jax
 import jax.numpy as jnp
