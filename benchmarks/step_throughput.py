@@ -524,7 +524,7 @@ def main(argv=None):
       cpu_name = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
   except (OSError, StopIteration):
     pass
-  env = {"command": "python benchmarks/step_throughput.py " + " ".join(sys.argv[1:]),
+  env = {"command": " ".join(["python benchmarks/step_throughput.py"] + sys.argv[1:]),
          "cpu": cpu_name, "threads": args.threads, "cores": cores,
          "jax": jax.__version__, "torch": torch.__version__ if torch else None,
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "backend": jax.default_backend(),
