@@ -35,7 +35,7 @@ import sys
 import time
 
 if __package__ in (None, ""):
-  # The repository root first: benchmarks/input_pipeline.py must not shadow the package.
+  # The repository root first: a script folder on sys.path must not shadow the packages.
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np

@@ -46,7 +46,7 @@ import threading
 import time
 
 if __package__ in (None, ""):
-  # Run as a file: the repository root must come first, or benchmarks/input_pipeline.py would
+  # Run as a file: the repository root must come first, so that the packages of this checkout
   # shadow the input_pipeline package that mopoe_jax.train imports.
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
