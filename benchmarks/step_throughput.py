@@ -47,7 +47,7 @@ import time
 
 if __package__ in (None, ""):
   # Run as a file: the repository root must come first, so that the packages of this checkout
-  # shadow the input_pipeline package that mopoe_jax.train imports.
+  # are imported rather than an installed copy.
   sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
