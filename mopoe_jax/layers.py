@@ -1,24 +1,79 @@
-"""Building blocks: a fast exact transposed convolution and the reference's residual blocks.
+"""Building blocks: fast exact (transposed) convolutions and the reference's residual blocks.
 
 Transposed convolutions follow PyTorch's definition (kernel [*k, C_in, C_out], ``padding`` p and
 ``output_padding`` per spatial dim): out[s*i - p + t] += x[i] * w[t].
 
 XLA:CPU computes the kernel gradient of ``lax.conv_transpose`` very slowly. When the output is
 exactly s times the input (k - 2p + output_padding == s, true for every strided transposed
-convolution of these networks), the transposed convolution splits into s^d phases, each a
-stride-1 convolution of x with a sub-kernel of w. :func:`conv_transpose` builds all phases as
-one stride-1 convolution to s^d * C_out channels (the sub-kernels gathered from w) followed by
-depth-to-space: the same sums, exactly, with fast gradients.
+convolution of these networks), output phase a (outputs s*i + a) is a stride-1 convolution of x
+with the taps of w that land on it. :func:`conv_transpose` runs each phase with only its own
+taps (k^d / s^d per output, no zero taps) and interleaves the phases: the same sums, exactly,
+with fast gradients (benchmarks/conv_transpose_grad.py). With fewer than 8 output channels
+(the image decoders' last layer) the phases share one convolution to s^d * C_out channels.
+
+1-D convolutions and 2-D ones with few output positions run as patches + one dot
+(:func:`conv`): XLA:CPU computes those, and their gradients, faster than as convolutions
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+_DOT_MAX_OUTPUT_POSITIONS = 16  # 2-D convolutions with at most this many outputs go to a dot
+# 2-D transposed convolutions with fewer output channels use one gathered convolution for all
+# phases (benchmarks/results/step_optimization.md: the 64 -> 1 layer, 14.5 -> 8.3 ms)
+_EXACT_PHASES_MIN_C_OUT = 8
+
+
+def _dimension_numbers(nd: int):
+  """Channels-last layouts of lax convolutions with nd spatial dims."""
+  spatial = "HW"[:nd]
+  return ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+
+
+def _patches_dot(x, kernel, strides, padding):
+  """Cross-correlation as strided slices + concatenate + one dot_general.
+
+  x: [B, *n, C_in]; kernel: [*k, C_in, C_out]; padding: one (lo, hi) pair per spatial dim
+  (negative values crop).
+  """
+  nd = x.ndim - 2
+  ks = kernel.shape[:nd]
+  c_in, c_out = kernel.shape[-2:]
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                  [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
+  out = [(x.shape[1 + d] - ks[d]) // strides[d] + 1 for d in range(nd)]
+  cols = []
+  for taps in itertools.product(*[range(k) for k in ks]):
+    start = (0, *taps, 0)
+    limit = (x.shape[0], *[t + (o - 1) * s + 1 for t, o, s in zip(taps, out, strides)], c_in)
+    cols.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
+  patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  w = kernel.reshape(-1, c_out).astype(patches.dtype)
+  return jax.lax.dot_general(patches, w, (((nd + 1,), (0,)), ((), ())))
+
+
+def conv(x, kernel, strides: Sequence[int], padding: Sequence[tuple[int, int]]):
+  """Cross-correlation like lax.conv_general_dilated, channels last.
+
+  1-D convolutions and 2-D ones with at most 16 output positions run as patches + one dot:
+  XLA:CPU computes those (and their kernel gradients) faster than as convolutions.
+  """
+  nd = x.ndim - 2
+  padding = [tuple(p) for p in padding]
+  out = [(n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
+         zip(x.shape[1:-1], padding, kernel.shape[:nd], strides)]
+  if nd == 1 or int(np.prod(out)) <= _DOT_MAX_OUTPUT_POSITIONS:
+    return _patches_dot(x, kernel, tuple(strides), padding)
+  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), tuple(strides), padding,
+                                      dimension_numbers=_dimension_numbers(nd))
 
 
 def _phase_taps(k: int, s: int, p: int):
@@ -37,9 +92,48 @@ def _phase_taps(k: int, s: int, p: int):
   return table, o_min, o_max
 
 
+def _gathered_phase_conv(x, kernel, strides, padding):
+  """All phases as ONE stride-1 convolution to s^d * C_out channels, kernels padded with zero
+  taps to a common [L...] window; returns [B, *n, s..., C_out] (phases not yet interleaved)."""
+  nd = x.ndim - 2
+  tables, pads = [], []
+  for k, s, p in zip(kernel.shape[:nd], strides, padding):
+    table, o_min, o_max = _phase_taps(k, s, p)
+    tables.append(table)
+    pads.append((-o_min, o_max))
+  extended = jnp.pad(kernel, [(0, 1)] * nd + [(0, 0), (0, 0)])  # index k is a zero tap
+  index = []
+  for d, table in enumerate(tables):  # axes of the gathered kernel: L_0.., a_0..
+    shape = [1] * (2 * nd)
+    shape[d], shape[nd + d] = table.shape
+    index.append(table.reshape(shape))
+  gathered = extended[tuple(index)]  # [L..., s..., C_in, C_out]
+  c_in, c_out = kernel.shape[-2:]
+  perm = list(range(nd)) + [2 * nd] + list(range(nd, 2 * nd)) + [2 * nd + 1]
+  gathered = gathered.transpose(perm)  # [L..., C_in, s..., C_out]
+  phase_kernel = gathered.reshape(*gathered.shape[:nd], c_in, int(np.prod(strides)) * c_out)
+  y = jax.lax.conv_general_dilated(x, phase_kernel.astype(x.dtype), (1,) * nd, pads,
+                                   dimension_numbers=_dimension_numbers(nd))
+  return y.reshape(*y.shape[:-1], *strides, c_out)
+
+
+def _phases(k: int, s: int, p: int) -> list[tuple[int, list[int]]]:
+  """Per output phase a (outputs s*i + a): (o, taps), where x[i + o + j] meets w[taps[j]]."""
+  phases = []
+  for a in range(s):
+    offsets = [o for o in range((a + p - k) // s, (a + p) // s + 1) if 0 <= a + p - s * o < k]
+    phases.append((offsets[0] if offsets else 0, [a + p - s * o for o in offsets]))
+  return phases
+
+
 def conv_transpose(x, kernel, strides: Sequence[int], padding: Sequence[int],
                    output_padding: Sequence[int] | None = None):
   """PyTorch-semantics transposed convolution, channels last.
+
+  When the output is exactly s times the input, output phase a (outputs s*i + a per dim) is a
+  stride-1 correlation of x with the taps of w that land on it; every phase runs with only its
+  own taps (k^d / s^d per output: the useful FLOPs, no zero taps), then the phases interleave.
+  2-D phases are XLA convolutions; 1-D phases, and a 1 x 1 input, are dots.
 
   Args:
     x: [B, *spatial, C_in].
@@ -50,50 +144,84 @@ def conv_transpose(x, kernel, strides: Sequence[int], padding: Sequence[int],
   """
   nd = x.ndim - 2
   ks = kernel.shape[:nd]
+  c_out = kernel.shape[-1]
   output_padding = tuple(output_padding or (0,) * nd)
-  spatial = "HW"[:nd] if nd <= 2 else None
-  if spatial is None:
+  if nd not in (1, 2):
     raise ValueError(f"conv_transpose supports 1 or 2 spatial dims, got {nd}.")
-  dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
   phase_form = all(k - 2 * p + op == s and s > 1 for k, s, p, op in
                    zip(ks, strides, padding, output_padding))
   if not phase_form:
-    # Stride 1 (a plain convolution with the flipped kernel) or an uneven case: the textbook
-    # input-dilated form, which is what lax.conv_transpose computes.
+    if all(n == 1 for n in x.shape[1:-1]) and not any(padding) and not any(output_padding):
+      # A 1 x 1 input: out[t] = x . w[t] at every kernel position, one dot.
+      w = jnp.moveaxis(kernel.reshape(-1, kernel.shape[-2], c_out), 0, 1)
+      y = x.reshape(x.shape[0], -1) @ w.reshape(kernel.shape[-2], -1).astype(x.dtype)
+      return y.reshape(x.shape[0], *ks, c_out)
     flipped = kernel[tuple(slice(None, None, -1) for _ in range(nd))]
     pads = [(k - 1 - p, k - 1 - p + op) for k, p, op in zip(ks, padding, output_padding)]
+    if all(s == 1 for s in strides) and nd == 1:
+      return _patches_dot(x, flipped, (1,), pads)
     return jax.lax.conv_general_dilated(x, flipped.astype(x.dtype), (1,) * nd, pads,
-                                        lhs_dilation=tuple(strides), dimension_numbers=dn)
+                                        lhs_dilation=tuple(strides),
+                                        dimension_numbers=_dimension_numbers(nd))
 
-  # Phase form: gather the sub-kernels into one [L..., C_in, s^d * C_out] kernel.
-  tables, pads = [], []
-  for k, s, p in zip(ks, strides, padding):
-    table, o_min, o_max = _phase_taps(k, s, p)
-    tables.append(table)
-    pads.append((-o_min, o_max))
-  extended = jnp.pad(kernel, [(0, 1)] * nd + [(0, 0), (0, 0)])  # index k is a zero tap
-  index = []
-  for d, table in enumerate(tables):
-    # Axes of the gathered kernel: L_0..L_{nd-1}, a_0..a_{nd-1}.
-    shape = [1] * (2 * nd)
-    shape[d], shape[nd + d] = table.shape
-    index.append(table.reshape(shape))
-  gathered = extended[tuple(index)]  # [L..., s..., C_in, C_out]
-  c_in, c_out = kernel.shape[-2:]
-  perm = list(range(nd)) + [2 * nd] + list(range(nd, 2 * nd)) + [2 * nd + 1]
-  gathered = gathered.transpose(perm)  # [L..., C_in, s..., C_out]
-  lengths = gathered.shape[:nd]
-  phase_kernel = gathered.reshape(*lengths, c_in, int(np.prod(strides)) * c_out)
-  y = jax.lax.conv_general_dilated(x, phase_kernel.astype(x.dtype), (1,) * nd, pads,
-                                   dimension_numbers=dn)  # [B, *n, s^d * C_out]
-  # Depth to space: [B, n_0, .., s_0, .., C_out] -> [B, n_0 * s_0, ..., C_out].
-  batch, spatial_in = y.shape[0], y.shape[1:1 + nd]
-  y = y.reshape(batch, *spatial_in, *strides, c_out)
-  perm = [0]
+  batch, n = x.shape[0], x.shape[1:1 + nd]
+  if nd == 2 and c_out < _EXACT_PHASES_MIN_C_OUT:
+    # Few output channels: per-phase convolutions would be too narrow to run fast, so all
+    # phases go into one convolution to s^d * C_out channels (with some zero taps).
+    y = _gathered_phase_conv(x, kernel, strides, padding)  # [B, *n, s..., C_out]
+    perm = [0]
+    for d in range(nd):
+      perm += [1 + d, 1 + nd + d]
+    y = y.transpose(perm + [1 + 2 * nd])
+    return y.reshape(batch, *[m * s for m, s in zip(n, strides)], c_out)
+  outs = []
+  for combo in itertools.product(*[_phases(k, s, p) for k, s, p in zip(ks, strides, padding)]):
+    if any(not taps for _, taps in combo):  # no tap lands on this phase
+      outs.append(jnp.zeros((batch, *n, c_out), x.dtype))
+      continue
+    index = np.ix_(*[np.asarray(taps) for _, taps in combo])
+    sub = kernel[index]  # [*L, C_in, C_out]
+    pads = [(-o, o + len(taps) - 1) for o, taps in combo]
+    if nd == 1:
+      outs.append(_patches_dot(x, sub, (1,), pads))
+    else:
+      outs.append(jax.lax.conv_general_dilated(x, sub.astype(x.dtype), (1,) * nd, pads,
+                                               dimension_numbers=_dimension_numbers(nd)))
+  # [s_0 * s_1, B, *n, C] -> [B, n_0, s_0, n_1, s_1, C] -> [B, n_0 * s_0, n_1 * s_1, C]
+  y = jnp.stack(outs).reshape(*strides, batch, *n, c_out)
+  perm = [nd]
   for d in range(nd):
-    perm += [1 + d, 1 + nd + d]
-  y = y.transpose(perm + [1 + 2 * nd])
-  return y.reshape(batch, *[n * s for n, s in zip(spatial_in, strides)], c_out)
+    perm += [nd + 1 + d, d]
+  y = y.transpose(perm + [2 * nd + 1])
+  return y.reshape(batch, *[m * s for m, s in zip(n, strides)], c_out)
+
+
+class Conv(nn.Module):
+  """The nn.Conv uses of this project (explicit padding pairs) through :func:`conv`.
+
+  Same parameters ('kernel' [*k, C_in, C_out], 'bias'), initialisers and auto-names (Conv_0,
+  ...) as nn.Conv, so checkpoints and parameter counts are unchanged.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] | None = None
+  padding: Sequence[tuple[int, int]] | None = None
+  use_bias: bool = True
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):  # x: [B, *spatial, C_in]
+    nd = len(self.kernel_size)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
+    dtype = self.dtype or jnp.promote_types(x.dtype, self.param_dtype)
+    y = conv(x.astype(dtype), kernel.astype(dtype), tuple(self.strides or (1,) * nd),
+             self.padding or [(0, 0)] * nd)
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+      y = y + bias.astype(dtype)
+    return y
 
 
 class ConvTranspose(nn.Module):
@@ -156,8 +284,8 @@ class ResidualBlock(nn.Module):
       if self.transpose:
         return ConvTranspose(features, (k,) * nd, (s,) * nd, (p,) * nd, use_bias=use_bias,
                              dtype=self.dtype)
-      return nn.Conv(features, (k,) * nd, (s,) * nd, [(p, p)] * nd, use_bias=use_bias,
-                     dtype=self.dtype)
+      return Conv(features, (k,) * nd, (s,) * nd, [(p, p)] * nd, use_bias=use_bias,
+                  dtype=self.dtype)
 
     k, s, p = self.kernel_size, self.stride, self.padding
     h = nn.relu(bn()(x))

@@ -24,7 +24,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mopoe_jax.layers import ConvTranspose, ResidualBlock
+from mopoe_jax.layers import Conv, ConvTranspose, ResidualBlock
 
 
 def image_encoder_size(widths: Sequence[int]) -> int:
@@ -80,7 +80,7 @@ class ImageEncoder(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):  # x: [B, S, S, 1] -> mu, logvar [B, D]
     w = self.widths
-    h = nn.Conv(w[0], (3, 3), (2, 2), [(1, 1), (1, 1)], use_bias=False, dtype=self.dtype)(x)
+    h = Conv(w[0], (3, 3), (2, 2), [(1, 1), (1, 1)], use_bias=False, dtype=self.dtype)(x)
     for width in w[1:-1]:
       h = ResidualBlock(width, 4, 2, 1, dropout=self.dropout, dtype=self.dtype)(h, train)
     h = ResidualBlock(w[-1], 4, 2, 0, dropout=self.dropout, dtype=self.dtype)(h, train)
@@ -122,7 +122,7 @@ class TextEncoder(nn.Module):
     h = nn.Embed(self.vocab_size, w[0], dtype=self.dtype)(tokens)  # [B, T, w0]
     if self.padding_index is not None:
       h = h * (tokens != self.padding_index)[..., None].astype(h.dtype)
-    h = nn.Conv(w[0], (4,), (2,), [(1, 1)], dtype=self.dtype)(h)
+    h = Conv(w[0], (4,), (2,), [(1, 1)], dtype=self.dtype)(h)
     for width in w[1:]:
       h = ResidualBlock(width, 4, 2, 1, spatial_dims=1, dropout=self.dropout,
                         dtype=self.dtype)(h, train)

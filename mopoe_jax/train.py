@@ -228,10 +228,12 @@ def train_step(state: TrainState, batch: dict, rng, *, model, step_config: StepC
       state.params)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
-  updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   # A non-finite step changes nothing but the step counter and records where it happened.
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
-                           state.replace(step=updated.step))
+  # lax.cond runs one branch: the update stays in place in the donated buffers, where a
+  # tree-wide jnp.where(finite, new, old) kept both versions alive (copies of the Adam moments).
+  new_state = jax.lax.cond(
+      finite, lambda s: s.apply_gradients(grads=grads, batch_stats=batch_stats),
+      lambda s: s.replace(step=s.step + 1), state)
   bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
   new_state = new_state.replace(bad_step=bad_step.astype(jnp.int32))
   learning_rate = step_config.schedule()(state.step) * plateau_scale(state.opt_state)

@@ -41,12 +41,13 @@ CASES = [  # (k, s, p, output_padding, n): every transposed convolution of the n
     (4, 2, 1, 0, 5), (3, 2, 1, 1, 4), (4, 1, 0, 0, 1), (1, 1, 0, 0, 3), (5, 3, 1, 0, 3)]
 
 
+@pytest.mark.parametrize("c_out", [1, 8])  # 2-D: one gathered convolution / one per phase
 @pytest.mark.parametrize("nd", [1, 2])
 @pytest.mark.parametrize("k,s,p,op,n", CASES)
-def test_fast_conv_transpose_equals_reference_values_and_gradients(nd, k, s, p, op, n):
+def test_fast_conv_transpose_equals_reference_values_and_gradients(nd, k, s, p, op, n, c_out):
   rng = np.random.default_rng(k * 10 + s)
   x = jnp.asarray(rng.normal(size=(2, *(n,) * nd, 3)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(*(k,) * nd, 3, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(*(k,) * nd, 3, c_out)), jnp.float32)
   args = ((s,) * nd, (p,) * nd, (op,) * nd)
   fast = layers.conv_transpose(x, w, *args)
   ref = _reference_conv_transpose(x, w, *args)
@@ -63,13 +64,61 @@ def test_fast_conv_transpose_equals_reference_values_and_gradients(nd, k, s, p, 
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,k,s,p", [
+    ((2, 9, 3), 4, 2, 1),        # 1-D (text encoder): patches + dot
+    ((2, 4, 4, 3), 4, 2, 1),     # 2-D, 4 output positions: patches + dot
+    ((2, 8, 8, 3), 3, 2, 1),     # 2-D, 16 output positions: patches + dot
+    ((2, 12, 12, 3), 4, 2, 0),   # 2-D, 25 output positions: lax convolution
+    ((2, 5, 3), 1, 1, 0)])
+def test_conv_equals_lax_convolution_values_and_gradients(shape, k, s, p):
+  nd = len(shape) - 2
+  rng = np.random.default_rng(sum(shape) + k)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(*(k,) * nd, 3, 5)), jnp.float32)
+  args = ((s,) * nd, [(p, p)] * nd)
+  spatial = "HW"[:nd]
+  dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+  ref = lambda a, b: jax.lax.conv_general_dilated(a, b, *args, dimension_numbers=dn)
+  fast = layers.conv(x, w, *args)
+  np.testing.assert_allclose(fast, ref(x, w), rtol=1e-5, atol=1e-5)
+  cot = jnp.asarray(rng.normal(size=fast.shape), jnp.float32)
+  g_fast = jax.grad(lambda a, b: jnp.sum(layers.conv(a, b, *args) * cot), argnums=(0, 1))(x, w)
+  g_ref = jax.grad(lambda a, b: jnp.sum(ref(a, b) * cot), argnums=(0, 1))(x, w)
+  for a, b in zip(g_fast, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_module_is_a_drop_in_for_nn_conv():
+  """Same parameter names, shapes, initial values and outputs as flax's nn.Conv."""
+  import flax.linen as nn
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 3)), jnp.float32)
+  kwargs = dict(features=4, kernel_size=(3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
+  ours, theirs = layers.Conv(**kwargs), nn.Conv(**kwargs)
+  v_ours = ours.init(jax.random.key(1), x)
+  v_theirs = theirs.init(jax.random.key(1), x)
+  chex.assert_trees_all_close(v_ours, v_theirs)
+  np.testing.assert_allclose(ours.apply(v_ours, x), theirs.apply(v_theirs, x), rtol=1e-5,
+                             atol=1e-5)
+
+
 def test_decoders_use_the_phase_form():
-  """The strided transposed convolutions compile to stride-1 convolutions, no lhs dilation."""
+  """Strided transposed convolutions: one stride-1 2x2 convolution per phase, no lhs dilation
+  and no zero taps; 1-D ones are dots."""
   x = jnp.ones((1, 4, 4, 8))
   w = jnp.ones((4, 4, 8, 8))
   jaxpr = jax.make_jaxpr(lambda a: layers.conv_transpose(a, w, (2, 2), (1, 1)))(x)
   convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  assert len(convs) == 4
+  for c in convs:
+    assert c.params["lhs_dilation"] == (1, 1) and c.invars[1].aval.shape[:2] == (2, 2)
+  jaxpr = jax.make_jaxpr(lambda a: layers.conv_transpose(a, w[0], (2,), (1,)))(x[:, 0])
+  assert not [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  # One output channel (the last decoder layer): all phases in one convolution to s^2 channels.
+  jaxpr = jax.make_jaxpr(lambda a: layers.conv_transpose(a, w[:3, :3, :, :1], (2, 2), (1, 1),
+                                                         (1, 1)))(x)
+  convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
   assert len(convs) == 1 and convs[0].params["lhs_dilation"] == (1, 1)
+  assert convs[0].invars[1].aval.shape == (2, 2, 8, 4)
 
 
 def _count(tree):
