@@ -9,11 +9,11 @@ XLA gets the flags that main.py trains with (mopoe_jax.xla_config) unless --no-x
 Three implementations of the same PyTorch-semantics transposed convolution (k4 s2 p1, output =
 2 x input), checked equal before timing:
 - ``lax``: ``lax.conv_transpose`` (the textbook input-dilated convolution with the flipped kernel);
-- ``phase``: ``mopoe_jax.layers.conv_transpose``: all s^2 phases as one stride-1 convolution with
+- ``phase_gathered``: the project's earlier form: all s^2 phases as one stride-1 convolution with
   a gathered [3, 3, C_in, 4 C_out] kernel (zero taps included: 9/4 of the useful FLOPs), then
-  depth-to-space;
-- ``phase_exact``: a candidate written here: one stride-1 convolution per phase with its own
-  [2, 2, C_in, C_out] sub-kernel (the useful FLOPs only), then the phases interleaved.
+  depth-to-space (the library still uses it for fewer than 8 output channels);
+- ``phase``: ``mopoe_jax.layers.conv_transpose``: one stride-1 convolution per phase with its
+  own [2, 2, C_in, C_out] sub-kernel (the useful FLOPs only), then the phases interleaved.
 For each it times (jitted, median over --repeats after one warm-up call; fewer when one call
 takes seconds): the forward, the kernel gradient alone, the input gradient alone, and forward +
 both gradients; then one training step (forward, MSE loss, gradients, SGD update) of a 5-layer
@@ -40,7 +40,7 @@ import numpy as np
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                        "conv_transpose_grad.json")
-IMPLS = ("lax", "phase", "phase_exact")
+IMPLS = ("lax", "phase_gathered", "phase")
 
 
 def parse_args(argv=None):
@@ -83,39 +83,19 @@ def conv_transpose_phase(x, kernel, stride: int, padding: int):
   return layers.conv_transpose(x, kernel, (stride, stride), (padding, padding))
 
 
-def phase_taps(k: int, s: int, p: int) -> list[tuple[int, list[int]]]:
-  """Per phase a: (lowest input offset o, kernel taps for offsets o, o+1, ...).
-
-  Output s*i + a sums x[i + o] * w[a + p - s*o] over the offsets where that tap exists.
-  """
-  phases = []
-  for a in range(s):
-    offsets = sorted(o for o in range(-k, k + 1) if 0 <= a + p - s * o < k)
-    phases.append((offsets[0], [a + p - s * o for o in offsets]))
-  return phases
-
-
-def conv_transpose_phase_exact(x, kernel, stride: int, padding: int):
-  """One stride-1 convolution per phase with only that phase's taps, then interleaving."""
-  import jax
-  import jax.numpy as jnp
-  k = kernel.shape[0]
-  phases = phase_taps(k, stride, padding)
-  batch, n_h, n_w, _ = x.shape
-  outs = []
-  for o_h, taps_h in phases:
-    for o_w, taps_w in phases:
-      sub = kernel[np.asarray(taps_h)[:, None], np.asarray(taps_w)[None, :]]
-      pads = [(-o_h, o_h + len(taps_h) - 1), (-o_w, o_w + len(taps_w) - 1)]
-      outs.append(jax.lax.conv_general_dilated(x, sub, (1, 1), pads,
-                                               dimension_numbers=("NHWC", "HWIO", "NHWC")))
-  y = jnp.stack(outs).reshape(stride, stride, batch, n_h, n_w, -1)
-  y = y.transpose(2, 3, 0, 4, 1, 5)
+def conv_transpose_phase_gathered(x, kernel, stride: int, padding: int):
+  """The earlier form: all phases as ONE stride-1 convolution with a gathered
+  [3, 3, C_in, 4 C_out] kernel (zero taps included), then depth-to-space. The library keeps it
+  for fewer than 8 output channels."""
+  from mopoe_jax import layers
+  y = layers._gathered_phase_conv(x, kernel, (stride, stride), (padding, padding))
+  batch, n_h, n_w = x.shape[:3]
+  y = y.transpose(0, 1, 3, 2, 4, 5)  # [B, n_h, s, n_w, s, C]
   return y.reshape(batch, n_h * stride, n_w * stride, -1)
 
 
-FUNCS = {"lax": conv_transpose_lax, "phase": conv_transpose_phase,
-         "phase_exact": conv_transpose_phase_exact}
+FUNCS = {"lax": conv_transpose_lax, "phase_gathered": conv_transpose_phase_gathered,
+         "phase": conv_transpose_phase}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,12 +234,14 @@ def main(argv=None):
   single = report["single_layer"]["results"]
   print("\nspeed-up of the phase form over lax.conv_transpose (wall):")
   for op in ("forward", "kernel_grad", "input_grad", "forward_and_grads"):
-    print(f"  {op:17s} phase x{single['lax'][op]['wall_s'] / single['phase'][op]['wall_s']:.2f}, "
-          f"phase_exact x{single['lax'][op]['wall_s'] / single['phase_exact'][op]['wall_s']:.2f}")
+    print(f"  {op:17s} phase_gathered "
+          f"x{single['lax'][op]['wall_s'] / single['phase_gathered'][op]['wall_s']:.2f}, "
+          f"phase x{single['lax'][op]['wall_s'] / single['phase'][op]['wall_s']:.2f}")
   dec = report["decoder_step"]["results"]
   if "lax" in dec:
-    print(f"  decoder step      phase x{dec['lax']['wall_s'] / dec['phase']['wall_s']:.2f}, "
-          f"phase_exact x{dec['lax']['wall_s'] / dec['phase_exact']['wall_s']:.2f}")
+    print(f"  decoder step      phase_gathered "
+          f"x{dec['lax']['wall_s'] / dec['phase_gathered']['wall_s']:.2f}, "
+          f"phase x{dec['lax']['wall_s'] / dec['phase']['wall_s']:.2f}")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(report, f, indent=1)

@@ -69,6 +69,9 @@ def test_fast_conv_transpose_equals_reference_values_and_gradients(nd, k, s, p, 
     ((2, 4, 4, 3), 4, 2, 1),     # 2-D, 4 output positions: patches + dot
     ((2, 8, 8, 3), 3, 2, 1),     # 2-D, 16 output positions: patches + dot
     ((2, 12, 12, 3), 4, 2, 0),   # 2-D, 25 output positions: lax convolution
+    ((2, 16, 16, 3), 4, 2, 1),   # 2-D, 64 outputs: input gradient as phase-form conv_transpose
+    ((2, 17, 17, 3), 3, 2, 1),   # 2-D, 81 outputs, odd size (output_padding 0)
+    ((2, 18, 18, 3), 3, 2, 1),   # 2-D, 81 outputs, k - 2p + op != s: lax's input gradient
     ((2, 5, 3), 1, 1, 0)])
 def test_conv_equals_lax_convolution_values_and_gradients(shape, k, s, p):
   nd = len(shape) - 2
@@ -86,6 +89,16 @@ def test_conv_equals_lax_convolution_values_and_gradients(shape, k, s, p):
   g_ref = jax.grad(lambda a, b: jnp.sum(ref(a, b) * cot), argnums=(0, 1))(x, w)
   for a, b in zip(g_fast, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_conv_input_gradient_has_no_dilated_convolution():
+  """The encoders' k4 s2 p1 convolutions: XLA's input gradient would dilate the output gradient
+  (lhs_dilation 2, four times the FLOPs); ours runs only stride-1, undilated convolutions."""
+  x = jnp.ones((2, 16, 16, 3))
+  w = jnp.ones((4, 4, 3, 5))
+  jaxpr = jax.make_jaxpr(jax.grad(lambda a: jnp.sum(layers.conv(a, w, (2, 2), [(1, 1)] * 2))))(x)
+  convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  assert convs and all(c.params["lhs_dilation"] == (1, 1) for c in convs)
 
 
 def test_conv_module_is_a_drop_in_for_nn_conv():
