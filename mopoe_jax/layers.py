@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_DOT_MAX_OUTPUT_POSITIONS = 16  # 2-D convolutions with at most this many outputs go to a dot
-# Strided 2-D convolutions with at least this many outputs get the phase-form input gradient
-# (below it, four small phase convolutions are slower than XLA's own: 8 px input, 4.9 vs 7.9 ms)
-_PHASE_DX_MIN_OUTPUT_POSITIONS = 64
+# 2-D convolutions with at most this many output rows (batch x output positions) run as
+# patches + one dot: measured forward + both gradients, 8 x 4 x 4 outputs 256 -> 320 channels
+# 5.3 vs 6.9 ms, 8 x 1 x 1 1.6 vs 5.2 ms; at 1,024 rows (64 x 4 x 4, 64 -> 96) the dot loses,
+# 5.6 vs 2.9 ms.
+_DOT_MAX_ROWS = 256
 # 2-D transposed convolutions with fewer output channels use one gathered convolution for all
 # phases (benchmarks/results/step_optimization.md: the 64 -> 1 layer, 14.5 -> 8.3 ms)
 _EXACT_PHASES_MIN_C_OUT = 8
@@ -68,19 +69,19 @@ def _patches_dot(x, kernel, strides, padding):
 def conv(x, kernel, strides: Sequence[int], padding: Sequence[tuple[int, int]]):
   """Cross-correlation like lax.conv_general_dilated, channels last.
 
-  1-D convolutions and 2-D ones with at most 16 output positions run as patches + one dot:
-  XLA:CPU computes those (and their kernel gradients) faster than as convolutions. Strided 2-D
-  ones with at least 64 outputs get their input gradient from :func:`conv_transpose`.
+  1-D convolutions and 2-D ones with at most 256 output rows (batch x output positions; the
+  batch as traced, i.e. global under jit) run as patches + one dot: XLA:CPU computes those (and
+  their kernel gradients) faster than as convolutions. Larger strided 2-D ones get their input
+  gradient from :func:`conv_transpose`.
   """
   nd = x.ndim - 2
   padding = [tuple(p) for p in padding]
   out = [(n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
          zip(x.shape[1:-1], padding, kernel.shape[:nd], strides)]
-  if nd == 1 or int(np.prod(out)) <= _DOT_MAX_OUTPUT_POSITIONS:
+  if nd == 1 or x.shape[0] * int(np.prod(out)) <= _DOT_MAX_ROWS:
     return _patches_dot(x, kernel, tuple(strides), padding)
   kernel = kernel.astype(x.dtype)
-  if int(np.prod(out)) >= _PHASE_DX_MIN_OUTPUT_POSITIONS and _adjoint_padding(
-      x.shape[1:-1], kernel.shape[:nd], strides, padding) is not None:
+  if _adjoint_padding(x.shape[1:-1], kernel.shape[:nd], strides, padding) is not None:
     return _strided_conv(x, kernel, tuple(strides), tuple(padding))
   return _lax_conv(x, kernel, tuple(strides), padding)
 

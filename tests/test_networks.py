@@ -66,12 +66,12 @@ def test_fast_conv_transpose_equals_reference_values_and_gradients(nd, k, s, p, 
 
 @pytest.mark.parametrize("shape,k,s,p", [
     ((2, 9, 3), 4, 2, 1),        # 1-D (text encoder): patches + dot
-    ((2, 4, 4, 3), 4, 2, 1),     # 2-D, 4 output positions: patches + dot
-    ((2, 8, 8, 3), 3, 2, 1),     # 2-D, 16 output positions: patches + dot
-    ((2, 12, 12, 3), 4, 2, 0),   # 2-D, 25 output positions: lax convolution
-    ((2, 16, 16, 3), 4, 2, 1),   # 2-D, 64 outputs: input gradient as phase-form conv_transpose
-    ((2, 17, 17, 3), 3, 2, 1),   # 2-D, 81 outputs, odd size (output_padding 0)
-    ((2, 18, 18, 3), 3, 2, 1),   # 2-D, 81 outputs, k - 2p + op != s: lax's input gradient
+    ((2, 4, 4, 3), 4, 2, 1),     # 2-D, 2 x 2 x 2 output rows: patches + dot
+    ((16, 8, 8, 3), 3, 2, 1),    # 2-D, 16 x 4 x 4 = 256 rows: patches + dot
+    ((8, 24, 24, 3), 4, 2, 0),   # 2-D, 968 rows, k - 2p + op != s: lax convolution
+    ((8, 16, 16, 3), 4, 2, 1),   # 2-D, 512 rows: input gradient as phase-form conv_transpose
+    ((8, 18, 18, 3), 3, 2, 1),   # 2-D, k3 s2 p1 (output_padding 1): phase-form input gradient
+    ((8, 17, 17, 3), 3, 2, 1),   # 2-D, odd size (k - 2p + op != s): lax convolution
     ((2, 5, 3), 1, 1, 0)])
 def test_conv_equals_lax_convolution_values_and_gradients(shape, k, s, p):
   nd = len(shape) - 2
@@ -94,7 +94,7 @@ def test_conv_equals_lax_convolution_values_and_gradients(shape, k, s, p):
 def test_strided_conv_input_gradient_has_no_dilated_convolution():
   """The encoders' k4 s2 p1 convolutions: XLA's input gradient would dilate the output gradient
   (lhs_dilation 2, four times the FLOPs); ours runs only stride-1, undilated convolutions."""
-  x = jnp.ones((2, 16, 16, 3))
+  x = jnp.ones((8, 16, 16, 3))
   w = jnp.ones((4, 4, 3, 5))
   jaxpr = jax.make_jaxpr(jax.grad(lambda a: jnp.sum(layers.conv(a, w, (2, 2), [(1, 1)] * 2))))(x)
   convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
