@@ -4,8 +4,8 @@
 
 Builds `synthetic_cxr/small` (64 px, 64 tokens, 6,000 training studies; ~20 s), trains a
 reduced-width model (4.0 M parameters) for 8 epochs (744 steps of 64) and evaluates it. The
-whole run (build, compilation, training, evaluation) took 19 CPU-minutes: 11-13 minutes on an
-idle 2-core CPU (19.6 minutes measured on a shared, loaded one); a few minutes on one GPU.
+whole run (build, compilation, training, evaluation) took 17 CPU-minutes, 10.1 minutes wall on a
+2-core CPU shared with other jobs (load 1.2-2); a few minutes on one GPU.
 """
 
 import ml_collections
