@@ -11,7 +11,7 @@ taps (k^d / s^d per output, no zero taps) and interleaves the phases: the same s
 with fast gradients (benchmarks/conv_transpose_grad.py). With fewer than 8 output channels
 (the image decoders' last layer) the phases share one convolution to s^d * C_out channels.
 
-1-D convolutions and 2-D ones with few output positions run as patches + one dot
+1-D convolutions and 2-D ones with few output rows (batch x positions) run as patches + one dot
 (:func:`conv`): XLA:CPU computes those, and their gradients, faster than as convolutions
 (benchmarks/README.md). Larger strided 2-D convolutions take their input gradient from the
 same phase-form transposed convolution instead of XLA's dilated one.
