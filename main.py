@@ -35,26 +35,38 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from mopoe_jax import xla_config  # pylint: disable=g-import-not-at-top
-  logging.info("XLA_FLAGS=%s", xla_config.apply_defaults())
+  from mopoe_jax import runtime  # pylint: disable=g-import-not-at-top
+  logging.info("XLA_FLAGS=%s", runtime.apply_defaults())
   # TensorFlow (tf.data) must not take the accelerators that JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
-  from mopoe_jax import evaluation, train  # pylint: disable=g-import-not-at-top
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from input_pipeline import data as data_lib  # pylint: disable=g-import-not-at-top
+  from mopoe_jax import evaluate, train  # pylint: disable=g-import-not-at-top
 
+  config = FLAGS.config
+  if config.train.multihost:
+    jax.distributed.initialize()
   workdir = os.path.abspath(FLAGS.workdir)
   os.makedirs(workdir, exist_ok=True)
   logging.info("Workdir: %s", workdir)
+  if config.train.compilation_cache:
+    runtime.enable_compilation_cache(config.train.compilation_cache_dir or
+                                     os.path.join(workdir, "xla_cache"))
+  data = data_lib.load(config.data)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if FLAGS.mode in ("train", "train_and_evaluate"):
     try:
-      train.train_and_evaluate(FLAGS.config, workdir)
+      train.train_and_evaluate(config, workdir, data, writer)
     except train.Preempted as e:
       logging.warning("%s", e)
       sys.exit(143)  # 128 + SIGTERM: the scheduler sees a terminated job
     logging.info("Checkpoints: %s", os.path.join(workdir, "checkpoints"))
     logging.info("TensorBoard logs: %s (tensorboard --logdir %s)", workdir, workdir)
   if FLAGS.mode in ("evaluate", "train_and_evaluate"):
-    evaluation.evaluate(FLAGS.config, workdir)
+    evaluate.evaluate(config, workdir, data, writer)
+  writer.close()
 
 
 if __name__ == "__main__":

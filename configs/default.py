@@ -28,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.train_split = "train"
   data.eval_split = "validation"
   data.test_split = "test"
+  # Training shuffle buffer of encoded studies; None: the whole shard of this process (a uniform
+  # permutation every epoch; memory: the shard's encoded size).
+  data.shuffle_buffer_size = config_dict.FieldReference(10_000, field_type=int)
+  data.prefetch = 2                       # batches prepared ahead of the step
 
   config.model = model = ml_collections.ConfigDict()
   model.latent_dim = 512
@@ -40,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.prior_expert = "full_set"         # 'none' | 'full_set' | 'all'
   model.assignment = "slice"              # 'slice' (reference) | 'random'
   model.logvar_bound = config_dict.placeholder(float)  # None: unbounded, as the reference
-  model.text_padding_index = 0            # reference: nn.Embedding(padding_idx=0) (<exc>)
+  model.embedding_zero_id = 0             # reference: nn.Embedding(padding_idx=0) zeroes id 0,
+                                          # which is <exc> (unknown word), not <pad>
   model.compute_dtype = "float32"         # or 'bfloat16' (params and loss stay float32)
   model.rec_weights = (1 / 3, 1 / 3, 1 / 3)
   model.beta = 1.0
@@ -66,22 +71,24 @@ def get_config() -> ml_collections.ConfigDict:
   train.keep_checkpoints = 3              # plus the best by eval loss
   train.multihost = False                 # call jax.distributed.initialize() first
   train.image_grid_studies = 8            # studies in the TensorBoard image grids
+  train.compilation_cache = True          # JAX's persistent compilation cache: a resumed or
+                                          # re-evaluated run does not compile the step again
+  train.compilation_cache_dir = config_dict.placeholder(str)  # None: <workdir>/xla_cache
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 200
   ev.checkpoint_step = config_dict.placeholder(int)  # None: the latest checkpoint
   ev.seed = 0
-  ev.probes = True
+  # The evaluators that run, in order (mopoe_jax/evaluators/): any of 'probes', 'generation',
+  # 'coherence', 'likelihood'.
+  ev.evaluators = ("probes", "generation", "coherence", "likelihood")
   ev.probe_train_examples = 500           # drawn with replacement from the train split
   ev.probe_repeats = 1
   ev.probe_max_iter = 1000
   ev.probe_legacy_metric = False          # the reference's swapped-argument hard-label AP
   ev.probe_max_train_pool = 20000         # train-split examples encoded for the draws
-  ev.generation = True
   ev.generation_studies = 8
   ev.prior_samples = 16
-  ev.coherence = True
-  ev.likelihood = True
   ev.likelihood_samples = 64
   ev.likelihood_examples = 256
   ev.likelihood_batch_size = 32           # studies per likelihood step (x samples x subsets)

@@ -17,17 +17,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-MODALITIES = ("frontal", "lateral", "text")
+# The layout is the contract of mopoe_jax.datasource: same modality and label columns.
+from mopoe_jax.datasource import LABELS, MODALITIES, PROBE_LABELS
 
-LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
-    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion",
-    "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
-)
+__all__ = ["LABELS", "MODALITIES", "NO_FINDING_INDEX", "PROBE_LABELS", "finding_from_labels",
+           "study_features"]
+
 NO_FINDING_INDEX = LABELS.index("No Finding")
-
-# Names used for the probe tables: "Finding" first, then the 14 CheXpert labels.
-PROBE_LABELS = ("Finding",) + LABELS
 
 
 def finding_from_labels(labels: np.ndarray) -> np.ndarray:

@@ -12,18 +12,22 @@ into fixed-shape batches for a data-parallel jitted step:
   valid      bool    [b]           eval batches only: False on padding rows
 
 Strings (report, study_id) and builder-specific extras are dropped. ``b`` is the per-process
-batch: the global batch divided by the number of processes; `to_global_batch` assembles the
-processes' batches into one global array per key, sharded over the mesh axis ``'data'``.
+batch: the global batch divided by the number of processes;
+`mopoe_jax.sharding.to_global_batch` assembles the processes' batches into one global array per
+key, sharded over the mesh axis ``'data'``. Nothing here touches devices: TensorFlow is kept off the accelerators by the entry point
+(main.py).
 
-Fields read from ``data_config`` (an ml_collections ConfigDict):
+Fields read from ``data_config`` (an ml_collections ConfigDict; configs/default.py documents
+them all):
   name                 tfds name, e.g. 'synthetic_cxr/small' or 'mimic_cxr/paper'
   data_dir             where tfds keeps prepared datasets (None: the tfds default)
   manual_dir           where manually downloaded files lie (None: the tfds default)
-  require_complete     keep only studies with all three modalities (default False)
-  shuffle_buffer_size  training shuffle buffer of still-encoded studies (default 10_000); None,
-                       or a buffer at least as large as a process's shard, gives a uniform
-                       permutation of the shard every epoch (memory: the shard's encoded size)
-  prefetch             batches prepared ahead (default 2)
+  require_complete     keep only studies with all three modalities
+  train_split          the split `train_iterator` reads
+  shuffle_buffer_size  training shuffle buffer of still-encoded studies; None, or a buffer at
+                       least as large as a process's shard, gives a uniform permutation of the
+                       shard every epoch (memory: the shard's encoded size)
+  prefetch             batches prepared ahead
 
 Training order and deterministic resume
 ---------------------------------------
@@ -54,17 +58,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import text as text_lib
+from mopoe_jax.sharding import check_batch_divisible
 
-
-def _hide_gpus_from_tensorflow() -> None:
-  """Keeps TensorFlow off the accelerators, which belong to JAX."""
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError as e:  # TensorFlow already initialised its devices.
-    logging.warning("Could not hide GPUs from TensorFlow (%s); it may reserve GPU memory.", e)
-
-
-_hide_gpus_from_tensorflow()
 
 # The per-example features that batches carry, in the order of the module docstring.
 BATCH_KEYS = ("frontal", "lateral", "text", "available", "labels", "finding")
@@ -75,9 +70,6 @@ _BUILDER_MODULES = {
     "synthetic_cxr": "input_pipeline.synthetic_cxr",
     "mimic_cxr": "input_pipeline.mimic_cxr",
 }
-
-_DEFAULT_SHUFFLE_BUFFER_SIZE = 10_000
-_DEFAULT_PREFETCH = 2
 
 Batch = dict[str, np.ndarray]
 
@@ -197,32 +189,6 @@ def num_examples(builder: tfds.core.DatasetBuilder, split, *,
   return _count_complete(builder, split)
 
 
-def _num_devices(mesh_or_num_devices: jax.sharding.Mesh | int) -> int:
-  if isinstance(mesh_or_num_devices, jax.sharding.Mesh):
-    mesh = mesh_or_num_devices
-    return mesh.shape["data"] if "data" in mesh.axis_names else mesh.size
-  return int(mesh_or_num_devices)
-
-
-def check_batch_divisible(global_batch_size: int,
-                          mesh_or_num_devices: jax.sharding.Mesh | int,
-                          what: str = "devices") -> None:
-  """Raises ValueError unless ``global_batch_size`` splits evenly over the devices (or processes).
-
-  ``mesh_or_num_devices`` is a count or a mesh (then the size of its 'data' axis counts).
-  """
-  n = _num_devices(mesh_or_num_devices)
-  if n < 1:
-    raise ValueError(f"Cannot split a batch over {n} {what}.")
-  if global_batch_size < 1:
-    raise ValueError(f"global batch {global_batch_size} must be positive; use a multiple of {n}, "
-                     f"e.g. {n}.")
-  if global_batch_size % n:
-    suggestion = -(-global_batch_size // n) * n
-    raise ValueError(f"global batch {global_batch_size} does not divide over {n} {what}; use a "
-                     f"multiple of {n}, e.g. {suggestion}")
-
-
 # ------------------------------------------------------------------------------------------------
 # tf.data pipelines.
 
@@ -265,7 +231,8 @@ def train_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collection
 
   Args:
     builder: a prepared builder (`get_builder`).
-    data_config: reads ``require_complete``, ``shuffle_buffer_size``, ``prefetch``.
+    data_config: reads ``train_split``, ``require_complete``, ``shuffle_buffer_size``,
+      ``prefetch``.
     global_batch_size: rows per step over all processes; each process yields
       ``global_batch_size // process_count`` rows.
     seed: the shuffle seed; the same seed gives the same batches.
@@ -278,13 +245,14 @@ def train_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collection
     An iterator of dicts of numpy arrays with keys `BATCH_KEYS`, leading dimension
     ``global_batch_size // process_count``.
   """
-  shard, process_index, process_count = _process_split("train", process_index, process_count)
+  shard, process_index, process_count = _process_split(
+      data_config.train_split, process_index, process_count)
   check_batch_divisible(global_batch_size, process_count, what="processes")
   check_batch_divisible(global_batch_size, jax.device_count())
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   batch_size = global_batch_size // process_count
-  require_complete = bool(data_config.get("require_complete", False))
+  require_complete = bool(data_config.require_complete)
   n = num_examples(builder, shard, require_complete=require_complete)
   steps_per_epoch = n // batch_size
   if steps_per_epoch == 0:
@@ -294,7 +262,7 @@ def train_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collection
         f"{batch_size} (global batch {global_batch_size}); use a global batch of at most "
         f"{n * process_count}.")
   start_epoch, skip_steps = divmod(start_step, steps_per_epoch)
-  shuffle_buffer_size = data_config.get("shuffle_buffer_size", _DEFAULT_SHUFFLE_BUFFER_SIZE)
+  shuffle_buffer_size = data_config.shuffle_buffer_size
   if shuffle_buffer_size is not None and shuffle_buffer_size < 1:
     raise ValueError(f"data.shuffle_buffer_size must be >= 1 or None (the whole shard), got "
                      f"{shuffle_buffer_size}.")
@@ -323,7 +291,7 @@ def train_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collection
   ds = ds.skip(skip_steps * batch_size)  # still encoded: skipped images are never decoded
   ds = ds.map(_decode_images(builder), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.prefetch(int(data_config.get("prefetch", _DEFAULT_PREFETCH)))
+  ds = ds.prefetch(int(data_config.prefetch))
   ds = ds.with_options(_data_options())
   return ds.as_numpy_iterator()
 
@@ -344,7 +312,7 @@ def eval_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collections
   check_batch_divisible(batch_size, process_count, what="processes")
   check_batch_divisible(batch_size, jax.device_count())
   local_batch_size = batch_size // process_count
-  require_complete = bool(data_config.get("require_complete", False))
+  require_complete = bool(data_config.require_complete)
   shard_sizes = [
       num_examples(builder, _process_split(split, p, process_count)[0],
                    require_complete=require_complete)
@@ -364,37 +332,8 @@ def eval_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collections
   padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   ds = ds.take(num_batches * local_batch_size).batch(local_batch_size, drop_remainder=True)
-  ds = ds.prefetch(int(data_config.get("prefetch", _DEFAULT_PREFETCH)))
+  ds = ds.prefetch(int(data_config.prefetch))
   ds = ds.with_options(_data_options())
   return ds.as_numpy_iterator()
 
-
-# ------------------------------------------------------------------------------------------------
-# Devices.
-
-
-def make_data_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D mesh with axis 'data' over ``devices`` (default: all devices of all processes).
-
-  The axis type is Auto: Explicit axes break the reshapes of the conv networks.
-  """
-  devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
-
-
-def to_global_batch(batch: Batch, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """Turns each process's numpy batch into global arrays, split over the mesh axis 'data'.
-
-  Every process calls this with its own batch (leading dimension b); each returned array has
-  leading dimension ``b * process_count`` and sharding ``NamedSharding(mesh, P('data'))``.
-  """
-  sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in batch.items()}
-  if len(set(sizes.values())) != 1 or None in sizes.values():
-    raise ValueError(f"All batch entries need the same leading (batch) dimension, got {sizes}.")
-  local_batch_size = next(iter(sizes.values()))
-  check_batch_divisible(local_batch_size * jax.process_count(), mesh)
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
 

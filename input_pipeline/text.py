@@ -53,6 +53,11 @@ class Vocabulary:
   def __len__(self) -> int:
     return len(self.words)
 
+  @property
+  def pad_id(self) -> int:
+    """The id of ``<pad>``, which fills a report after ``<eos>``."""
+    return PAD_ID
+
   def __eq__(self, other) -> bool:
     return isinstance(other, Vocabulary) and self.words == other.words
 

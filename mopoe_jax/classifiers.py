@@ -29,14 +29,11 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from input_pipeline import features as features_lib
+from mopoe_jax.datasource import MODALITIES, PROBE_LABELS, DataSource
 from mopoe_jax.model import is_text
 
-LABEL_NAMES = features_lib.PROBE_LABELS  # "Finding" + the 14 CheXpert labels
-ATTRIBUTES_FEATURE = "attributes"
+LABEL_NAMES = PROBE_LABELS  # "Finding" + the 14 CheXpert labels
 _STATS_EXAMPLES = 4096  # train examples whose attributes give the standardisation statistics
 _STD_FLOOR = 1e-6
 
@@ -149,64 +146,6 @@ def _train_step(params, opt_state, x, targets, weight, attributes, *, module: nn
 
 
 # ------------------------------------------------------------------------------------------------
-# Data.
-
-
-def dataset_attribute_names(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
-  """The ground-truth attributes a builder stores with each study (empty if none)."""
-  feature_dict = builder.info.features
-  if ATTRIBUTES_FEATURE not in feature_dict.keys():
-    return ()
-  return tuple(feature_dict[ATTRIBUTES_FEATURE].keys())
-
-
-def _stack_attributes(example: dict, names: Sequence[str]) -> tf.Tensor:
-  return tf.stack([tf.cast(example[ATTRIBUTES_FEATURE][n], tf.float32) for n in names])
-
-
-def read_attributes(builder: tfds.core.DatasetBuilder, split: str, names: Sequence[str], *,
-                    require_complete: bool = False, max_examples: int | None = None):
-  """Attributes and labels of ``split`` in the fixed order of `pipeline.eval_iterator`.
-
-  Images are not decoded. Returns (attributes float32 [N, A], labels float32 [N, 14]); the
-  labels let the caller check that the rows line up with its own pass over the split.
-  """
-  ds = builder.as_dataset(
-      split=split, shuffle_files=False,
-      decoders={k: tfds.decode.SkipDecoding() for k in ("frontal", "lateral")},
-      read_config=tfds.ReadConfig(try_autocache=False))
-  if require_complete:
-    ds = ds.filter(lambda ex: tf.reduce_all(ex["available"]))
-  if max_examples is not None:
-    ds = ds.take(max_examples)
-  ds = ds.map(lambda ex: (_stack_attributes(ex, names), ex["labels"])).batch(1024)
-  parts = list(ds.as_numpy_iterator())
-  if not parts:
-    raise ValueError(f"Split {split!r} of {builder.info.full_name} has no examples.")
-  return (np.concatenate([p[0] for p in parts]).astype(np.float32),
-          np.concatenate([p[1] for p in parts]).astype(np.float32))
-
-
-def _train_stream(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: int, seed: int,
-                  shuffle_buffer_size: int, attribute_names: Sequence[str]) -> Iterator[dict]:
-  """Endless shuffled batches of ``split`` with the attributes that `pipeline` drops."""
-  ds = builder.as_dataset(
-      split=split, shuffle_files=True,
-      read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False))
-
-  def select(ex):
-    out = {k: ex[k] for k in ("frontal", "lateral", "text", "available", "labels", "finding")}
-    if attribute_names:
-      out["attributes"] = _stack_attributes(ex, attribute_names)
-    return out
-
-  ds = (ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).repeat()
-        .shuffle(shuffle_buffer_size, seed=seed)
-        .batch(batch_size, drop_remainder=True).prefetch(2))
-  return ds.as_numpy_iterator()
-
-
-# ------------------------------------------------------------------------------------------------
 # Building, training, checkpointing.
 
 
@@ -224,13 +163,12 @@ def build_modules(clf_config: ml_collections.ConfigDict, modalities: Sequence[st
   return modules
 
 
-def _settings(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
-              modalities: Sequence[str], vocab_size: int,
+def _settings(config: ml_collections.ConfigDict, data: DataSource, modalities: Sequence[str], vocab_size: int,
               attribute_names: Sequence[str]) -> dict:
   """What a saved checkpoint must match to be reused (JSON-serialisable)."""
   c = config.classifier
   return {
-      "dataset": builder.info.full_name,
+      "dataset": data.name,
       "train_split": config.data.train_split,
       "modalities": list(modalities),
       "labels": list(LABEL_NAMES),
@@ -255,7 +193,7 @@ def classifier_dir_from_config(config: ml_collections.ConfigDict, workdir: str) 
   return os.path.abspath(directory)
 
 
-def get_classifiers(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
+def get_classifiers(config: ml_collections.ConfigDict, data: DataSource, *,
                     modalities: Sequence[str], vocab_size: int, classifier_dir: str,
                     use_attributes: bool = True) -> Classifiers:
   """Restores the classifiers from ``classifier_dir``, or trains and saves them there.
@@ -263,14 +201,14 @@ def get_classifiers(config: ml_collections.ConfigDict, builder: tfds.core.Datase
   Args:
     config: the run's config; reads ``classifier`` (widths, steps, batch, learning rate, seed,
       attribute_weight, shuffle_buffer_size) and ``data`` (train split, sizes).
-    builder: the prepared dataset builder.
+    data: the dataset (its train split trains the classifiers).
     modalities: one classifier per modality.
     vocab_size: the report vocabulary size.
     classifier_dir: the Orbax checkpoint directory (absolute or relative path).
     use_attributes: add the attribute head when the dataset stores attributes.
   """
-  attribute_names = dataset_attribute_names(builder) if use_attributes else ()
-  settings = _settings(config, builder, modalities, vocab_size, attribute_names)
+  attribute_names = data.attribute_names if use_attributes else ()
+  settings = _settings(config, data, modalities, vocab_size, attribute_names)
   modules = build_modules(config.classifier, modalities, vocab_size, len(attribute_names))
   classifier_dir = os.path.abspath(classifier_dir)
   manager = ocp.CheckpointManager(classifier_dir, item_names=("params", "meta"))
@@ -278,7 +216,7 @@ def get_classifiers(config: ml_collections.ConfigDict, builder: tfds.core.Datase
     step = manager.latest_step()
     if step is not None:
       return _restore(manager, step, modules, settings, config, classifier_dir)
-    classifiers, meta = train_classifiers(config, builder, modules, attribute_names)
+    classifiers, meta = train_classifiers(config, data, modules, attribute_names)
     manager.save(settings["num_steps"], args=ocp.args.Composite(
         params=ocp.args.StandardSave(dict(classifiers.params)),
         meta=ocp.args.JsonSave({**settings, **meta})))
@@ -323,8 +261,7 @@ def _restore(manager: ocp.CheckpointManager, step: int, modules, settings: dict,
                      attribute_std=np.asarray(meta["attribute_std"], np.float32))
 
 
-def train_classifiers(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
-                      modules: Mapping[str, nn.Module],
+def train_classifiers(config: ml_collections.ConfigDict, data: DataSource, modules: Mapping[str, nn.Module],
                       attribute_names: Sequence[str] = ()) -> tuple[Classifiers, dict]:
   """Trains every classifier on the same stream of train batches; returns (classifiers, meta).
 
@@ -337,17 +274,16 @@ def train_classifiers(config: ml_collections.ConfigDict, builder: tfds.core.Data
     raise ValueError(f"classifier.num_steps and classifier.batch_size must be positive, got "
                      f"{c.num_steps} and {c.batch_size}.")
   if attribute_names:
-    stats, _ = read_attributes(builder, split, attribute_names, max_examples=_STATS_EXAMPLES)
+    stats, _ = data.attributes(split, max_examples=_STATS_EXAMPLES)
     mean, std = stats.mean(axis=0), np.maximum(stats.std(axis=0), _STD_FLOOR)
   else:
     mean = std = np.zeros((0,), np.float32)
   rng = jax.random.key(c.seed)
   params = _init_params(config, modules, rng)
   opt_states = {m: optax.adam(c.learning_rate).init(p) for m, p in params.items()}
-  columns = {m: features_lib.MODALITIES.index(m) for m in modules}
-  stream = _train_stream(builder, split, batch_size=c.batch_size, seed=c.seed,
-                         shuffle_buffer_size=c.shuffle_buffer_size,
-                         attribute_names=attribute_names)
+  columns = {m: MODALITIES.index(m) for m in modules}
+  stream = data.classifier_batches(batch_size=c.batch_size, seed=c.seed,
+                                   shuffle_buffer_size=c.shuffle_buffer_size)
   log_every = max(1, c.num_steps // 10)
   logging.info("Training coherence classifiers for %s on %s (%d steps of %d).",
                list(modules), split, c.num_steps, c.batch_size)

@@ -152,18 +152,36 @@ def example_weights(valid):
   return jnp.any(valid, axis=-1).astype(jnp.float32)
 
 
+def reparameterize(mu, logvar, eps):
+  """z = mu + sigma * eps, sigma = exp(logvar / 2): a draw of N(mu, exp(logvar)) from eps ~ N(0, I).
+
+  Any shapes that broadcast together; the one place where a posterior is sampled.
+  """
+  return mu + jnp.exp(0.5 * logvar) * eps
+
+
 def sample_mixture(rng, mu_k, logvar_k, assignment):
   """One reparameterised z per row from its assigned subset: [K, B, D] x [B] -> [B, D]."""
   idx = assignment[None, :, None]
   mu = jnp.take_along_axis(mu_k, idx, axis=0)[0]
   logvar = jnp.take_along_axis(logvar_k, idx, axis=0)[0]
-  eps = jax.random.normal(rng, mu.shape, mu.dtype)
-  return mu + jnp.exp(0.5 * logvar) * eps
+  return reparameterize(mu, logvar, jax.random.normal(rng, mu.shape, mu.dtype))
 
 
 def gaussian_kl(mu, logvar):
   """Analytic KL(N(mu, exp(logvar)) || N(0, I)) summed over the last axis."""
   return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mu) - 1.0 - logvar, axis=-1)
+
+
+def mixture_kl(kl_per_subset, weights):
+  """[B]: sum_k weights[b, k] * kl_per_subset[b, k]; invalid subsets (weight 0) add nothing.
+
+  Args:
+    kl_per_subset: [B, K] KL(q_k(b) || N(0, I)) of every subset (any finite or infinite value
+      where the weight is 0).
+    weights: [B, K] mixture weights.
+  """
+  return jnp.sum(jnp.where(weights > 0, weights * kl_per_subset, 0.0), axis=-1)
 
 
 def kl_divergence_terms(mu_k, logvar_k, weights):
@@ -181,5 +199,4 @@ def kl_divergence_terms(mu_k, logvar_k, weights):
   if tuple(weights.shape) != (batch_size, num_subsets):
     raise ValueError(
         f"weights must be [B, K] = [{batch_size}, {num_subsets}], got {tuple(weights.shape)}.")
-  kl = gaussian_kl(mu_k, logvar_k).T  # [B, K]
-  return jnp.sum(jnp.where(weights > 0, weights * kl, 0.0), axis=-1)
+  return mixture_kl(gaussian_kl(mu_k, logvar_k).T, weights)

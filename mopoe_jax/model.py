@@ -8,6 +8,8 @@ reparameterised z per row, and decode every modality from it. The objective live
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Sequence
 
 import flax.linen as nn
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mopoe_jax import fusion, networks, subsets
+from mopoe_jax import datasource, fusion, networks, subsets
 
 TEXT = "text"
 
@@ -52,7 +54,9 @@ class MoPoE(nn.Module):
   prior_expert: str = "full_set"
   assignment: str = "slice"
   logvar_bound: float | None = None  # soft bound b * tanh(logvar / b); None = reference
-  text_padding_index: int | None = 0
+  # The reference's nn.Embedding(padding_idx=0): this token id embeds to zeros and learns
+  # nothing. Id 0 is <exc> (unknown word) in the reference's vocabulary, not <pad>.
+  embedding_zero_id: int | None = 0
   dtype: jnp.dtype | None = None
 
   def setup(self):
@@ -61,7 +65,7 @@ class MoPoE(nn.Module):
       if is_text(m):
         encoders[m] = networks.TextEncoder(self.text_encoder_widths, self.latent_dim,
                                            self.vocab_size, self.dropout,
-                                           self.text_padding_index, self.dtype)
+                                           self.embedding_zero_id, self.dtype)
         decoders[m] = networks.TextDecoder(self.text_decoder_widths, self.vocab_size,
                                            self.dropout, self.dtype)
       else:
@@ -139,12 +143,12 @@ def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Se
       text_encoder_widths=tuple(c.text_encoder_widths),
       text_decoder_widths=tuple(c.text_decoder_widths),
       dropout=c.dropout, prior_expert=c.prior_expert, assignment=c.assignment,
-      logvar_bound=c.logvar_bound, text_padding_index=c.text_padding_index,
+      logvar_bound=c.logvar_bound, embedding_zero_id=c.embedding_zero_id,
       dtype=None if dtype == jnp.float32 else dtype)
 
 
-# The order of the builders' `available` columns (input_pipeline.features.MODALITIES).
-DATA_MODALITIES = ("frontal", "lateral", "text")
+# The order of a batch's `available` columns.
+DATA_MODALITIES = datasource.MODALITIES
 
 
 def inputs_from_batch(batch: dict, modalities: Sequence[str]):
@@ -162,3 +166,38 @@ def inputs_from_batch(batch: dict, modalities: Sequence[str]):
   columns = [DATA_MODALITIES.index(m) for m in modalities]
   available = jnp.asarray(batch["available"])[:, columns].astype(bool)
   return inputs, available
+
+
+def create_model(config: ml_collections.ConfigDict, vocab_size: int) -> MoPoE:
+  """The model of a run's config (``data`` sizes and modalities, ``model``)."""
+  d = config.data
+  return model_from_config(config.model, modalities=d.modalities, image_size=d.image_size,
+                           text_length=d.text_length, vocab_size=vocab_size)
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict:
+  """A pipeline batch of zeros with every modality available (shapes for init and compiling)."""
+  s, t = config.data.image_size, config.data.text_length
+  return {"frontal": np.zeros((batch_size, s, s, 1), np.uint8),
+          "lateral": np.zeros((batch_size, s, s, 1), np.uint8),
+          "text": np.zeros((batch_size, t), np.int32),
+          "available": np.ones((batch_size, len(DATA_MODALITIES)), bool)}
+
+
+def init_variables(model: MoPoE, config: ml_collections.ConfigDict, rng) -> dict:
+  """{'params', 'batch_stats'} of ``model``, initialised from ``rng`` (jit or eval_shape it)."""
+  batch = dummy_batch(config, max(8, len(model.mask)))
+  inputs, available = inputs_from_batch(batch, config.data.modalities)
+  params_rng, sample_rng, dropout_rng = jax.random.split(rng, 3)
+  return dict(model.init({"params": params_rng, "sample": sample_rng, "dropout": dropout_rng},
+                         inputs, available, False))
+
+
+def config_fingerprint(config: ml_collections.ConfigDict) -> str:
+  """A short hash of what fixes the parameter shapes; a checkpoint of another shape says so."""
+  keys = {"data": {k: config.data[k] for k in ("modalities", "image_size", "text_length")},
+          "model": {k: config.model[k] for k in (
+              "latent_dim", "image_encoder_widths", "image_decoder_widths",
+              "text_encoder_widths", "text_decoder_widths", "variant")}}
+  blob = json.dumps(keys, sort_keys=True, default=list)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -40,3 +40,26 @@ def tiny_config(data_dir: str, **train_overrides):
   for key, value in train_overrides.items():
     config.train[key] = value
   return config
+
+
+_loaded = {}
+
+
+def load_data(config):
+  """The data source of ``config.data`` (`input_pipeline.data.load`), loaded once per session."""
+  from input_pipeline import data as data_lib  # pylint: disable=g-import-not-at-top
+  key = config.data.to_json()
+  if key not in _loaded:
+    _loaded[key] = data_lib.load(config.data)
+  return _loaded[key]
+
+
+def train_run(config, workdir: str):
+  """`train.train_and_evaluate` as main.py calls it: the data source and a TensorBoard writer."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from mopoe_jax import train  # pylint: disable=g-import-not-at-top
+  writer = metric_writers.create_default_writer(workdir)
+  try:
+    return train.train_and_evaluate(config, workdir, load_data(config), writer)
+  finally:
+    writer.close()

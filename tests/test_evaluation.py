@@ -1,6 +1,6 @@
-"""Tests of the evaluation library: probes, generation grids, coherence, likelihood, reports.
+"""Tests of the evaluators: probes, generation grids, coherence, likelihood, reports.
 
-One module-scoped run of `run_evaluation` on `synthetic_cxr/tiny` with a randomly initialised
+One module-scoped run of `evaluate.run_evaluation` on `synthetic_cxr/tiny` with a randomly initialised
 tiny model (configs/tiny.py) feeds most tests; the probe and likelihood math is also tested
 directly on hand-made arrays.
 """
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import load_data, tiny_config
 from input_pipeline import features
-from input_pipeline import pipeline
 from mopoe_jax import classifiers
-from mopoe_jax import evaluation
+from mopoe_jax import evaluate
+from mopoe_jax.evaluators import likelihood, probes as probes_lib
 from mopoe_jax import model as model_lib
 from mopoe_jax import subsets
 from mopoe_jax import visualize
@@ -49,22 +49,21 @@ def evaluated(synthetic_tiny_dir, tmp_path_factory):
   config = tiny_config(synthetic_tiny_dir)
   config.eval.likelihood_samples = LIKELIHOOD_SAMPLES
   config.eval.probe_max_iter = 100  # random codes are often separable: lbfgs would run long
-  builder = pipeline.get_builder(config.data)
-  vocab = pipeline.load_vocabulary(builder)
+  data = load_data(config)
+  vocab = data.vocab
   model = model_lib.model_from_config(
       config.model, modalities=config.data.modalities, image_size=config.data.image_size,
       text_length=config.data.text_length, vocab_size=len(vocab))
-  batch = next(pipeline.eval_iterator(builder, config.data, "train", batch_size=8))
+  batch = next(data.eval_batches("train", batch_size=8))
   inputs, available = model_lib.inputs_from_batch(batch, model.modalities)
   rngs = {name: jax.random.key(i) for i, name in enumerate(("params", "sample", "dropout"))}
   variables = jax.jit(model.init, static_argnums=3)(rngs, inputs, available, False)
   workdir = str(tmp_path_factory.mktemp("workdir"))
   writer = RecordingWriter()
-  results = evaluation.run_evaluation(config, workdir, model, variables, builder, vocab,
-                                      writer=writer)
+  results = evaluate.run_evaluation(config, workdir, model, variables, data, writer=writer)
   return types.SimpleNamespace(
       config=config, workdir=workdir, eval_dir=os.path.join(workdir, "eval"), results=results,
-      vocab=vocab, builder=builder, model=model, writer=writer)
+      vocab=vocab, data=data, model=model, writer=writer)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -80,7 +79,7 @@ def _easy_codes(rng, num, num_subsets=2, dim=4, prevalence=0.3, signal=2.0):
 
 def _probes(train, test, **kwargs):
   kwargs.setdefault("num_train_examples", 200)
-  return evaluation.linear_probes(*train, *test, ["a", "b"], label_names=["Finding", "X"],
+  return probes_lib.linear_probes(*train, *test, ["a", "b"], label_names=["Finding", "X"],
                                   **kwargs)
 
 
@@ -104,7 +103,7 @@ def test_one_class_label_is_skipped_and_reported():
     assert probes["subsets"][name]["X"] is None
     assert probes["skipped"][name]["X"] == "n/a (one class in the draw)"
     assert probes["subsets"][name]["Finding"] is not None
-  assert "n/a (one class in the draw)" in evaluation.probes_markdown(probes)
+  assert "n/a (one class in the draw)" in probes_lib.probes_markdown(probes)
 
 
 def test_probes_reject_a_tiny_test_split():
@@ -124,7 +123,7 @@ def test_legacy_metric_swaps_the_arguments():
   # As the reference computes it: the predictions are the "truth" (3 positives), the labels the
   # scores. Threshold 1 keeps study 0: precision 1, recall 1/3; threshold 0 keeps all: precision
   # 3/4, recall 1. AP = 1/3 * 1 + 2/3 * 3/4 = 5/6. The unswapped AP would be 1/3.
-  assert evaluation.legacy_average_precision(y_true, hard) == pytest.approx(5 / 6)
+  assert probes_lib.legacy_average_precision(y_true, hard) == pytest.approx(5 / 6)
 
 
 def test_label_targets_count_only_ones_as_positive():
@@ -150,7 +149,7 @@ def test_summarize_likelihood_masks_and_averages():
   valid[4, 2] = False
   available = np.ones((n, m), bool)
   available[1, 1] = False
-  out = evaluation.summarize_likelihood(log_lik, log_ratio, kl, valid, available,
+  out = likelihood.summarize_likelihood(log_lik, log_ratio, kl, valid, available,
                                         ["a", "b", "c"], ["x", "y"])
   assert out["a"]["x"]["log_px"] == pytest.approx((-2.0 * 4 + (-2.0 + np.log(3.0))) / 5)
   assert out["a"]["y"]["num_examples"] == 4
@@ -261,12 +260,12 @@ def test_classifier_checkpoint_is_reused_and_checked(evaluated):
   directory = classifiers.classifier_dir_from_config(config, evaluated.workdir)
   kwargs = dict(modalities=evaluated.model.modalities, vocab_size=len(evaluated.vocab),
                 classifier_dir=directory)
-  restored = classifiers.get_classifiers(config, evaluated.builder, **kwargs)
+  restored = classifiers.get_classifiers(config, evaluated.data, **kwargs)
   assert "heart_width_ratio" in restored.attribute_names
   other = config.copy_and_resolve_references()
   other.classifier.image_widths = (4, 4)
   with pytest.raises(ValueError, match="other settings"):
-    classifiers.get_classifiers(other, evaluated.builder, **kwargs)
+    classifiers.get_classifiers(other, evaluated.data, **kwargs)
 
 
 def test_grids_have_a_separator_and_missing_cells():

@@ -253,8 +253,37 @@ def test_likelihoods_match_closed_forms():
   tokens = jnp.array([[0, 1]])
   np.testing.assert_allclose(objective.categorical_nll(tokens, logits),
                              [-np.log(0.5) - np.log(0.1)], rtol=1e-5)
-  np.testing.assert_allclose(objective.categorical_nll(tokens, logits, mask_padding=True),
+  np.testing.assert_allclose(objective.categorical_nll(tokens, logits, pad_id=1),
                              [-np.log(0.5)], rtol=1e-5)  # id 1 is <pad>
+  np.testing.assert_allclose(objective.modality_nll("text", tokens, logits, image_scale=0.75,
+                                                    text_pad_id=1), [-np.log(0.5)], rtol=1e-5)
+  np.testing.assert_allclose(objective.modality_nll("frontal", x, loc, image_scale=0.75),
+                             [expected], rtol=1e-6)
+
+
+def test_sums_of_batch_parts_give_the_batch_means(tiny_setup, jitted_loss_and_grad):
+  """The eval loss adds `objective.sums` over batches; the train step reduces one batch. Both
+  must give the same means, with padding rows (row_weight 0) adding nothing."""
+  c, m, variables, inputs, available = tiny_setup
+  (value, (terms, metrics, _)), _ = jitted_loss_and_grad(
+      variables["params"], variables["batch_stats"], inputs, available, jax.random.PRNGKey(3))
+  names = subsets.subset_names(c.data.modalities, m.mask)
+  b = terms.total.shape[0]
+  part = lambda t, rows: jax.tree.map(lambda x: x[rows], t)  # noqa: E731
+  halves = [objective.sums(part(terms, slice(0, b // 2)), names, available[:b // 2]),
+            objective.sums(part(terms, slice(b // 2, b)), names, available[b // 2:])]
+  padded = objective.sums(terms, names, available, row_weight=jnp.zeros((b,), bool))
+  totals = {k: halves[0][k] + halves[1][k] + padded[k] for k in halves[0]}
+  means = objective.means(totals)
+  assert set(means) == set(metrics)
+  for k in metrics:
+    np.testing.assert_allclose(means[k], metrics[k], rtol=1e-5, err_msg=k)
+  np.testing.assert_allclose(means["loss"], value, rtol=1e-6)
+  # Each KL is computed once: the KL term is the mixture of the per-subset KLs.
+  weights = np.asarray(terms.valid, np.float32)
+  weights /= weights.sum(axis=1, keepdims=True)
+  np.testing.assert_allclose(terms.kl, (weights * np.asarray(terms.kl_per_subset)).sum(1),
+                             rtol=1e-5)
 
 
 def test_jitted_objective_does_not_retrace(tiny_setup, jitted_loss_and_grad):

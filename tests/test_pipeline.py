@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from input_pipeline import features
 from input_pipeline import pipeline
 from input_pipeline import text
+from mopoe_jax import sharding
 
 IMAGE_SIZE, TEXT_LENGTH = 8, 6
 NUM_TRAIN, NUM_TEST = 40, 13
@@ -72,7 +73,8 @@ class FakeCxr(tfds.core.GeneratorBasedBuilder):
 def _config(data_dir, **overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict({
       "name": "fake_cxr", "data_dir": str(data_dir), "manual_dir": None,
-      "require_complete": False, "shuffle_buffer_size": 64, "prefetch": 2})
+      "require_complete": False, "train_split": "train", "shuffle_buffer_size": 64,
+      "prefetch": 2})
   config.update(overrides)
   return config
 
@@ -222,8 +224,8 @@ def test_eval_covers_every_study_once_with_padding_masked(builder, data_dir):
 def test_indivisible_batches_are_refused(builder, data_dir):
   with pytest.raises(ValueError, match=r"^global batch 30 does not divide over 4 devices; use a "
                      r"multiple of 4, e.g. 32$"):
-    pipeline.check_batch_divisible(30, 4)
-  pipeline.check_batch_divisible(32, 4)
+    sharding.check_batch_divisible(30, 4)
+  sharding.check_batch_divisible(32, 4)
   with pytest.raises(ValueError, match="global batch 30 does not divide over 4 processes"):
     pipeline.train_iterator(builder, _config(data_dir), global_batch_size=30, seed=0,
                             process_index=0, process_count=4)
@@ -235,11 +237,11 @@ def test_indivisible_batches_are_refused(builder, data_dir):
 
 
 def test_to_global_batch_on_a_one_device_mesh(builder, data_dir):
-  mesh = pipeline.make_data_mesh(jax.devices()[:1])
+  mesh = sharding.make_data_mesh(jax.devices()[:1])
   assert mesh.axis_names == ("data",) and mesh.size == 1
-  pipeline.check_batch_divisible(3, mesh)
+  sharding.check_batch_divisible(3, mesh)
   (batch,) = _train(builder, data_dir, 1, global_batch_size=8, seed=0)
-  arrays = pipeline.to_global_batch(batch, mesh)
+  arrays = sharding.to_global_batch(batch, mesh)
   expected_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   assert sorted(arrays) == sorted(batch)
   for key, array in arrays.items():
@@ -248,18 +250,18 @@ def test_to_global_batch_on_a_one_device_mesh(builder, data_dir):
     assert array.sharding.is_equivalent_to(expected_sharding, array.ndim), key
     np.testing.assert_array_equal(np.asarray(array), batch[key])
   with pytest.raises(ValueError, match="same leading"):
-    pipeline.to_global_batch({"a": np.zeros((2, 1)), "b": np.zeros((3,))}, mesh)
+    sharding.to_global_batch({"a": np.zeros((2, 1)), "b": np.zeros((3,))}, mesh)
 
 
 def test_to_global_batch_splits_rows_over_four_devices():
   # A fresh process, as the number of CPU devices is fixed when JAX starts.
   script = textwrap.dedent("""
       import numpy as np
-      from input_pipeline import pipeline
-      mesh = pipeline.make_data_mesh()
+      from mopoe_jax import sharding
+      mesh = sharding.make_data_mesh()
       assert mesh.shape == {"data": 4}, mesh
       batch = {"x": np.arange(8 * 3, dtype=np.float32).reshape(8, 3), "valid": np.ones(8, bool)}
-      arrays = pipeline.to_global_batch(batch, mesh)
+      arrays = sharding.to_global_batch(batch, mesh)
       for key, array in arrays.items():
         assert array.shape == batch[key].shape, (key, array.shape)
         shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start)
@@ -267,7 +269,7 @@ def test_to_global_batch_splits_rows_over_four_devices():
         np.testing.assert_array_equal(np.concatenate([np.asarray(s.data) for s in shards]),
                                       batch[key])
       try:
-        pipeline.to_global_batch({"x": np.zeros((6, 2))}, mesh)
+        sharding.to_global_batch({"x": np.zeros((6, 2))}, mesh)
       except ValueError as e:
         assert str(e) == ("global batch 6 does not divide over 4 devices; use a multiple of 4, "
                           "e.g. 8"), e
@@ -280,3 +282,24 @@ def test_to_global_batch_splits_rows_over_four_devices():
   result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_train_batches_come_from_the_configured_split(builder, data_dir):
+  config = _config(data_dir, train_split="test")
+  (batch,) = _take(pipeline.train_iterator(builder, config, global_batch_size=8, seed=0), 1)
+  assert all(i >= TEST_ID_OFFSET for i in _ids(batch))
+
+
+def test_the_locked_default_config_sets_every_pipeline_knob(builder, data_dir):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config().lock()
+  config.data.shuffle_buffer_size = None  # a uniform permutation of the whole shard
+  config.data.prefetch = 1
+  data_config = _config(data_dir)
+  for key in ("shuffle_buffer_size", "prefetch", "train_split", "require_complete"):
+    assert key in config.data, key
+    data_config[key] = config.data[key]
+  epoch = sum((_ids(b) for b in _take(pipeline.train_iterator(
+      builder, data_config, global_batch_size=8, seed=0), 3)), [])
+  # require_complete (the paper's): one epoch is 3 batches of distinct complete studies.
+  assert len(set(epoch)) == 24 and set(epoch) <= set(COMPLETE_TRAIN)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
-from input_pipeline import pipeline
-from mopoe_jax import checkpointing, evaluation, train
+from conftest import load_data, tiny_config, train_run
+from input_pipeline import data as data_lib
+from mopoe_jax import checkpointing, evaluate, model as model_lib, step as step_lib, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,13 +45,13 @@ def straight_run(synthetic_tiny_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
   config = tiny_config(synthetic_tiny_dir, num_steps=30, checkpoint_every_steps=10,
                        eval_every_steps=10, log_every_steps=5)
-  return config, workdir, train.train_and_evaluate(config, workdir)
+  return config, workdir, train_run(config, workdir)
 
 
 def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path):
   config = tiny_config(synthetic_tiny_dir, num_steps=160, log_every_steps=20,
                        eval_every_steps=80, checkpoint_every_steps=160)
-  train.train_and_evaluate(config, str(tmp_path))
+  train_run(config, str(tmp_path))
   losses = [v for _, v in _scalars(str(tmp_path), "train_loss")]
   assert len(losses) == 8
   assert losses[-1] < 0.8 * losses[0], losses
@@ -75,7 +75,7 @@ def test_checkpoint_round_trip(straight_run):
   restored, meta = checkpointing.restore_train_state(manager, abstract)
   for a, b in zip(_leaves(restored), _leaves(state)):
     np.testing.assert_array_equal(a, b)
-  assert meta["data_position"] == 30 and meta["fingerprint"] == train.config_fingerprint(config)
+  assert meta["data_position"] == 30 and meta["fingerprint"] == model_lib.config_fingerprint(config)
   # Evaluation restores parameters and batch statistics without the optimizer state.
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   abstract_vars = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
@@ -92,7 +92,7 @@ def test_kill_and_resume_is_bit_identical(straight_run, tmp_path):
   shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
                   os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"))
   assert checkpointing.create_manager(str(tmp_path), read_only=True).latest_step() == 20
-  resumed = train.train_and_evaluate(config, str(tmp_path))
+  resumed = train_run(config, str(tmp_path))
   assert int(resumed.step) == 30
   for a, b in zip(_leaves(resumed), _leaves(straight)):
     np.testing.assert_array_equal(a, b)
@@ -101,21 +101,21 @@ def test_kill_and_resume_is_bit_identical(straight_run, tmp_path):
 def test_sigterm_leaves_a_loadable_checkpoint_and_resume_matches(straight_run, tmp_path,
                                                                  monkeypatch):
   config, _, straight = straight_run
-  real_iterator = pipeline.train_iterator
+  real_batches = data_lib.TfdsData.train_batches
 
-  def iterator_that_gets_preempted(*args, **kwargs):
-    for i, batch in enumerate(real_iterator(*args, **kwargs)):
+  def batches_that_get_preempted(self, **kwargs):
+    for i, batch in enumerate(real_batches(self, **kwargs)):
       if i == 7:  # a real SIGTERM while the 8th step runs
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 
-  monkeypatch.setattr(train.pipeline, "train_iterator", iterator_that_gets_preempted)
+  monkeypatch.setattr(data_lib.TfdsData, "train_batches", batches_that_get_preempted)
   with pytest.raises(train.Preempted, match="Preempted at step 8; .*Rerun the same command"):
-    train.train_and_evaluate(config, str(tmp_path))
+    train_run(config, str(tmp_path))
   manager = checkpointing.create_manager(str(tmp_path), read_only=True)
   assert manager.latest_step() == 8
-  monkeypatch.setattr(train.pipeline, "train_iterator", real_iterator)
-  resumed = train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.setattr(data_lib.TfdsData, "train_batches", real_batches)
+  resumed = train_run(config, str(tmp_path))
   for a, b in zip(_leaves(resumed), _leaves(straight)):
     np.testing.assert_array_equal(a, b)
 
@@ -124,26 +124,26 @@ def test_non_finite_loss_stops_with_the_step(synthetic_tiny_dir, tmp_path):
   config = tiny_config(synthetic_tiny_dir, num_steps=30, learning_rate=1e30, warmup_steps=0,
                        log_every_steps=5, checkpoint_every_steps=30, eval_every_steps=30)
   with pytest.raises(train.NonFiniteError, match=r"not finite at step \d+; no checkpoint"):
-    train.train_and_evaluate(config, str(tmp_path))
+    train_run(config, str(tmp_path))
 
 
 def test_bad_configs_fail_before_compiling(synthetic_tiny_dir, tmp_path):
   config = tiny_config(synthetic_tiny_dir, batch_size=5)
   with pytest.raises(ValueError, match="batch_size=5 is smaller than the 7 subsets"):
-    train.validate_config(config, 1)
+    step_lib.validate_config(config, 1)
   config = tiny_config(synthetic_tiny_dir, batch_size=33)
   with pytest.raises(ValueError, match="global batch 33 does not divide over 2 devices"):
-    train.validate_config(config, 2)
+    step_lib.validate_config(config, 2)
   config = tiny_config(synthetic_tiny_dir)
   config.data.image_size = 64
   with pytest.raises(ValueError, match="Image size 64 does not fit the networks"):
-    train.validate_config(config, 1)
+    step_lib.validate_config(config, 1)
   config = tiny_config(synthetic_tiny_dir)
   config.model.image_encoder_widths = (8, 16, 16, 16, 16)
   config.model.image_decoder_widths = (16, 16, 16, 16, 8)
   config.data.image_size = 64
   with pytest.raises(ValueError, match="has 32 px images and 32-token texts"):
-    train.train_and_evaluate(config, str(tmp_path))
+    data_lib.load(config.data)
   with pytest.raises(AttributeError):
     tiny_config(synthetic_tiny_dir).lock().train.batch_sise = 3  # unknown field
 
@@ -159,26 +159,25 @@ def test_two_devices_match_one_device(synthetic_tiny_dir):
       import jax, numpy as np
       jax.config.update("jax_disable_most_optimizations", True)
       from jax.sharding import NamedSharding, PartitionSpec as P
-      from conftest import tiny_config
-      from input_pipeline import pipeline
-      from mopoe_jax import train
+      from conftest import load_data, tiny_config
+      from mopoe_jax import model as model_lib, sharding, step as step_lib
       config = tiny_config({synthetic_tiny_dir!r})
-      builder = pipeline.get_builder(config.data)
-      model = train.create_model(config, len(pipeline.load_vocabulary(builder)))
-      sc = train.StepConfig.from_config(config, model)
-      it = pipeline.train_iterator(builder, config.data, global_batch_size=32, seed=0)
+      data = load_data(config)
+      model = model_lib.create_model(config, len(data.vocab))
+      sc = step_lib.StepConfig.from_config(config, model, pad_id=data.vocab.pad_id)
+      it = data.train_batches(global_batch_size=32, seed=0)
       batches = [next(it) for _ in range(3)]
       results = []
       for n in (1, 2):
-        mesh = pipeline.make_data_mesh(jax.devices()[:n])
+        mesh = sharding.make_data_mesh(jax.devices()[:n])
         rep, shd = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-        state = jax.jit(functools.partial(train.init_state, model, config),
+        state = jax.jit(functools.partial(step_lib.init_state, model, config),
                         out_shardings=rep)(jax.random.PRNGKey(0))
-        step = jax.jit(functools.partial(train.train_step, model=model, step_config=sc),
+        step = jax.jit(functools.partial(step_lib.train_step, model=model, step_config=sc),
                        in_shardings=(rep, shd, rep), out_shardings=(rep, rep))
         losses = []
         for b in batches:
-          state, m = step(state, pipeline.to_global_batch(b, mesh), jax.random.PRNGKey(1))
+          state, m = step(state, sharding.to_global_batch(b, mesh), jax.random.PRNGKey(1))
           m = jax.block_until_ready(m)  # block on each step: no CPU-collective deadlock
           losses += [float(m["loss"]), float(m["grad_norm"]), float(m["kl"])]
         results.append((losses, jax.device_get(state.params)))
@@ -198,20 +197,20 @@ def test_two_devices_match_one_device(synthetic_tiny_dir):
 def test_evaluate_mode_restores_without_optimizer_state(straight_run, tmp_path):
   config, workdir, _ = straight_run
   config = tiny_config(config.data.data_dir)
-  for part in ("generation", "coherence", "likelihood"):
-    config.eval[part] = False
-  results = evaluation.evaluate(config, workdir)
+  config.eval.evaluators = ("probes",)
+  data = load_data(config)
+  results = evaluate.evaluate(config, workdir, data)
   assert results["settings"]["step"] == 30
   assert os.path.exists(os.path.join(workdir, "eval", "probes.json"))
   # A workdir without checkpoints, a missing step, a checkpoint of another model shape.
   with pytest.raises(FileNotFoundError, match="No checkpoint in .*Train first"):
-    evaluation.evaluate(config, str(tmp_path))
+    evaluate.evaluate(config, str(tmp_path), data)
   with pytest.raises(ValueError, match=r"No checkpoint of step 7 .*available steps: \[.*30\]"):
-    evaluation.evaluate(config, workdir, step=7)
+    evaluate.evaluate(config, workdir, data, step=7)
   other = tiny_config(config.data.data_dir)
   other.model.latent_dim = 8
   with pytest.raises(ValueError, match="trained with another model shape"):
-    evaluation.evaluate(other, workdir)
+    evaluate.evaluate(other, workdir, data)
 
 
 def test_plateau_lowers_the_learning_rate_after_patience_evaluations():
@@ -227,10 +226,10 @@ def test_plateau_lowers_the_learning_rate_after_patience_evaluations():
 
 def test_set_plateau_scale_changes_only_the_factor(straight_run):
   _, _, state = straight_run
-  lowered = train.set_plateau_scale(state, 0.25)
-  assert float(train.plateau_scale(lowered.opt_state)) == 0.25
-  assert float(train.plateau_scale(state.opt_state)) == 1.0
-  assert (train.plateau_scale(lowered.opt_state).sharding ==
-          train.plateau_scale(state.opt_state).sharding)  # the jitted step does not recompile
+  lowered = step_lib.set_plateau_scale(state, 0.25)
+  assert float(step_lib.plateau_scale(lowered.opt_state)) == 0.25
+  assert float(step_lib.plateau_scale(state.opt_state)) == 1.0
+  assert (step_lib.plateau_scale(lowered.opt_state).sharding ==
+          step_lib.plateau_scale(state.opt_state).sharding)  # the jitted step does not recompile
   for a, b in zip(jax.tree.leaves(lowered.opt_state[0]), jax.tree.leaves(state.opt_state[0])):
     np.testing.assert_array_equal(a, b)

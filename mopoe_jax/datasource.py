@@ -1,0 +1,77 @@
+"""What training and evaluation need from a dataset, and nothing about how it is stored.
+
+The entry point (main.py) builds the data source once (``input_pipeline.data.load``: the tfds
+builder, its vocabulary, tf.data iterators) and hands it to `mopoe_jax.train` and
+`mopoe_jax.evaluate`; the library itself imports neither TensorFlow nor tfds. Any object with
+these members works, e.g. an in-memory one in a test.
+
+A batch is a dict of numpy arrays with a leading batch dimension:
+  frontal, lateral  uint8 [b, S, S, 1]   zeros where the view is missing
+  text              int32 [b, T]         word ids
+  available         bool  [b, 3]         MODALITIES (frontal, lateral, text) present
+  labels            float32 [b, 14]      LABELS: 1 / 0 / -1 / NaN
+  finding           int32 [b]
+  valid             bool  [b]            eval batches only: False on padding rows
+  attributes        float32 [b, A]       classifier batches only, where the dataset has them
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+# The columns of ``available``.
+MODALITIES = ("frontal", "lateral", "text")
+# The columns of ``labels``: the 14 CheXpert labels.
+LABELS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
+    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion",
+    "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
+)
+# What the probes and classifiers score: "Finding" (the ``finding`` column), then LABELS.
+PROBE_LABELS = ("Finding",) + LABELS
+
+
+class Vocabulary(Protocol):
+  """The report vocabulary: ids 0, 1, 2 are <exc>, <pad>, <eos>."""
+  words: list[str]
+  pad_id: int
+
+  def __len__(self) -> int: ...
+
+  def decode(self, ids: Sequence[int], stop_at_eos: bool = True) -> str: ...
+
+
+class DataSource(Protocol):
+  """A prepared dataset of chest X-ray studies, read by training and evaluation."""
+  name: str                          # full name and version, e.g. 'synthetic_cxr/small/1.0.0'
+  vocab: Vocabulary
+  attribute_names: tuple[str, ...]   # ground-truth rendering attributes (empty: none)
+
+  def num_examples(self, split: str) -> int:
+    """Studies of ``split`` that the batches hold (complete ones only with require_complete)."""
+
+  def train_batches(self, *, global_batch_size: int, seed: int,
+                    start_step: int = 0) -> Iterator[Batch]:
+    """Endless shuffled batches of this process's share of the train split, from batch
+    ``start_step`` on (the same seed gives the same batches); ``global_batch_size //
+    process_count`` rows each."""
+
+  def eval_batches(self, split: str, *, batch_size: int, process_index: int | None = None,
+                   process_count: int | None = None) -> Iterator[Batch]:
+    """One pass over a process's shard of ``split`` in fixed order, padded to equal batches of
+    ``batch_size // process_count`` rows (``valid`` marks real rows). ``process_index=0,
+    process_count=1`` reads the whole split here."""
+
+  def attributes(self, split: str,
+                 max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(attributes float32 [N, A], labels float32 [N, 14]) of (the first ``max_examples``
+    studies of) ``split`` in the order of `eval_batches` on one process."""
+
+  def classifier_batches(self, *, batch_size: int, seed: int,
+                         shuffle_buffer_size: int) -> Iterator[Batch]:
+    """Endless shuffled batches of the train split with ``attributes`` (if any), for the
+    coherence classifiers."""

@@ -1,0 +1,165 @@
+"""Evaluation of a trained model: restore once, run the configured evaluators, write the report.
+
+`run_evaluation` runs the evaluators named in ``config.eval.evaluators``
+(`mopoe_jax.evaluators`) and writes, under ``<workdir>/eval/``:
+  results.json        every evaluator's results in one JSON document
+  report.md           a readable summary with the tables and links to the PNGs
+  probes.json/.md     latent linear probes (the paper's Table 1 and the full per-label table)
+  generation/         PNG grids and generated reports: from_<subset>.png/.md, prior.png/.md
+`evaluate` restores the parameters and batch statistics of a checkpoint first.
+
+Every pass over a split runs on this process alone (the whole split, not a process shard), in
+the split's fixed order; nothing here needs an accelerator.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+
+from mopoe_jax import checkpointing
+from mopoe_jax import model as model_lib
+from mopoe_jax.datasource import DataSource
+from mopoe_jax.evaluators import EVALUATORS
+from mopoe_jax.evaluators.common import HEADLINE_LABEL, Context, write_json
+from mopoe_jax.evaluators.generation import GENERATION_DIR, LATENTS
+
+EVAL_DIR = "eval"
+
+
+def check_eval_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field when ``config.eval`` asks for something unknown."""
+  ev = config.eval
+  unknown = [e for e in ev.evaluators if e not in EVALUATORS]
+  if unknown:
+    raise ValueError(f"config.eval.evaluators has unknown entries {unknown}; choose from "
+                     f"{sorted(EVALUATORS)}.")
+  if ev.generation_latent not in LATENTS:
+    raise ValueError(f"eval.generation_latent must be one of {LATENTS}, got "
+                     f"{ev.generation_latent!r}.")
+
+
+def run_evaluation(config: ml_collections.ConfigDict, workdir: str, model: model_lib.MoPoE,
+                   variables, data: DataSource, writer=None, *, step: int = 0) -> dict:
+  """Runs the evaluators of ``config.eval.evaluators`` and writes the results.
+
+  Args:
+    config: the run's config (``data``, ``model``, ``eval``, ``classifier``).
+    workdir: outputs go to ``<workdir>/eval/``; classifiers to ``<workdir>/classifiers/``
+      unless ``classifier.checkpoint_dir`` is set.
+    model: the `MoPoE` module; variables: its restored {'params', 'batch_stats'}.
+    data: the dataset (`mopoe_jax.datasource.DataSource`).
+    writer: a clu metric writer for scalars and images (optional); step: their step.
+
+  Returns:
+    The results dict written to ``<workdir>/eval/results.json``: 'settings', and one entry per
+    evaluator that ran.
+  """
+  check_eval_config(config)
+  ev = config.eval
+  eval_dir = os.path.join(workdir, EVAL_DIR)
+  os.makedirs(eval_dir, exist_ok=True)
+  ctx = Context(config=config, model=model, variables=variables, data=data, eval_dir=eval_dir,
+                workdir=workdir, rng=jax.random.key(ev.seed), step=step)
+  results: dict[str, Any] = {"settings": {
+      "dataset": data.name, "test_split": config.data.test_split,
+      "modalities": list(model.modalities), "subsets": ctx.subset_names, "step": step,
+      "eval": ev.to_dict()}}
+  start = time.perf_counter()
+  for name in ev.evaluators:
+    tic = time.perf_counter()
+    results[name] = EVALUATORS[name].run(ctx)
+    logging.info("Evaluator %s done (%.0f s).", name, time.perf_counter() - tic)
+
+  results["settings"]["seconds"] = time.perf_counter() - start
+  write_json(os.path.join(eval_dir, "results.json"), results)
+  with open(os.path.join(eval_dir, "report.md"), "w") as f:
+    f.write(report_markdown(results))
+  if writer is not None:
+    writer.write_scalars(step, summary_scalars(results))
+    if ctx.images:
+      writer.write_images(step, {f"eval_generation/{k}": g[None] for k, g in ctx.images.items()})
+    writer.flush()
+  logging.info("Evaluation written to %s (%.0f s).", eval_dir, time.perf_counter() - start)
+  return results
+
+
+def summary_scalars(results: dict) -> dict[str, float]:
+  """The headline numbers as flat scalars for TensorBoard (None values left out)."""
+  scalars = {}
+  for name, scores in results.get("probes", {}).get("subsets", {}).items():
+    scalars[f"eval_probe_ap/{name}/{HEADLINE_LABEL}"] = scores.get(HEADLINE_LABEL)
+  for name, per_modality in results.get("coherence", {}).get("subsets", {}).items():
+    for m, scores in per_modality.items():
+      scalars[f"eval_coherence_ap/{name}->{m}/{HEADLINE_LABEL}"] = scores.get(HEADLINE_LABEL)
+  for name, entry in results.get("likelihood", {}).get("subsets", {}).items():
+    for target, values in entry.items():
+      if values:
+        scalars[f"eval_log_px/{name}/{target}"] = values["log_px"]
+        scalars[f"eval_elbo/{name}/{target}"] = values["elbo"]
+  return {k: float(v) for k, v in scalars.items() if v is not None}
+
+
+# The order of the report's sections.
+_REPORT_ORDER = ("probes", "coherence", "likelihood", "generation")
+
+
+def report_markdown(results: dict) -> str:
+  """A readable summary of ``results`` (report.md): one section per evaluator that ran."""
+  s = results["settings"]
+  out = [f"# Evaluation of MoPoE on {s['dataset']} ({s['test_split']} split, step {s['step']})",
+         ""]
+  for name in _REPORT_ORDER:
+    if name in results:
+      out.append(EVALUATORS[name].markdown(results[name], s))
+  return "\n".join(out) + "\n"
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, data: DataSource, writer=None,
+             step: int | None = None) -> dict:
+  """Restores a checkpoint of ``workdir`` (parameters and batch statistics only; the latest, or
+  ``step`` / ``config.eval.checkpoint_step``) on this host's first device and runs
+  `run_evaluation` (``writer``: an optional clu metric writer for the headline scalars and the
+  grids). Works on a CPU for checkpoints trained on accelerators."""
+  if jax.process_index() != 0:
+    logging.info("Process %d: evaluation runs on process 0 only.", jax.process_index())
+    return {}
+  check_eval_config(config)
+  manager = checkpointing.create_manager(workdir, read_only=True)
+  steps = list(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(
+        f"No checkpoint in {checkpointing.checkpoint_dir(workdir)}. Train first "
+        f"(python main.py --config=... --workdir={workdir} --mode=train) or point --workdir at "
+        "a run directory that has checkpoints/.")
+  step = config.eval.checkpoint_step if step is None else step
+  step = manager.latest_step() if step is None else int(step)
+  if step not in steps:
+    raise ValueError(f"No checkpoint of step {step} in {manager.directory}; available steps: "
+                     f"{sorted(steps)}.")
+  meta = manager.restore(step, args=checkpointing.meta_restore_args())[checkpointing.META]
+  fingerprint = model_lib.config_fingerprint(config)
+  if meta.get("fingerprint") != fingerprint:
+    raise ValueError(
+        f"The checkpoint of step {step} in {manager.directory} was trained with another model "
+        f"shape (config fingerprint {meta.get('fingerprint')}, dataset "
+        f"{meta.get('dataset')!r}) than the config given now ({fingerprint}, "
+        f"{config.data.name!r}). Evaluate with the config it was trained with.")
+
+  model = model_lib.create_model(config, len(data.vocab))
+  device = jax.local_devices()[0]
+  shapes = jax.eval_shape(lambda: model_lib.init_variables(model, config, jax.random.PRNGKey(0)))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(device)), shapes)
+  variables, _ = checkpointing.restore_model_variables(manager, abstract, step)
+  logging.info("Evaluating step %d of %s on %s.", step, manager.directory, device)
+  results = run_evaluation(config, workdir, model, variables, data, writer, step=step)
+  eval_dir = os.path.join(os.path.abspath(workdir), EVAL_DIR)
+  logging.info("Tables: %s (report.md, probes.md); JSON: results.json, probes.json; images and "
+               "generated reports: %s", eval_dir, os.path.join(eval_dir, GENERATION_DIR))
+  return results

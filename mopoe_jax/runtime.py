@@ -1,0 +1,97 @@
+"""Backend-dependent settings: XLA:CPU flags, fast compiles of small programs, the compile cache.
+
+Everything here that was chosen by measuring XLA:CPU applies on the CPU backend only; GPU and
+TPU runs get XLA's defaults.
+
+- ``CPU_FLAGS``: on XLA:CPU (jaxlib 0.10), convolutions rewritten into individual YNNPACK calls
+  made this model's paper-size training step slower than XLA's own convolution emitter: 2.23 vs
+  1.83 s per step of 8 on 2 cores, measured interleaved
+  (benchmarks/results/step_optimization.md, issue #6).
+  ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` turns that one rewrite
+  off. XLA reads XLA_FLAGS when a backend starts, before JAX can say which backend it will use,
+  so `apply_defaults` decides from the environment (`planned_backend`).
+- ``FAST_COMPILE_OPTIONS``: programs that run a handful of times (init, eval, image grids)
+  compile in seconds instead of minutes on CPU without backend optimizations (`compile_fast`).
+- `enable_compilation_cache`: JAX's persistent compilation cache, so that a resumed or
+  re-evaluated run loads the compiled step instead of compiling it again.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import time
+
+from absl import logging
+import jax
+
+CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+# XLA:CPU options for programs that run a handful of times (init, eval, image grids).
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
+                        "xla_llvm_disable_expensive_passes": True}
+
+
+def planned_backend(environ=os.environ) -> str:
+  """'cpu', or the accelerator platform JAX will use, decided without starting JAX.
+
+  ``JAX_PLATFORMS`` decides when set (its first entry); otherwise an installed accelerator
+  plugin (jax[cuda12], jax[cuda13], jax[tpu]: a ``jax_plugins`` entry point or ``libtpu``) means
+  an accelerator ('accelerator' when the platform cannot be told), and nothing means 'cpu'.
+  """
+  platforms = environ.get("JAX_PLATFORMS", "").strip()
+  if platforms:
+    return platforms.split(",")[0].strip().lower()
+  if importlib.util.find_spec("libtpu") is not None:
+    return "tpu"
+  plugins = [ep.name for ep in importlib.metadata.entry_points(group="jax_plugins")]
+  plugins += [m for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin")
+              if importlib.util.find_spec(m) is not None]
+  if any("cuda" in name for name in plugins):
+    return "cuda"
+  return "accelerator" if plugins else "cpu"
+
+
+def apply_defaults(environ=os.environ) -> str:
+  """Appends CPU_FLAGS to XLA_FLAGS when the planned backend is the CPU.
+
+  Call before the first JAX computation (backends read XLA_FLAGS when they start). A flag whose
+  option the user already set is left as the user set it. Returns the resulting XLA_FLAGS. Set
+  MOPOE_XLA_DEFAULTS=0 to leave XLA_FLAGS alone.
+  """
+  flags = environ.get("XLA_FLAGS", "")
+  if environ.get("MOPOE_XLA_DEFAULTS", "1") != "0" and planned_backend(environ) == "cpu":
+    for flag in CPU_FLAGS:
+      name = flag.split("=", 1)[0]
+      if name not in flags:
+        flags = f"{flags} {flag}".strip()
+    environ["XLA_FLAGS"] = flags
+  return flags
+
+
+def compile_fast(jitted, *example_args):
+  """Compiles ``jitted`` for ``example_args`` (arrays or shape structs); on the CPU backend with
+  FAST_COMPILE_OPTIONS, elsewhere with the backend's defaults."""
+  options = FAST_COMPILE_OPTIONS if jax.default_backend() == "cpu" else None
+  return jitted.lower(*example_args).compile(compiler_options=options)
+
+
+def compile_timed(jitted, *example_args, name: str):
+  """Lowers and compiles ``jitted`` ahead of time and logs how long each part took."""
+  tic = time.perf_counter()
+  lowered = jitted.lower(*example_args)
+  lowered_at = time.perf_counter()
+  compiled = lowered.compile()
+  done = time.perf_counter()
+  logging.info("Compiled the %s: lowering %.1f s, compiling %.1f s (a persistent-cache hit "
+               "takes well under a second).", name, lowered_at - tic, done - lowered_at)
+  return compiled
+
+
+def enable_compilation_cache(directory: str) -> str:
+  """Points JAX's persistent compilation cache at ``directory`` (created if missing)."""
+  directory = os.path.abspath(os.path.expanduser(directory))
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", directory)
+  logging.info("JAX compilation cache: %s", directory)
+  return directory
