@@ -52,3 +52,40 @@ def test_fast_compile_options_only_on_cpu(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   runtime.compile_fast(Jitted())
   assert seen == [runtime.FAST_COMPILE_OPTIONS, None]
+
+
+_CACHED_COMPILE = """
+import sys
+sys.path.insert(0, {repo!r})
+import jax, jax.numpy as jnp
+from mopoe_jax import runtime
+events = []
+jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
+runtime.enable_compilation_cache({cache!r})
+# The default threshold (1 s) leaves small programs out of the cache; this one is small.
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+def cached_program(x):
+  return jnp.tanh(x @ x.T).sum()
+f = jax.jit(cached_program)
+compiled = runtime.compile_timed(f, jnp.ones((8, 8)), name="test program")
+assert float(compiled(jnp.ones((8, 8)))) > 0
+print("HITS", events.count("/jax/compilation_cache/cache_hits"))
+"""
+
+
+def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
+  import os, pathlib, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  repo = str(pathlib.Path(__file__).resolve().parents[1])
+  cache = str(tmp_path / "xla_cache")
+  script = _CACHED_COMPILE.format(repo=repo, cache=cache)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  hits, entries = [], []
+  for _ in range(2):
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hits.append(int(proc.stdout.split("HITS")[-1]))
+    entries.append(sorted(f for f in os.listdir(cache) if f.startswith("jit_cached_program")))
+  # Compiled and written by the first process; the second loads it and writes nothing new.
+  assert hits[0] == 0 and hits[1] >= 1, hits
+  assert len(entries[0]) == 1 and entries[1] == entries[0], entries
