@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mopoe_jax import fusion, networks, subsets
+from mopoe_jax import fusion, layers, networks, subsets
 
 TEXT = "text"
+CONV_IMPLS = ("auto",) + layers.CONV_IMPLS
 
 
 def is_text(modality: str) -> bool:
@@ -54,20 +55,21 @@ class MoPoE(nn.Module):
   logvar_bound: float | None = None  # soft bound b * tanh(logvar / b); None = reference
   text_padding_index: int | None = 0
   dtype: jnp.dtype | None = None
+  conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers); model_from_config resolves "auto"
 
   def setup(self):
     encoders, decoders = {}, {}
+    shared = dict(dropout=self.dropout, dtype=self.dtype, conv_impl=self.conv_impl)
     for m in self.modalities:
       if is_text(m):
         encoders[m] = networks.TextEncoder(self.text_encoder_widths, self.latent_dim,
-                                           self.vocab_size, self.dropout,
-                                           self.text_padding_index, self.dtype)
-        decoders[m] = networks.TextDecoder(self.text_decoder_widths, self.vocab_size,
-                                           self.dropout, self.dtype)
+                                           self.vocab_size,
+                                           padding_index=self.text_padding_index, **shared)
+        decoders[m] = networks.TextDecoder(self.text_decoder_widths, self.vocab_size, **shared)
       else:
         encoders[m] = networks.ImageEncoder(self.image_encoder_widths, self.latent_dim,
-                                            self.dropout, self.dtype)
-        decoders[m] = networks.ImageDecoder(self.image_decoder_widths, self.dropout, self.dtype)
+                                            **shared)
+        decoders[m] = networks.ImageDecoder(self.image_decoder_widths, **shared)
     self.encoders = encoders
     self.decoders = decoders
 
@@ -113,9 +115,22 @@ class MoPoE(nn.Module):
                        assignment=assignment, z=z, outputs=self.decode(z, train))
 
 
+def resolve_conv_impl(choice: str) -> str:
+  """``model.conv_impl`` -> "xla" | "cpu": "auto" is "cpu" on the CPU backend, else "xla"."""
+  if choice not in CONV_IMPLS:
+    raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {choice!r}.")
+  if choice == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
+  return choice
+
+
 def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Sequence[str],
                       image_size: int, text_length: int, vocab_size: int) -> MoPoE:
-  """Builds the model after checking that the config's sizes fit together."""
+  """Builds the model after checking that the config's sizes fit together.
+
+  ``model.conv_impl`` "auto" is resolved here (per ``jax.default_backend()``), so the module
+  holds a concrete value.
+  """
   c = model_config
   if any(not is_text(m) for m in modalities):
     networks.check_image_geometry(image_size, c.image_encoder_widths, c.image_decoder_widths)
@@ -140,7 +155,8 @@ def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Se
       text_decoder_widths=tuple(c.text_decoder_widths),
       dropout=c.dropout, prior_expert=c.prior_expert, assignment=c.assignment,
       logvar_bound=c.logvar_bound, text_padding_index=c.text_padding_index,
-      dtype=None if dtype == jnp.float32 else dtype)
+      dtype=None if dtype == jnp.float32 else dtype,
+      conv_impl=resolve_conv_impl(c.conv_impl))
 
 
 # The order of the builders' `available` columns (input_pipeline.features.MODALITIES).
