@@ -21,6 +21,7 @@ from mopoe_jax import fusion, layers, networks, subsets
 
 TEXT = "text"
 CONV_IMPLS = ("auto",) + layers.CONV_IMPLS
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def is_text(modality: str) -> bool:
@@ -54,7 +55,7 @@ class MoPoE(nn.Module):
   assignment: str = "slice"
   logvar_bound: float | None = None  # soft bound b * tanh(logvar / b); None = reference
   text_padding_index: int | None = 0
-  dtype: jnp.dtype | None = None
+  dtype: jnp.dtype | None = None  # compute dtype; None: float32
   conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers); model_from_config resolves "auto"
 
   def setup(self):
@@ -124,12 +125,26 @@ def resolve_conv_impl(choice: str) -> str:
   return choice
 
 
+def resolve_compute_dtype(choice: str):
+  """``model.compute_dtype`` -> jnp.bfloat16, or None for float32.
+
+  "auto" is bfloat16 on accelerators (any backend but "cpu") and float32 on the CPU.
+  """
+  choices = ("auto", *COMPUTE_DTYPES)
+  if choice not in choices:
+    raise ValueError(f"model.compute_dtype must be one of {choices}, got {choice!r}.")
+  if choice == "auto":
+    choice = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  dtype = COMPUTE_DTYPES[choice]
+  return None if dtype == jnp.float32 else dtype
+
+
 def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Sequence[str],
                       image_size: int, text_length: int, vocab_size: int) -> MoPoE:
   """Builds the model after checking that the config's sizes fit together.
 
-  ``model.conv_impl`` "auto" is resolved here (per ``jax.default_backend()``), so the module
-  holds a concrete value.
+  The backend-dependent choices ``model.compute_dtype`` and ``model.conv_impl`` are resolved
+  here ("auto" -> per ``jax.default_backend()``), so the module holds concrete values.
   """
   c = model_config
   if any(not is_text(m) for m in modalities):
@@ -141,10 +156,6 @@ def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Se
   if c.assignment not in fusion.ASSIGNMENTS:
     raise ValueError(f"Unknown model.assignment {c.assignment!r}; choose one of "
                      f"{fusion.ASSIGNMENTS}.")
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(c.compute_dtype)
-  if dtype is None:
-    raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got "
-                     f"{c.compute_dtype!r}.")
   return MoPoE(
       modalities=tuple(modalities),
       subset_mask=tuple(tuple(bool(v) for v in row) for row in mask),
@@ -155,7 +166,7 @@ def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Se
       text_decoder_widths=tuple(c.text_decoder_widths),
       dropout=c.dropout, prior_expert=c.prior_expert, assignment=c.assignment,
       logvar_bound=c.logvar_bound, text_padding_index=c.text_padding_index,
-      dtype=None if dtype == jnp.float32 else dtype,
+      dtype=resolve_compute_dtype(c.compute_dtype),
       conv_impl=resolve_conv_impl(c.conv_impl))
 
 

@@ -1,5 +1,5 @@
 """Convolutions: the CPU rewrites against XLA's definitions, "xla" against "cpu" everywhere the
-networks convolve, the same parameters under both."""
+networks convolve, the same parameters under both; "auto" choices per backend."""
 
 import chex
 import flax.linen as nn
@@ -309,24 +309,33 @@ def test_tiny_model_same_initial_values_and_outputs_under_both_conv_impls():
   chex.assert_trees_all_close(outs["xla"], outs["cpu"], rtol=1e-4, atol=1e-4)
 
 
-def test_auto_conv_impl_resolves_per_backend(monkeypatch):
+def test_auto_choices_resolve_per_backend(monkeypatch):
   assert jax.default_backend() == "cpu"
   assert model_lib.resolve_conv_impl("auto") == "cpu"
+  assert model_lib.resolve_compute_dtype("auto") is None  # float32
   c = tiny_config.get_config()
-  assert c.model.conv_impl == "auto"
-  assert _model(c, 50, "auto").conv_impl == "cpu"
+  assert c.model.conv_impl == "auto" and c.model.compute_dtype == "auto"
+  m = _model(c, 50, "auto")
+  assert (m.conv_impl, m.dtype) == ("cpu", None)
   for backend in ("gpu", "tpu"):
     monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
     assert model_lib.resolve_conv_impl("auto") == "xla"
-    assert _model(c, 50, "auto").conv_impl == "xla"
+    assert model_lib.resolve_compute_dtype("auto") == jnp.bfloat16
+    m = _model(c, 50, "auto")
+    assert (m.conv_impl, m.dtype) == ("xla", jnp.bfloat16)
   # Explicit choices hold on any backend.
   assert model_lib.resolve_conv_impl("cpu") == "cpu"
+  assert model_lib.resolve_compute_dtype("float32") is None
 
 
-def test_unknown_conv_impl_is_rejected_with_the_field_and_the_choices():
+def test_unknown_choices_are_rejected_with_the_field_and_the_choices():
   c = tiny_config.get_config()
   with pytest.raises(ValueError, match=r"model.conv_impl must be one of \('auto', 'xla', "
                                        r"'cpu'\), got 'cudnn'"):
     _model(c, 50, "cudnn")
+  c.model.compute_dtype = "float16"
+  with pytest.raises(ValueError, match=r"model.compute_dtype must be one of \('auto', "
+                                       r"'float32', 'bfloat16'\), got 'float16'"):
+    _model(c, 50, "auto")
   with pytest.raises(ValueError, match="conv_impl must be one of"):  # modules take no 'auto'
     layers.Conv(4, (3,), conv_impl="auto").init(jax.random.key(0), jnp.zeros((1, 5, 2)))
