@@ -146,6 +146,37 @@ class ConvTranspose(nn.Module):
     return y
 
 
+class BatchNorm(nn.BatchNorm):
+  """nn.BatchNorm whose mask may select no position at all.
+
+  Same class name, hence the same auto-names (BatchNorm_0, ...) and variables as nn.BatchNorm.
+  With a ``mask`` (bool, broadcastable to x: the positions the batch statistics are taken
+  over), nn.BatchNorm divides by the number of selected positions, 0/0 when the mask selects
+  none, and the NaN would reach the running averages and, through NaN * 0, the loss. Here a
+  mask that selects nothing takes the statistics over all positions instead (finite; the
+  outputs then belong to rows nobody uses) and leaves the running averages as they were.
+  Without a mask, or with running averages, this is nn.BatchNorm.
+  """
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None, *,
+               mask: jax.Array | None = None):
+    running = nn.merge_param("use_running_average", self.use_running_average,
+                             use_running_average)
+    if running or mask is None:
+      return super().__call__(x, use_running_average, mask=mask)
+    any_selected = jnp.any(mask)
+    mask = jnp.logical_or(mask, jnp.logical_not(any_selected))
+    if self.is_initializing():
+      return super().__call__(x, use_running_average, mask=mask)
+    before = {n: self.get_variable("batch_stats", n) for n in ("mean", "var")}
+    y = super().__call__(x, use_running_average, mask=mask)
+    for name, value in before.items():
+      self.put_variable("batch_stats", name,
+                        jnp.where(any_selected, self.get_variable("batch_stats", name), value))
+    return y
+
+
 class ResidualBlock(nn.Module):
   """The reference's residual block, 1-D or 2-D, forward or transposed.
 
@@ -168,16 +199,33 @@ class ResidualBlock(nn.Module):
   conv_impl: str = "xla"  # "xla" | "cpu" (see the module docstring)
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, present: jax.Array | None = None):
+    """Runs the block.
+
+    Args:
+      x: [B, *spatial, C_in].
+      train: batch statistics and dropout (True) or running averages, no dropout (False).
+      present: bool [B], the rows whose batch statistics count in training (the others, e.g.
+        zero-filled inputs of a missing modality, shift neither the statistics nor the running
+        averages); None: every row.
+    Returns:
+      [B, *out_spatial, features].
+    """
     nd = self.spatial_dims
     is_image = nd == 2
     branch_bias = not is_image
     channels = x.shape[-1]
     drop_dims = tuple(range(1, 1 + nd)) if is_image else ()
+    mask = None
+    if present is not None and train:
+      if present.shape != x.shape[:1]:
+        raise ValueError(f"present must be bool [B] = {x.shape[:1]}, one flag per row of x, "
+                         f"got shape {present.shape}.")
+      mask = present.astype(bool).reshape(-1, *(1,) * (x.ndim - 1))
 
     def bn(h):
-      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          dtype=self.dtype)(h)
+      return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       dtype=self.dtype)(h, mask=mask)
 
     def conv(features, k, s, p, use_bias):
       kind = ConvTranspose if self.transpose else Conv

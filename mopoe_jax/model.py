@@ -78,14 +78,22 @@ class MoPoE(nn.Module):
   def mask(self) -> np.ndarray:
     return np.asarray(self.subset_mask, dtype=bool)
 
-  def encode(self, inputs: dict, train: bool):
-    """inputs: modality -> [B, S, S, 1] float images / [B, T] int tokens.
+  def encode(self, inputs: dict, train: bool, available=None):
+    """Unimodal posteriors of every modality.
 
-    Returns (mu, logvar), each float32 [M, B, D].
+    Args:
+      inputs: modality -> [B, S, S, 1] float images / [B, T] int tokens (zero-filled where
+        missing).
+      train: batch statistics and dropout (True) or running averages (False).
+      available: bool [B, M] in the order of ``modalities``, or None (all present). In
+        training, modality m's encoder takes its batch statistics over the rows of column m.
+    Returns:
+      (mu, logvar), each float32 [M, B, D].
     """
     mus, logvars = [], []
-    for m in self.modalities:
-      mu, logvar = self.encoders[m](inputs[m], train)
+    for i, m in enumerate(self.modalities):
+      present = None if available is None else jnp.asarray(available)[:, i]
+      mu, logvar = self.encoders[m](inputs[m], train, present)
       logvar = logvar.astype(jnp.float32)
       if self.logvar_bound is not None:
         logvar = self.logvar_bound * jnp.tanh(logvar / self.logvar_bound)
@@ -99,7 +107,7 @@ class MoPoE(nn.Module):
 
   def posteriors(self, inputs: dict, available, train: bool):
     """Unimodal and subset posteriors: (mu, logvar [M, B, D], mu_k, logvar_k [K, B, D])."""
-    mu, logvar = self.encode(inputs, train)
+    mu, logvar = self.encode(inputs, train, available)
     mu_k, logvar_k = fusion.subset_posteriors(mu, logvar, self.mask, available,
                                               self.prior_expert)
     return mu, logvar, mu_k, logvar_k

@@ -17,7 +17,8 @@ Text decoder, widths (t_0, ..., t_n): linear z->t_0, a transposed block t_0->t_1
 Length = 4 * 2^(n-1).
 
 Every module takes ``conv_impl`` ("xla" or "cpu", :mod:`mopoe_jax.layers`) and hands it to its
-convolutions; the parameters do not depend on it.
+convolutions; the parameters do not depend on it. Encoders take ``present`` (bool [B], the
+rows in which their modality exists): in training their batch statistics cover those rows only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mopoe_jax.layers import Conv, ConvTranspose, ResidualBlock
@@ -82,15 +84,19 @@ class ImageEncoder(nn.Module):
   conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers)
 
   @nn.compact
-  def __call__(self, x, train: bool):  # x: [B, S, S, 1] -> mu, logvar [B, D]
+  def __call__(self, x, train: bool, present: jax.Array | None = None):
+    """x: [B, S, S, 1]; present: bool [B] rows with the image (None: all) -> mu, logvar [B, D].
+
+    In training, the residual blocks' batch statistics cover the present rows only.
+    """
     w = self.widths
     h = Conv(w[0], (3, 3), (2, 2), [(1, 1), (1, 1)], use_bias=False, dtype=self.dtype,
              conv_impl=self.conv_impl)(x)
     for width in w[1:-1]:
       h = ResidualBlock(width, 4, 2, 1, dropout=self.dropout, dtype=self.dtype,
-                        conv_impl=self.conv_impl)(h, train)
+                        conv_impl=self.conv_impl)(h, train, present)
     h = ResidualBlock(w[-1], 4, 2, 0, dropout=self.dropout, dtype=self.dtype,
-                      conv_impl=self.conv_impl)(h, train)
+                      conv_impl=self.conv_impl)(h, train, present)
     h = h.reshape(h.shape[0], -1)
     mu = nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h)
     logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")(h)
@@ -127,7 +133,11 @@ class TextEncoder(nn.Module):
   conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers)
 
   @nn.compact
-  def __call__(self, tokens, train: bool):  # tokens: int [B, T] -> mu, logvar [B, D]
+  def __call__(self, tokens, train: bool, present: jax.Array | None = None):
+    """tokens: int [B, T]; present: bool [B] rows with a report (None: all) -> mu, logvar [B, D].
+
+    In training, the residual blocks' batch statistics cover the present rows only.
+    """
     w = self.widths
     h = nn.Embed(self.vocab_size, w[0], dtype=self.dtype)(tokens)  # [B, T, w0]
     if self.padding_index is not None:
@@ -135,7 +145,7 @@ class TextEncoder(nn.Module):
     h = Conv(w[0], (4,), (2,), [(1, 1)], dtype=self.dtype, conv_impl=self.conv_impl)(h)
     for width in w[1:]:
       h = ResidualBlock(width, 4, 2, 1, spatial_dims=1, dropout=self.dropout, dtype=self.dtype,
-                        conv_impl=self.conv_impl)(h, train)
+                        conv_impl=self.conv_impl)(h, train, present)
     h = h.reshape(h.shape[0], -1)
     mu = nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h)
     logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")(h)

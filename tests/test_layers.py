@@ -1,5 +1,6 @@
 """Convolutions: the CPU rewrites against XLA's definitions, "xla" against "cpu" everywhere the
-networks convolve, the same parameters under both; "auto" choices per backend."""
+networks convolve, the same parameters under both, "auto" choices per backend, and batch
+statistics over the rows in which a modality is present."""
 
 import chex
 import flax.linen as nn
@@ -339,3 +340,80 @@ def test_unknown_choices_are_rejected_with_the_field_and_the_choices():
     _model(c, 50, "auto")
   with pytest.raises(ValueError, match="conv_impl must be one of"):  # modules take no 'auto'
     layers.Conv(4, (3,), conv_impl="auto").init(jax.random.key(0), jnp.zeros((1, 5, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch statistics over the rows in which a modality is present.
+
+
+@pytest.fixture(scope="module")
+def block_apply():
+  """A 2-D residual block in training mode (dropout 0) with its initial variables; one jitted
+  apply for every ``present`` array of one shape."""
+  block = layers.ResidualBlock(6, 4, 2, 1, dropout=0.0)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 8, 8, 3)), jnp.float32)
+  variables = block.init(jax.random.key(0), x, False)
+  variables = {"params": variables["params"],  # running averages away from their init values
+               "batch_stats": jax.tree.map(lambda v: v + 0.5, variables["batch_stats"])}
+
+  @jax.jit
+  def apply(present):
+    return block.apply(variables, x, True, present, mutable=["batch_stats"])
+
+  @jax.jit
+  def unmasked():
+    return block.apply(variables, x, True, mutable=["batch_stats"])
+  return variables, apply, unmasked
+
+
+def test_all_rows_present_is_todays_batch_norm(block_apply):
+  _, apply, unmasked = block_apply
+  chex.assert_trees_all_close(apply(jnp.ones(6, bool)), unmasked(), rtol=1e-6, atol=1e-6)
+
+
+def test_no_row_present_gives_finite_outputs_and_keeps_the_running_averages(block_apply):
+  variables, apply, _ = block_apply
+  y, updates = apply(jnp.zeros(6, bool))
+  assert np.isfinite(np.asarray(y)).all()
+  chex.assert_trees_all_equal(updates["batch_stats"], variables["batch_stats"])
+  # Some rows present: the running averages move.
+  _, updates = apply(jnp.asarray([True, False] * 3))
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), updates["batch_stats"],
+                       variables["batch_stats"])
+  assert all(jax.tree.leaves(moved))
+
+
+def test_missing_rows_shift_neither_batch_statistics_nor_present_rows():
+  """Zero-filled rows of a missing lateral view and report: the lateral and text encoders'
+  updated running averages and their posteriors of the present rows equal those of the batch
+  of the present rows alone (train mode, dropout 0, float32)."""
+  c = tiny_config.get_config()
+  m = _model(c, 50, "auto")
+  inputs = _inputs(c, 8, seed=1)
+  present = np.array([True, False, True, True, False, True, False, True])
+  for name in ("lateral", "text"):
+    inputs[name] = jnp.where(present.reshape(-1, *(1,) * (inputs[name].ndim - 1)),
+                             inputs[name], 0)
+  available = np.stack([np.ones(8, bool), present, present], axis=1)
+  variables = jax.jit(lambda: m.init(jax.random.key(0), inputs, False, method=m.encode))()
+
+  @jax.jit
+  def encode(inputs, available):
+    return m.apply(variables, inputs, True, available, method=m.encode,
+                   mutable=["batch_stats"])
+
+  (mu, logvar), updates = encode(inputs, jnp.asarray(available))
+  (mu_p, logvar_p), updates_p = encode(jax.tree.map(lambda v: v[present], inputs),
+                                       jnp.ones((5, 3), bool))
+  for i, name in ((1, "lateral"), (2, "text")):
+    np.testing.assert_allclose(mu[i][present], mu_p[i], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logvar[i][present], logvar_p[i], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(updates["batch_stats"][f"encoders_{name}"],
+                                updates_p["batch_stats"][f"encoders_{name}"],
+                                rtol=1e-5, atol=1e-6)
+  # Without the mask the zero rows would have moved the statistics: the check can fail.
+  (_, _), updates_all = encode(inputs, jnp.ones((8, 3), bool))
+  diff = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                      updates_all["batch_stats"]["encoders_lateral"],
+                      updates_p["batch_stats"]["encoders_lateral"])
+  assert max(jax.tree.leaves(diff)) > 1e-3

@@ -144,6 +144,25 @@ def test_jitted_objective_does_not_retrace(tiny_setup, jitted_loss_and_grad):
     assert np.isfinite(float(v))
 
 
+def test_missing_modality_in_every_row_keeps_loss_gradients_and_statistics_finite(
+    tiny_setup, jitted_loss_and_grad):
+  """No lateral view in the whole batch: its encoder's masked batch statistics would be 0/0;
+  the loss and gradients stay finite and its running averages stay as they were."""
+  _, _, variables, inputs, available = tiny_setup
+  inputs = dict(inputs, lateral=jnp.zeros_like(inputs["lateral"]))
+  available = available.at[:, 1].set(False)
+  (value, (_, _, updates)), grads = jitted_loss_and_grad(
+      variables["params"], variables["batch_stats"], inputs, available, jax.random.PRNGKey(5))
+  assert np.isfinite(float(value))
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  chex.assert_trees_all_equal(updates["batch_stats"]["encoders_lateral"],
+                              variables["batch_stats"]["encoders_lateral"])
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)),
+                       updates["batch_stats"]["encoders_frontal"],
+                       variables["batch_stats"]["encoders_frontal"])
+  assert all(jax.tree.leaves(moved))
+
+
 def test_bfloat16_compute_keeps_params_and_outputs_float32():
   c = tiny_config.get_config()
   c.model.compute_dtype = "bfloat16"
