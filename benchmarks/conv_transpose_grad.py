@@ -12,7 +12,7 @@ Three implementations of the same PyTorch-semantics transposed convolution (k4 s
 - ``phase_gathered``: the project's earlier form: all s^2 phases as one stride-1 convolution with
   a gathered [3, 3, C_in, 4 C_out] kernel (zero taps included: 9/4 of the useful FLOPs), then
   depth-to-space (the library still uses it for fewer than 8 output channels);
-- ``phase``: ``mopoe_jax.layers.conv_transpose``: one stride-1 convolution per phase with its
+- ``phase``: ``mopoe_jax.cpu_conv.conv_transpose``: one stride-1 convolution per phase with its
   own [2, 2, C_in, C_out] sub-kernel (the useful FLOPs only), then the phases interleaved.
 For each it times (jitted, median over --repeats after one warm-up call; fewer when one call
 takes seconds): the forward, the kernel gradient alone, the input gradient alone, and forward +
@@ -79,16 +79,16 @@ def conv_transpose_lax(x, kernel, stride: int, padding: int):
 
 
 def conv_transpose_phase(x, kernel, stride: int, padding: int):
-  from mopoe_jax import layers
-  return layers.conv_transpose(x, kernel, (stride, stride), (padding, padding))
+  from mopoe_jax import cpu_conv
+  return cpu_conv.conv_transpose(x, kernel, (stride, stride), (padding, padding))
 
 
 def conv_transpose_phase_gathered(x, kernel, stride: int, padding: int):
   """The earlier form: all phases as ONE stride-1 convolution with a gathered
   [3, 3, C_in, 4 C_out] kernel (zero taps included), then depth-to-space. The library keeps it
   for fewer than 8 output channels."""
-  from mopoe_jax import layers
-  y = layers._gathered_phase_conv(x, kernel, (stride, stride), (padding, padding))
+  from mopoe_jax import cpu_conv
+  y = cpu_conv._gathered_phase_conv(x, kernel, (stride, stride), (padding, padding))
   batch, n_h, n_w = x.shape[:3]
   y = y.transpose(0, 1, 3, 2, 4, 5)  # [B, n_h, s, n_w, s, C]
   return y.reshape(batch, n_h * stride, n_w * stride, -1)

@@ -46,7 +46,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.logvar_bound = config_dict.placeholder(float)  # None: unbounded, as the reference
   model.embedding_zero_id = 0             # reference: nn.Embedding(padding_idx=0) zeroes id 0,
                                           # which is <exc> (unknown word), not <pad>
-  model.compute_dtype = "float32"         # or 'bfloat16' (params and loss stay float32)
+  # 'auto': bfloat16 on GPU/TPU, float32 on CPU; or 'float32' | 'bfloat16'. Parameters,
+  # optimizer state, BatchNorm statistics, the PoE/KL math and the loss stay float32.
+  model.compute_dtype = "auto"
+  # Convolutions, same parameters and sums either way: 'xla' (native; cuDNN/TPU), 'cpu' (the
+  # rewrites XLA:CPU runs faster, mopoe_jax/cpu_conv.py) or 'auto' (cpu on CPU, else xla).
+  model.conv_impl = "auto"
   model.rec_weights = (1 / 3, 1 / 3, 1 / 3)
   model.beta = 1.0
   model.image_scale = 0.75                # Laplace scale of the image likelihood

@@ -1,41 +1,38 @@
-"""Building blocks: fast exact (transposed) convolutions and the reference's residual blocks.
+"""The networks' layers: convolutions, transposed convolutions and the reference's residual block.
 
 Transposed convolutions follow PyTorch's definition (kernel [*k, C_in, C_out], ``padding`` p and
 ``output_padding`` per spatial dim): out[s*i - p + t] += x[i] * w[t].
 
-XLA:CPU computes the kernel gradient of ``lax.conv_transpose`` very slowly. When the output is
-exactly s times the input (k - 2p + output_padding == s, true for every strided transposed
-convolution of these networks), output phase a (outputs s*i + a) is a stride-1 convolution of x
-with the taps of w that land on it. :func:`conv_transpose` runs each phase with only its own
-taps (k^d / s^d per output, no zero taps) and interleaves the phases: the same sums, exactly,
-with fast gradients (benchmarks/conv_transpose_grad.py). With fewer than 8 output channels
-(the image decoders' last layer) the phases share one convolution to s^d * C_out channels.
-
-1-D convolutions and 2-D ones with few output rows (batch x positions) run as patches + one dot
-(:func:`conv`): XLA:CPU computes those, and their gradients, faster than as convolutions
-(benchmarks/README.md). Larger strided 2-D convolutions take their input gradient from the
-same phase-form transposed convolution instead of XLA's dilated one.
+Every convolution runs in one of two exact implementations, chosen by the modules'
+``conv_impl`` attribute (``model.conv_impl`` in the config; ``model.model_from_config``
+resolves "auto" to "cpu" on the CPU backend and "xla" elsewhere):
+- "xla": the plain XLA forms below (:func:`conv`, :func:`conv_transpose`), which cuDNN and the
+  TPU compiler run natively;
+- "cpu": the rewrites of :mod:`mopoe_jax.cpu_conv` (patches + dot, phase-form transposed
+  convolutions, a phase-form input gradient), measured faster on XLA:CPU.
+Both compute the same sums, and the modules create the same parameters under either, so a
+checkpoint written under one restores and runs under the other.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-# 2-D convolutions with at most this many output rows (batch x output positions) run as
-# patches + one dot: measured forward + both gradients, 8 x 4 x 4 outputs 256 -> 320 channels
-# 5.3 vs 6.9 ms, 8 x 1 x 1 1.6 vs 5.2 ms; at 1,024 rows (64 x 4 x 4, 64 -> 96) the dot loses,
-# 5.6 vs 2.9 ms.
-_DOT_MAX_ROWS = 256
-# 2-D transposed convolutions with fewer output channels use one gathered convolution for all
-# phases (benchmarks/results/step_optimization.md: the 64 -> 1 layer, 14.5 -> 8.3 ms)
-_EXACT_PHASES_MIN_C_OUT = 8
+from mopoe_jax import cpu_conv
+
+CONV_IMPLS = ("xla", "cpu")
+
+
+def check_conv_impl(impl: str) -> None:
+  """Raises ValueError unless ``impl`` is a concrete implementation ("xla" or "cpu")."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(
+        f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}. 'auto' is resolved per backend "
+        "by model.model_from_config (model.resolve_conv_impl); modules take the result.")
 
 
 def _dimension_numbers(nd: int):
@@ -44,224 +41,62 @@ def _dimension_numbers(nd: int):
   return ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
 
 
-def _patches_dot(x, kernel, strides, padding):
-  """Cross-correlation as strided slices + concatenate + one dot_general.
+def conv(x, kernel, strides: Sequence[int], padding: Sequence[tuple[int, int]], *,
+         impl: str = "xla"):
+  """Cross-correlation, channels last.
 
-  x: [B, *n, C_in]; kernel: [*k, C_in, C_out]; padding: one (lo, hi) pair per spatial dim
-  (negative values crop).
+  Args:
+    x: [B, *n, C_in].
+    kernel: [*k, C_in, C_out].
+    strides: one int per spatial dim.
+    padding: one (lo, hi) pair per spatial dim.
+    impl: "xla" (``lax.conv_general_dilated``) or "cpu" (:func:`mopoe_jax.cpu_conv.conv`).
+  Returns:
+    [B, *out, C_out] with out = (n + lo + hi - k) // s + 1.
   """
-  nd = x.ndim - 2
-  ks = kernel.shape[:nd]
-  c_in, c_out = kernel.shape[-2:]
-  x = jax.lax.pad(x, jnp.zeros((), x.dtype),
-                  [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
-  out = [(x.shape[1 + d] - ks[d]) // strides[d] + 1 for d in range(nd)]
-  cols = []
-  for taps in itertools.product(*[range(k) for k in ks]):
-    start = (0, *taps, 0)
-    limit = (x.shape[0], *[t + (o - 1) * s + 1 for t, o, s in zip(taps, out, strides)], c_in)
-    cols.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
-  patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  w = kernel.reshape(-1, c_out).astype(patches.dtype)
-  return jax.lax.dot_general(patches, w, (((nd + 1,), (0,)), ((), ())))
-
-
-def conv(x, kernel, strides: Sequence[int], padding: Sequence[tuple[int, int]]):
-  """Cross-correlation like lax.conv_general_dilated, channels last.
-
-  1-D convolutions and 2-D ones with at most 256 output rows (batch x output positions; the
-  batch as traced, i.e. global under jit) run as patches + one dot: XLA:CPU computes those (and
-  their kernel gradients) faster than as convolutions. Larger strided 2-D ones get their input
-  gradient from :func:`conv_transpose`.
-  """
-  nd = x.ndim - 2
-  padding = [tuple(p) for p in padding]
-  out = [(n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
-         zip(x.shape[1:-1], padding, kernel.shape[:nd], strides)]
-  if nd == 1 or x.shape[0] * int(np.prod(out)) <= _DOT_MAX_ROWS:
-    return _patches_dot(x, kernel, tuple(strides), padding)
-  kernel = kernel.astype(x.dtype)
-  if _adjoint_padding(x.shape[1:-1], kernel.shape[:nd], strides, padding) is not None:
-    return _strided_conv(x, kernel, tuple(strides), tuple(padding))
-  return _lax_conv(x, kernel, tuple(strides), padding)
-
-
-def _lax_conv(x, kernel, strides, padding):
-  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+  check_conv_impl(impl)
+  if impl == "cpu":
+    return cpu_conv.conv(x, kernel, strides, padding)
+  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), tuple(strides),
+                                      [tuple(p) for p in padding],
                                       dimension_numbers=_dimension_numbers(x.ndim - 2))
 
 
-def _adjoint_padding(spatial, ks, strides, padding):
-  """(p, output_padding) per dim when the input gradient of this strided convolution is a
-  phase-form transposed convolution (symmetric padding, k - 2p + op == s > 1), else None."""
-  pads, ops = [], []
-  for n, k, s, (lo, hi) in zip(spatial, ks, strides, padding):
-    out = (n + lo + hi - k) // s + 1
-    op = n - ((out - 1) * s - 2 * lo + k)
-    if lo != hi or s < 2 or k - 2 * lo + op != s:
-      return None
-    pads.append(lo)
-    ops.append(op)
-  return tuple(pads), tuple(ops)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _strided_conv(x, kernel, strides, padding):
-  """A strided convolution whose input gradient is the exact phase-form transposed convolution.
-
-  XLA differentiates a stride-s convolution with respect to its input as a convolution of the
-  s-times dilated output gradient: s^d times the useful FLOPs, mostly over zeros. The adjoint is
-  PyTorch's transposed convolution of the gradient with the same kernel (C_out -> C_in), which
-  :func:`conv_transpose` runs phase by phase without zero taps (paper encoder, 64 px block:
-  36 -> 12 ms).
-  """
-  return _lax_conv(x, kernel, strides, padding)
-
-
-def _strided_conv_fwd(x, kernel, strides, padding):
-  return _lax_conv(x, kernel, strides, padding), (x, kernel)
-
-
-def _strided_conv_bwd(strides, padding, residuals, g):
-  x, kernel = residuals
-  nd = x.ndim - 2
-  pads, ops = _adjoint_padding(x.shape[1:-1], kernel.shape[:nd], strides, padding)
-  dx = conv_transpose(g, jnp.swapaxes(kernel, -1, -2), strides, pads, ops)
-  _, kernel_vjp = jax.vjp(lambda w: _lax_conv(x, w, strides, padding), kernel)
-  return dx, kernel_vjp(g)[0]
-
-
-_strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
-
-
-def _phase_taps(k: int, s: int, p: int):
-  """Tap table of one dim: int [L, s] of kernel indices (k = zero tap) and the offset range.
-
-  Output s*i + a sums x[i + o] * w[a + p - s*o] over offsets o in [o_min, o_max].
-  """
-  offsets = [(a + p - t) // s for a in range(s) for t in range(k) if (a + p - t) % s == 0]
-  o_min, o_max = min(offsets), max(offsets)
-  table = np.full((o_max - o_min + 1, s), k, dtype=np.int32)
-  for a in range(s):
-    for o in range(o_min, o_max + 1):
-      t = a + p - s * o
-      if 0 <= t < k:
-        table[o - o_min, a] = t
-  return table, o_min, o_max
-
-
-def _gathered_phase_conv(x, kernel, strides, padding):
-  """All phases as ONE stride-1 convolution to s^d * C_out channels, kernels padded with zero
-  taps to a common [L...] window; returns [B, *n, s..., C_out] (phases not yet interleaved)."""
-  nd = x.ndim - 2
-  tables, pads = [], []
-  for k, s, p in zip(kernel.shape[:nd], strides, padding):
-    table, o_min, o_max = _phase_taps(k, s, p)
-    tables.append(table)
-    pads.append((-o_min, o_max))
-  extended = jnp.pad(kernel, [(0, 1)] * nd + [(0, 0), (0, 0)])  # index k is a zero tap
-  index = []
-  for d, table in enumerate(tables):  # axes of the gathered kernel: L_0.., a_0..
-    shape = [1] * (2 * nd)
-    shape[d], shape[nd + d] = table.shape
-    index.append(table.reshape(shape))
-  gathered = extended[tuple(index)]  # [L..., s..., C_in, C_out]
-  c_in, c_out = kernel.shape[-2:]
-  perm = list(range(nd)) + [2 * nd] + list(range(nd, 2 * nd)) + [2 * nd + 1]
-  gathered = gathered.transpose(perm)  # [L..., C_in, s..., C_out]
-  phase_kernel = gathered.reshape(*gathered.shape[:nd], c_in, int(np.prod(strides)) * c_out)
-  y = jax.lax.conv_general_dilated(x, phase_kernel.astype(x.dtype), (1,) * nd, pads,
-                                   dimension_numbers=_dimension_numbers(nd))
-  return y.reshape(*y.shape[:-1], *strides, c_out)
-
-
-def _phases(k: int, s: int, p: int) -> list[tuple[int, list[int]]]:
-  """Per output phase a (outputs s*i + a): (o, taps), where x[i + o + j] meets w[taps[j]]."""
-  phases = []
-  for a in range(s):
-    offsets = [o for o in range((a + p - k) // s, (a + p) // s + 1) if 0 <= a + p - s * o < k]
-    phases.append((offsets[0] if offsets else 0, [a + p - s * o for o in offsets]))
-  return phases
-
-
 def conv_transpose(x, kernel, strides: Sequence[int], padding: Sequence[int],
-                   output_padding: Sequence[int] | None = None):
+                   output_padding: Sequence[int] | None = None, *, impl: str = "xla"):
   """PyTorch-semantics transposed convolution, channels last.
 
-  When the output is exactly s times the input, output phase a (outputs s*i + a per dim) is a
-  stride-1 correlation of x with the taps of w that land on it; every phase runs with only its
-  own taps (k^d / s^d per output: the useful FLOPs, no zero taps), then the phases interleave.
-  2-D phases are XLA convolutions; 1-D phases, and a 1 x 1 input, are dots.
+  "xla": the native form, a stride-1 convolution of the s-times dilated input with the
+  spatially flipped kernel, padded by k - 1 - p (plus output_padding at the end); XLA
+  differentiates it natively. "cpu": :func:`mopoe_jax.cpu_conv.conv_transpose`.
 
   Args:
-    x: [B, *spatial, C_in].
+    x: [B, *n, C_in].
     kernel: [*k, C_in, C_out].
-    strides, padding, output_padding: one int per spatial dim.
+    strides, padding, output_padding: one int per spatial dim (output_padding None: zeros).
+    impl: "xla" or "cpu".
   Returns:
-    [B, *out_spatial, C_out] with out = (n - 1) * s - 2p + k + output_padding.
+    [B, *out, C_out] with out = (n - 1) * s - 2p + k + output_padding.
   """
+  check_conv_impl(impl)
+  if impl == "cpu":
+    return cpu_conv.conv_transpose(x, kernel, strides, padding, output_padding)
   nd = x.ndim - 2
   ks = kernel.shape[:nd]
-  c_out = kernel.shape[-1]
   output_padding = tuple(output_padding or (0,) * nd)
-  if nd not in (1, 2):
-    raise ValueError(f"conv_transpose supports 1 or 2 spatial dims, got {nd}.")
-  phase_form = all(k - 2 * p + op == s and s > 1 for k, s, p, op in
-                   zip(ks, strides, padding, output_padding))
-  if not phase_form:
-    if all(n == 1 for n in x.shape[1:-1]) and not any(padding) and not any(output_padding):
-      # A 1 x 1 input: out[t] = x . w[t] at every kernel position t. One dot batched over t
-      # reads the kernel in its own layout (no per-step transposed copy of it, nor of its
-      # gradient); only the small [t, B, C_out] result is transposed.
-      w = kernel.reshape(-1, *kernel.shape[-2:]).astype(x.dtype)  # [T, C_in, C_out]
-      xs = jnp.broadcast_to(x.reshape(1, x.shape[0], -1), (w.shape[0], x.shape[0], w.shape[1]))
-      y = jax.lax.dot_general(xs, w, (((2,), (1,)), ((0,), (0,))))  # [T, B, C_out]
-      return jnp.swapaxes(y, 0, 1).reshape(x.shape[0], *ks, c_out)
-    flipped = kernel[tuple(slice(None, None, -1) for _ in range(nd))]
-    pads = [(k - 1 - p, k - 1 - p + op) for k, p, op in zip(ks, padding, output_padding)]
-    if all(s == 1 for s in strides) and nd == 1:
-      return _patches_dot(x, flipped, (1,), pads)
-    return jax.lax.conv_general_dilated(x, flipped.astype(x.dtype), (1,) * nd, pads,
-                                        lhs_dilation=tuple(strides),
-                                        dimension_numbers=_dimension_numbers(nd))
-
-  batch, n = x.shape[0], x.shape[1:1 + nd]
-  if nd == 2 and c_out < _EXACT_PHASES_MIN_C_OUT:
-    # Few output channels: per-phase convolutions would be too narrow to run fast, so all
-    # phases go into one convolution to s^d * C_out channels (with some zero taps).
-    y = _gathered_phase_conv(x, kernel, strides, padding)  # [B, *n, s..., C_out]
-    perm = [0]
-    for d in range(nd):
-      perm += [1 + d, 1 + nd + d]
-    y = y.transpose(perm + [1 + 2 * nd])
-    return y.reshape(batch, *[m * s for m, s in zip(n, strides)], c_out)
-  outs = []
-  for combo in itertools.product(*[_phases(k, s, p) for k, s, p in zip(ks, strides, padding)]):
-    if any(not taps for _, taps in combo):  # no tap lands on this phase
-      outs.append(jnp.zeros((batch, *n, c_out), x.dtype))
-      continue
-    index = np.ix_(*[np.asarray(taps) for _, taps in combo])
-    sub = kernel[index]  # [*L, C_in, C_out]
-    pads = [(-o, o + len(taps) - 1) for o, taps in combo]
-    if nd == 1:
-      outs.append(_patches_dot(x, sub, (1,), pads))
-    else:
-      outs.append(jax.lax.conv_general_dilated(x, sub.astype(x.dtype), (1,) * nd, pads,
-                                               dimension_numbers=_dimension_numbers(nd)))
-  # [s_0 * s_1, B, *n, C] -> [B, n_0, s_0, n_1, s_1, C] -> [B, n_0 * s_0, n_1 * s_1, C]
-  y = jnp.stack(outs).reshape(*strides, batch, *n, c_out)
-  perm = [nd]
-  for d in range(nd):
-    perm += [nd + 1 + d, d]
-  y = y.transpose(perm + [2 * nd + 1])
-  return y.reshape(batch, *[m * s for m, s in zip(n, strides)], c_out)
+  flipped = kernel[tuple(slice(None, None, -1) for _ in range(nd))]
+  pads = [(k - 1 - p, k - 1 - p + op) for k, p, op in zip(ks, padding, output_padding)]
+  return jax.lax.conv_general_dilated(x, flipped.astype(x.dtype), (1,) * nd, pads,
+                                      lhs_dilation=tuple(strides),
+                                      dimension_numbers=_dimension_numbers(nd))
 
 
 class Conv(nn.Module):
   """The nn.Conv uses of this project (explicit padding pairs) through :func:`conv`.
 
   Same parameters ('kernel' [*k, C_in, C_out], 'bias'), initialisers and auto-names (Conv_0,
-  ...) as nn.Conv, so checkpoints and parameter counts are unchanged.
+  ...) as nn.Conv under either ``conv_impl``, so checkpoints and parameter counts are
+  unchanged.
   """
   features: int
   kernel_size: Sequence[int]
@@ -270,15 +105,16 @@ class Conv(nn.Module):
   use_bias: bool = True
   dtype: jnp.dtype | None = None
   param_dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "xla"  # "xla" | "cpu" (see the module docstring)
 
   @nn.compact
-  def __call__(self, x):  # x: [B, *spatial, C_in]
+  def __call__(self, x):  # x: [B, *spatial, C_in] -> [B, *out, features]
     nd = len(self.kernel_size)
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
     dtype = self.dtype or jnp.promote_types(x.dtype, self.param_dtype)
     y = conv(x.astype(dtype), kernel.astype(dtype), tuple(self.strides or (1,) * nd),
-             self.padding or [(0, 0)] * nd)
+             self.padding or [(0, 0)] * nd, impl=self.conv_impl)
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
       y = y + bias.astype(dtype)
@@ -295,17 +131,49 @@ class ConvTranspose(nn.Module):
   use_bias: bool = True
   dtype: jnp.dtype | None = None
   param_dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "xla"  # "xla" | "cpu" (see the module docstring)
 
   @nn.compact
-  def __call__(self, x):  # x: [B, *spatial, C_in]
+  def __call__(self, x):  # x: [B, *spatial, C_in] -> [B, *out, features]
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
     dtype = self.dtype or x.dtype
     y = conv_transpose(x.astype(dtype), kernel.astype(dtype), self.strides, self.padding,
-                       self.output_padding)
+                       self.output_padding, impl=self.conv_impl)
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
       y = y + bias.astype(dtype)
+    return y
+
+
+class BatchNorm(nn.BatchNorm):
+  """nn.BatchNorm whose mask may select no position at all.
+
+  Same class name, hence the same auto-names (BatchNorm_0, ...) and variables as nn.BatchNorm.
+  With a ``mask`` (bool, broadcastable to x: the positions the batch statistics are taken
+  over), nn.BatchNorm divides by the number of selected positions, 0/0 when the mask selects
+  none, and the NaN would reach the running averages and, through NaN * 0, the loss. Here a
+  mask that selects nothing takes the statistics over all positions instead (finite; the
+  outputs then belong to rows nobody uses) and leaves the running averages as they were.
+  Without a mask, or with running averages, this is nn.BatchNorm.
+  """
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None, *,
+               mask: jax.Array | None = None):
+    running = nn.merge_param("use_running_average", self.use_running_average,
+                             use_running_average)
+    if running or mask is None:
+      return super().__call__(x, use_running_average, mask=mask)
+    any_selected = jnp.any(mask)
+    mask = jnp.logical_or(mask, jnp.logical_not(any_selected))
+    if self.is_initializing():
+      return super().__call__(x, use_running_average, mask=mask)
+    before = {n: self.get_variable("batch_stats", n) for n in ("mean", "var")}
+    y = super().__call__(x, use_running_average, mask=mask)
+    for name, value in before.items():
+      self.put_variable("batch_stats", name,
+                        jnp.where(any_selected, self.get_variable("batch_stats", name), value))
     return y
 
 
@@ -328,32 +196,49 @@ class ResidualBlock(nn.Module):
   shortcut_scale: float = 2.0
   branch_scale: float = 0.3
   dtype: jnp.dtype | None = None
+  conv_impl: str = "xla"  # "xla" | "cpu" (see the module docstring)
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, present: jax.Array | None = None):
+    """Runs the block.
+
+    Args:
+      x: [B, *spatial, C_in].
+      train: batch statistics and dropout (True) or running averages, no dropout (False).
+      present: bool [B], the rows whose batch statistics count in training (the others, e.g.
+        zero-filled inputs of a missing modality, shift neither the statistics nor the running
+        averages); None: every row.
+    Returns:
+      [B, *out_spatial, features].
+    """
     nd = self.spatial_dims
     is_image = nd == 2
     branch_bias = not is_image
     channels = x.shape[-1]
     drop_dims = tuple(range(1, 1 + nd)) if is_image else ()
+    mask = None
+    if present is not None and train:
+      if present.shape != x.shape[:1]:
+        raise ValueError(f"present must be bool [B] = {x.shape[:1]}, one flag per row of x, "
+                         f"got shape {present.shape}.")
+      mask = present.astype(bool).reshape(-1, *(1,) * (x.ndim - 1))
 
-    def bn():
-      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          dtype=self.dtype)
+    def bn(h):
+      return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       dtype=self.dtype)(h, mask=mask)
 
     def conv(features, k, s, p, use_bias):
-      if self.transpose:
-        return ConvTranspose(features, (k,) * nd, (s,) * nd, (p,) * nd, use_bias=use_bias,
-                             dtype=self.dtype)
-      return Conv(features, (k,) * nd, (s,) * nd, [(p, p)] * nd, use_bias=use_bias,
-                  dtype=self.dtype)
+      kind = ConvTranspose if self.transpose else Conv
+      pads = (p,) * nd if self.transpose else [(p, p)] * nd
+      return kind(features, (k,) * nd, (s,) * nd, pads, use_bias=use_bias, dtype=self.dtype,
+                  conv_impl=self.conv_impl)
 
     k, s, p = self.kernel_size, self.stride, self.padding
-    h = nn.relu(bn()(x))
+    h = nn.relu(bn(x))
     h = conv(channels, 1, 1, 0, branch_bias)(h)
     h = nn.Dropout(self.dropout, broadcast_dims=drop_dims, deterministic=not train)(h)
-    h = nn.relu(bn()(h))
+    h = nn.relu(bn(h))
     h = conv(self.features, k, s, p, branch_bias)(h)
     h = nn.Dropout(self.dropout, broadcast_dims=drop_dims, deterministic=not train)(h)
-    shortcut = bn()(conv(self.features, k, s, p, True)(x))
+    shortcut = bn(conv(self.features, k, s, p, True)(x))
     return self.shortcut_scale * shortcut + self.branch_scale * h

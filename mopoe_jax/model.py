@@ -19,9 +19,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mopoe_jax import datasource, fusion, networks, subsets
+from mopoe_jax import datasource, fusion, layers, networks, subsets
 
 TEXT = "text"
+CONV_IMPLS = ("auto",) + layers.CONV_IMPLS
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def is_text(modality: str) -> bool:
@@ -57,21 +59,22 @@ class MoPoE(nn.Module):
   # The reference's nn.Embedding(padding_idx=0): this token id embeds to zeros and learns
   # nothing. Id 0 is <exc> (unknown word) in the reference's vocabulary, not <pad>.
   embedding_zero_id: int | None = 0
-  dtype: jnp.dtype | None = None
+  dtype: jnp.dtype | None = None  # compute dtype; None: float32
+  conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers); model_from_config resolves "auto"
 
   def setup(self):
     encoders, decoders = {}, {}
+    shared = dict(dropout=self.dropout, dtype=self.dtype, conv_impl=self.conv_impl)
     for m in self.modalities:
       if is_text(m):
         encoders[m] = networks.TextEncoder(self.text_encoder_widths, self.latent_dim,
-                                           self.vocab_size, self.dropout,
-                                           self.embedding_zero_id, self.dtype)
-        decoders[m] = networks.TextDecoder(self.text_decoder_widths, self.vocab_size,
-                                           self.dropout, self.dtype)
+                                           self.vocab_size,
+                                           padding_index=self.embedding_zero_id, **shared)
+        decoders[m] = networks.TextDecoder(self.text_decoder_widths, self.vocab_size, **shared)
       else:
         encoders[m] = networks.ImageEncoder(self.image_encoder_widths, self.latent_dim,
-                                            self.dropout, self.dtype)
-        decoders[m] = networks.ImageDecoder(self.image_decoder_widths, self.dropout, self.dtype)
+                                            **shared)
+        decoders[m] = networks.ImageDecoder(self.image_decoder_widths, **shared)
     self.encoders = encoders
     self.decoders = decoders
 
@@ -79,14 +82,22 @@ class MoPoE(nn.Module):
   def mask(self) -> np.ndarray:
     return np.asarray(self.subset_mask, dtype=bool)
 
-  def encode(self, inputs: dict, train: bool):
-    """inputs: modality -> [B, S, S, 1] float images / [B, T] int tokens.
+  def encode(self, inputs: dict, train: bool, available=None):
+    """Unimodal posteriors of every modality.
 
-    Returns (mu, logvar), each float32 [M, B, D].
+    Args:
+      inputs: modality -> [B, S, S, 1] float images / [B, T] int tokens (zero-filled where
+        missing).
+      train: batch statistics and dropout (True) or running averages (False).
+      available: bool [B, M] in the order of ``modalities``, or None (all present). In
+        training, modality m's encoder takes its batch statistics over the rows of column m.
+    Returns:
+      (mu, logvar), each float32 [M, B, D].
     """
     mus, logvars = [], []
-    for m in self.modalities:
-      mu, logvar = self.encoders[m](inputs[m], train)
+    for i, m in enumerate(self.modalities):
+      present = None if available is None else jnp.asarray(available)[:, i]
+      mu, logvar = self.encoders[m](inputs[m], train, present)
       logvar = logvar.astype(jnp.float32)
       if self.logvar_bound is not None:
         logvar = self.logvar_bound * jnp.tanh(logvar / self.logvar_bound)
@@ -100,7 +111,7 @@ class MoPoE(nn.Module):
 
   def posteriors(self, inputs: dict, available, train: bool):
     """Unimodal and subset posteriors: (mu, logvar [M, B, D], mu_k, logvar_k [K, B, D])."""
-    mu, logvar = self.encode(inputs, train)
+    mu, logvar = self.encode(inputs, train, available)
     mu_k, logvar_k = fusion.subset_posteriors(mu, logvar, self.mask, available,
                                               self.prior_expert)
     return mu, logvar, mu_k, logvar_k
@@ -117,9 +128,36 @@ class MoPoE(nn.Module):
                        assignment=assignment, z=z, outputs=self.decode(z, train))
 
 
+def resolve_conv_impl(choice: str) -> str:
+  """``model.conv_impl`` -> "xla" | "cpu": "auto" is "cpu" on the CPU backend, else "xla"."""
+  if choice not in CONV_IMPLS:
+    raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {choice!r}.")
+  if choice == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
+  return choice
+
+
+def resolve_compute_dtype(choice: str):
+  """``model.compute_dtype`` -> jnp.bfloat16, or None for float32.
+
+  "auto" is bfloat16 on accelerators (any backend but "cpu") and float32 on the CPU.
+  """
+  choices = ("auto", *COMPUTE_DTYPES)
+  if choice not in choices:
+    raise ValueError(f"model.compute_dtype must be one of {choices}, got {choice!r}.")
+  if choice == "auto":
+    choice = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  dtype = COMPUTE_DTYPES[choice]
+  return None if dtype == jnp.float32 else dtype
+
+
 def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Sequence[str],
                       image_size: int, text_length: int, vocab_size: int) -> MoPoE:
-  """Builds the model after checking that the config's sizes fit together."""
+  """Builds the model after checking that the config's sizes fit together.
+
+  The backend-dependent choices ``model.compute_dtype`` and ``model.conv_impl`` are resolved
+  here ("auto" -> per ``jax.default_backend()``), so the module holds concrete values.
+  """
   c = model_config
   if any(not is_text(m) for m in modalities):
     networks.check_image_geometry(image_size, c.image_encoder_widths, c.image_decoder_widths)
@@ -130,10 +168,6 @@ def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Se
   if c.assignment not in fusion.ASSIGNMENTS:
     raise ValueError(f"Unknown model.assignment {c.assignment!r}; choose one of "
                      f"{fusion.ASSIGNMENTS}.")
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(c.compute_dtype)
-  if dtype is None:
-    raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got "
-                     f"{c.compute_dtype!r}.")
   return MoPoE(
       modalities=tuple(modalities),
       subset_mask=tuple(tuple(bool(v) for v in row) for row in mask),
@@ -144,7 +178,8 @@ def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Se
       text_decoder_widths=tuple(c.text_decoder_widths),
       dropout=c.dropout, prior_expert=c.prior_expert, assignment=c.assignment,
       logvar_bound=c.logvar_bound, embedding_zero_id=c.embedding_zero_id,
-      dtype=None if dtype == jnp.float32 else dtype)
+      dtype=resolve_compute_dtype(c.compute_dtype),
+      conv_impl=resolve_conv_impl(c.conv_impl))
 
 
 # The order of a batch's `available` columns.

@@ -15,6 +15,10 @@ blocks u_0->u_1->...->u_n (k4 s2 p1) down to length 1, heads. Length = 2^(n+1).
 Text decoder, widths (t_0, ..., t_n): linear z->t_0, a transposed block t_0->t_1 (k4 s1 p0,
 1->4), transposed blocks up to t_n (k4 s2 p1), a transposed 1x1 conv t_n->V logits.
 Length = 4 * 2^(n-1).
+
+Every module takes ``conv_impl`` ("xla" or "cpu", :mod:`mopoe_jax.layers`) and hands it to its
+convolutions; the parameters do not depend on it. Encoders take ``present`` (bool [B], the
+rows in which their modality exists): in training their batch statistics cover those rows only.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mopoe_jax.layers import Conv, ConvTranspose, ResidualBlock
@@ -76,14 +81,22 @@ class ImageEncoder(nn.Module):
   latent_dim: int
   dropout: float = 0.5
   dtype: jnp.dtype | None = None
+  conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers)
 
   @nn.compact
-  def __call__(self, x, train: bool):  # x: [B, S, S, 1] -> mu, logvar [B, D]
+  def __call__(self, x, train: bool, present: jax.Array | None = None):
+    """x: [B, S, S, 1]; present: bool [B] rows with the image (None: all) -> mu, logvar [B, D].
+
+    In training, the residual blocks' batch statistics cover the present rows only.
+    """
     w = self.widths
-    h = Conv(w[0], (3, 3), (2, 2), [(1, 1), (1, 1)], use_bias=False, dtype=self.dtype)(x)
+    h = Conv(w[0], (3, 3), (2, 2), [(1, 1), (1, 1)], use_bias=False, dtype=self.dtype,
+             conv_impl=self.conv_impl)(x)
     for width in w[1:-1]:
-      h = ResidualBlock(width, 4, 2, 1, dropout=self.dropout, dtype=self.dtype)(h, train)
-    h = ResidualBlock(w[-1], 4, 2, 0, dropout=self.dropout, dtype=self.dtype)(h, train)
+      h = ResidualBlock(width, 4, 2, 1, dropout=self.dropout, dtype=self.dtype,
+                        conv_impl=self.conv_impl)(h, train, present)
+    h = ResidualBlock(w[-1], 4, 2, 0, dropout=self.dropout, dtype=self.dtype,
+                      conv_impl=self.conv_impl)(h, train, present)
     h = h.reshape(h.shape[0], -1)
     mu = nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h)
     logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")(h)
@@ -94,17 +107,19 @@ class ImageDecoder(nn.Module):
   widths: Sequence[int]
   dropout: float = 0.5
   dtype: jnp.dtype | None = None
+  conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers)
 
   @nn.compact
   def __call__(self, z, train: bool):  # z: [B, D] -> Laplace location [B, S, S, 1]
     w = self.widths
     h = nn.Dense(w[0], dtype=self.dtype)(z)[:, None, None, :]
-    h = ResidualBlock(w[1], 4, 1, 0, transpose=True, dropout=self.dropout,
-                      dtype=self.dtype)(h, train)
+    h = ResidualBlock(w[1], 4, 1, 0, transpose=True, dropout=self.dropout, dtype=self.dtype,
+                      conv_impl=self.conv_impl)(h, train)
     for width in w[2:]:
       h = ResidualBlock(width, 4, 2, 1, transpose=True, dropout=self.dropout,
-                        dtype=self.dtype)(h, train)
-    return ConvTranspose(1, (3, 3), (2, 2), (1, 1), (1, 1), dtype=self.dtype)(h)
+                        dtype=self.dtype, conv_impl=self.conv_impl)(h, train)
+    return ConvTranspose(1, (3, 3), (2, 2), (1, 1), (1, 1), dtype=self.dtype,
+                         conv_impl=self.conv_impl)(h)
 
 
 class TextEncoder(nn.Module):
@@ -115,17 +130,22 @@ class TextEncoder(nn.Module):
   # The reference's nn.Embedding(padding_idx=0): id 0 (<exc>) embeds to zeros, learns nothing.
   padding_index: int | None = 0
   dtype: jnp.dtype | None = None
+  conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers)
 
   @nn.compact
-  def __call__(self, tokens, train: bool):  # tokens: int [B, T] -> mu, logvar [B, D]
+  def __call__(self, tokens, train: bool, present: jax.Array | None = None):
+    """tokens: int [B, T]; present: bool [B] rows with a report (None: all) -> mu, logvar [B, D].
+
+    In training, the residual blocks' batch statistics cover the present rows only.
+    """
     w = self.widths
     h = nn.Embed(self.vocab_size, w[0], dtype=self.dtype)(tokens)  # [B, T, w0]
     if self.padding_index is not None:
       h = h * (tokens != self.padding_index)[..., None].astype(h.dtype)
-    h = Conv(w[0], (4,), (2,), [(1, 1)], dtype=self.dtype)(h)
+    h = Conv(w[0], (4,), (2,), [(1, 1)], dtype=self.dtype, conv_impl=self.conv_impl)(h)
     for width in w[1:]:
-      h = ResidualBlock(width, 4, 2, 1, spatial_dims=1, dropout=self.dropout,
-                        dtype=self.dtype)(h, train)
+      h = ResidualBlock(width, 4, 2, 1, spatial_dims=1, dropout=self.dropout, dtype=self.dtype,
+                        conv_impl=self.conv_impl)(h, train, present)
     h = h.reshape(h.shape[0], -1)
     mu = nn.Dense(self.latent_dim, dtype=self.dtype, name="mu")(h)
     logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name="logvar")(h)
@@ -137,14 +157,17 @@ class TextDecoder(nn.Module):
   vocab_size: int
   dropout: float = 0.5
   dtype: jnp.dtype | None = None
+  conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers)
 
   @nn.compact
   def __call__(self, z, train: bool):  # z: [B, D] -> logits [B, T, V]
     w = self.widths
     h = nn.Dense(w[0], dtype=self.dtype)(z)[:, None, :]
     h = ResidualBlock(w[1], 4, 1, 0, spatial_dims=1, transpose=True, dropout=self.dropout,
-                      dtype=self.dtype)(h, train)
+                      dtype=self.dtype, conv_impl=self.conv_impl)(h, train)
     for width in w[2:]:
       h = ResidualBlock(width, 4, 2, 1, spatial_dims=1, transpose=True,
-                        dropout=self.dropout, dtype=self.dtype)(h, train)
-    return ConvTranspose(self.vocab_size, (1,), (1,), (0,), dtype=self.dtype)(h)
+                        dropout=self.dropout, dtype=self.dtype,
+                        conv_impl=self.conv_impl)(h, train)
+    return ConvTranspose(self.vocab_size, (1,), (1,), (0,), dtype=self.dtype,
+                         conv_impl=self.conv_impl)(h)
