@@ -42,7 +42,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   ev = config.eval
   ev.batch_size = 200
-  ev.probe_max_train_pool = 3000
   ev.likelihood_samples = 32
   ev.likelihood_examples = 128
 
