@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev = config.eval
   ev.batch_size = 64
   ev.probe_train_examples = 100
-  ev.probe_max_train_pool = 384
+  ev.probe_repeats = 3
   ev.generation_studies = 4
   ev.prior_samples = 4
   ev.likelihood_samples = 8

@@ -77,6 +77,11 @@ class TfdsData:
     return pipeline.eval_iterator(self.builder, self.config, split, batch_size=batch_size,
                                   process_index=process_index, process_count=process_count)
 
+  def selected_batches(self, split: str, indices: np.ndarray, *,
+                       batch_size: int) -> Iterator[pipeline.Batch]:
+    return pipeline.selected_iterator(self.builder, self.config, split, indices,
+                                      batch_size=batch_size)
+
   def attributes(self, split: str,
                  max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Attributes and labels of ``split`` in the fixed order of `eval_batches`.

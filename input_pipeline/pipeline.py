@@ -337,3 +337,51 @@ def eval_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collections
   return ds.as_numpy_iterator()
 
 
+
+
+def selected_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict,
+                      split: str, indices: np.ndarray, *, batch_size: int) -> Iterator[Batch]:
+  """One pass over the studies of ``split`` at positions ``indices``, on this process alone.
+
+  Positions count the studies in the order of `eval_iterator` on one process (after the
+  ``require_complete`` filter, as `num_examples`). The pass reads every record of the split but
+  decodes the images of the selected studies only, so a sample of a few thousand studies of a
+  60k-study split costs a read of the split's records plus the sample's decoding. Batches are
+  padded like `eval_iterator`'s (``valid`` False on padding rows).
+
+  Args:
+    indices: int [n], sorted, unique, in [0, num_examples(split)).
+    batch_size: rows per batch.
+  """
+  indices = np.asarray(indices, np.int64)
+  n = num_examples(builder, split, require_complete=bool(data_config.require_complete))
+  if indices.ndim != 1 or indices.size == 0:
+    raise ValueError(f"indices must be a non-empty 1-D array of positions, got shape "
+                     f"{indices.shape}.")
+  if np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= n:
+    raise ValueError(f"indices must be sorted, unique and in [0, {n}) (the studies of split "
+                     f"{split!r}); got {indices.size} values in [{indices.min()}, "
+                     f"{indices.max()}]. Pass np.unique(indices).")
+  selected = np.zeros((n,), bool)
+  selected[indices] = True
+  selected = tf.constant(selected)
+  ds = builder.as_dataset(
+      split=split, shuffle_files=False,
+      decoders={k: tfds.decode.SkipDecoding() for k in IMAGE_KEYS},
+      read_config=tfds.ReadConfig(try_autocache=False, options=_data_options()))
+  if data_config.require_complete:
+    ds = ds.filter(_is_complete)
+  ds = (ds.enumerate()
+        .filter(lambda i, ex: tf.gather(selected, i))
+        .map(lambda i, ex: _select(ex)))
+  ds = ds.map(_decode_images(builder), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(lambda ex: {**ex, "valid": tf.constant(True)})
+  padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+  num_batches = math.ceil(indices.size / batch_size)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+  ds = ds.take(num_batches * batch_size).batch(batch_size, drop_remainder=True)
+  ds = ds.prefetch(int(data_config.prefetch))
+  ds = ds.with_options(_data_options())
+  logging.info("Selected data %s: %d of %d studies, %d batches of %d.", split, indices.size, n,
+               num_batches, batch_size)
+  return ds.as_numpy_iterator()

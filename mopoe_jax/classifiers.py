@@ -1,7 +1,8 @@
 """Coherence classifiers: a small CNN per image view and a 1-D CNN on the report (SPEC §7).
 
 Each classifier predicts the 15 ``PROBE_LABELS`` ("Finding" and the 14 CheXpert labels) as
-independent sigmoids (multi-label). The targets follow `label_targets`: positive = 1.0 only.
+independent sigmoids (multi-label). The targets follow `label_targets`: positive = 1.0 only;
+"Finding" by ``config.data.finding_rule``.
 On a dataset with ground-truth rendering attributes (``synthetic_cxr``), the image classifiers
 get a second head that regresses the standardised attributes, so that generated images can be
 scored against the attributes of the study they were generated from.
@@ -30,7 +31,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from mopoe_jax.datasource import MODALITIES, PROBE_LABELS, DataSource
+from mopoe_jax.datasource import LABELS, MODALITIES, PROBE_LABELS, DataSource
 from mopoe_jax.model import is_text
 
 LABEL_NAMES = PROBE_LABELS  # "Finding" + the 14 CheXpert labels
@@ -38,20 +39,55 @@ _STATS_EXAMPLES = 4096  # train examples whose attributes give the standardisati
 _STD_FLOOR = 1e-6
 
 
-def label_targets(labels: np.ndarray, finding: np.ndarray) -> np.ndarray:
+# How "Finding" (column 0 of the targets) is made from the 14 stored labels (config
+# ``data.finding_rule``). Both read the 13 pathologies, every label but "No Finding":
+#   "reference":    sum of the raw values > 0, blanks (NaN) skipped and -1 (uncertain) counted, as
+#                   the reference code computes it; one positive plus one uncertain label sums
+#                   to 0 and is NEGATIVE.
+#   "any_positive": any of the 13 is 1.0 (the paper's words; the builders' ``finding`` column).
+FINDING_RULES = ("reference", "any_positive")
+FINDING_RULE_NOTES = {
+    "reference": "sum of the 13 pathologies' raw values > 0 (blank skipped, -1 counted: one "
+                 "positive plus one uncertain is negative), as the reference code",
+    "any_positive": "any of the 13 pathologies positive (1.0), as the paper's words",
+}
+_PATHOLOGIES = np.array([name != "No Finding" for name in LABELS])
+
+
+def finding_targets(labels: np.ndarray, finding_rule: str) -> np.ndarray:
+  """The "Finding" target of every study under ``finding_rule`` (see FINDING_RULES).
+
+  Args:
+    labels: float [N, 14] in LABELS order, values 1 / 0 / -1 / NaN.
+    finding_rule: 'reference' or 'any_positive'.
+
+  Returns:
+    int32 [N], 0 or 1.
+  """
+  pathologies = np.asarray(labels, np.float32)[:, _PATHOLOGIES]
+  if finding_rule == "reference":
+    return (np.nansum(pathologies, axis=1) > 0).astype(np.int32)
+  if finding_rule == "any_positive":
+    return np.any(pathologies == 1.0, axis=1).astype(np.int32)
+  raise ValueError(f"config.data.finding_rule must be one of {FINDING_RULES}, got "
+                   f"{finding_rule!r}.")
+
+
+def label_targets(labels: np.ndarray, finding_rule: str) -> np.ndarray:
   """Binary targets of the 15 PROBE_LABELS, int32 [N, 15].
 
-  Column 0 is "Finding" (the builder's ``finding`` flag: any of the 13 pathologies positive);
-  columns 1..14 are the CheXpert labels in ``LABELS`` order. A label counts as positive only
-  where its value is 1.0; negative (0.0), uncertain (-1.0) and not mentioned (NaN) all count as
-  negative.
+  Column 0 is "Finding", made from the 14 stored labels by ``finding_rule``
+  (`finding_targets`; not the builder's ``finding`` column, so both rules work on any prepared
+  dataset); columns 1..14 are the CheXpert labels in ``LABELS`` order. A CheXpert label counts
+  as positive only where its value is 1.0; negative (0.0), uncertain (-1.0) and not mentioned
+  (NaN) all count as negative.
 
   Args:
     labels: float32 [N, 14] with values 1 / 0 / -1 / NaN.
-    finding: int [N], 0 or 1.
+    finding_rule: 'reference' or 'any_positive' (``config.data.finding_rule``).
   """
   labels = np.asarray(labels, np.float32)
-  finding = np.asarray(finding).reshape(-1, 1)
+  finding = finding_targets(labels, finding_rule)[:, None]
   return np.concatenate([finding == 1, labels == 1.0], axis=1).astype(np.int32)
 
 
@@ -172,6 +208,7 @@ def _settings(config: ml_collections.ConfigDict, data: DataSource, modalities: S
       "train_split": config.data.train_split,
       "modalities": list(modalities),
       "labels": list(LABEL_NAMES),
+      "finding_rule": str(config.data.finding_rule),
       "image_size": int(config.data.image_size),
       "text_length": int(config.data.text_length),
       "vocab_size": int(vocab_size),
@@ -245,6 +282,9 @@ def _init_params(config, modules: Mapping[str, nn.Module], rng) -> dict:
 def _restore(manager: ocp.CheckpointManager, step: int, modules, settings: dict, config,
              classifier_dir: str) -> Classifiers:
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  # Checkpoints from before data.finding_rule were trained on the builders' ``finding`` column,
+  # which is the 'any_positive' rule.
+  meta.setdefault("finding_rule", "any_positive")
   different = {k: (meta.get(k), v) for k, v in settings.items() if meta.get(k) != v}
   if different:
     raise ValueError(
@@ -290,7 +330,7 @@ def train_classifiers(config: ml_collections.ConfigDict, data: DataSource, modul
   start, metrics = time.perf_counter(), {}
   for step in range(1, c.num_steps + 1):
     batch = next(stream)
-    targets = label_targets(batch["labels"], batch["finding"]).astype(np.float32)
+    targets = label_targets(batch["labels"], config.data.finding_rule).astype(np.float32)
     attributes = ((batch["attributes"] - mean) / std if attribute_names
                   else np.zeros((c.batch_size, 0), np.float32))
     for m, module in modules.items():

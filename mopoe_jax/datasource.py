@@ -10,7 +10,8 @@ A batch is a dict of numpy arrays with a leading batch dimension:
   text              int32 [b, T]         word ids
   available         bool  [b, 3]         MODALITIES (frontal, lateral, text) present
   labels            float32 [b, 14]      LABELS: 1 / 0 / -1 / NaN
-  finding           int32 [b]
+  finding           int32 [b]            the builders' flag (any pathology 1.0); targets are
+                                         made from ``labels`` (`classifiers.label_targets`)
   valid             bool  [b]            eval batches only: False on padding rows
   attributes        float32 [b, A]       classifier batches only, where the dataset has them
 """
@@ -31,7 +32,8 @@ LABELS = (
     "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion",
     "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
 )
-# What the probes and classifiers score: "Finding" (the ``finding`` column), then LABELS.
+# What the probes and classifiers score: "Finding" (made from ``labels`` by the config's
+# ``data.finding_rule``), then LABELS.
 PROBE_LABELS = ("Finding",) + LABELS
 
 
@@ -65,6 +67,13 @@ class DataSource(Protocol):
     """One pass over a process's shard of ``split`` in fixed order, padded to equal batches of
     ``batch_size // process_count`` rows (``valid`` marks real rows). ``process_index=0,
     process_count=1`` reads the whole split here."""
+
+  def selected_batches(self, split: str, indices: np.ndarray, *,
+                       batch_size: int) -> Iterator[Batch]:
+    """One pass over the studies of ``split`` at ``indices`` (int [n], sorted, unique; positions
+    in the order of `eval_batches` on one process), in that order, padded to equal batches of
+    ``batch_size`` rows like `eval_batches` (``valid`` marks real rows). Images of the other
+    studies are not decoded."""
 
   def attributes(self, split: str,
                  max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:

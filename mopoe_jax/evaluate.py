@@ -5,6 +5,7 @@
   results.json        every evaluator's results in one JSON document
   report.md           a readable summary with the tables and links to the PNGs
   probes.json/.md     latent linear probes (the paper's Table 1 and the full per-label table)
+  probes_table1.png   Table 1 as a bar chart (mean and interval per subset, random baseline)
   generation/         PNG grids and generated reports: from_<subset>.png/.md, prior.png/.md
 `evaluate` restores the parameters and batch statistics of a checkpoint first.
 
@@ -23,6 +24,7 @@ import jax
 import ml_collections
 
 from mopoe_jax import checkpointing
+from mopoe_jax import classifiers
 from mopoe_jax import model as model_lib
 from mopoe_jax.datasource import DataSource
 from mopoe_jax.evaluators import EVALUATORS
@@ -39,6 +41,12 @@ def check_eval_config(config: ml_collections.ConfigDict) -> None:
   if unknown:
     raise ValueError(f"config.eval.evaluators has unknown entries {unknown}; choose from "
                      f"{sorted(EVALUATORS)}.")
+  if config.data.finding_rule not in classifiers.FINDING_RULES:
+    raise ValueError(f"config.data.finding_rule must be one of {classifiers.FINDING_RULES}, got "
+                     f"{config.data.finding_rule!r}.")
+  if ev.probe_repeats < 1 or ev.probe_train_examples < 1:
+    raise ValueError(f"config.eval.probe_repeats and probe_train_examples must be >= 1, got "
+                     f"{ev.probe_repeats} and {ev.probe_train_examples}.")
   if ev.generation_latent not in LATENTS:
     raise ValueError(f"eval.generation_latent must be one of {LATENTS}, got "
                      f"{ev.generation_latent!r}.")
@@ -94,6 +102,10 @@ def summary_scalars(results: dict) -> dict[str, float]:
   scalars = {}
   for name, scores in results.get("probes", {}).get("subsets", {}).items():
     scalars[f"eval_probe_ap/{name}/{HEADLINE_LABEL}"] = scores.get(HEADLINE_LABEL)
+  difference = results.get("probes", {}).get("difference", {}).get("standard", {}).get(
+      HEADLINE_LABEL)
+  if difference:
+    scalars[f"eval_probe_ap/full_minus_best_single/{HEADLINE_LABEL}"] = difference["mean"]
   for name, per_modality in results.get("coherence", {}).get("subsets", {}).items():
     for m, scores in per_modality.items():
       scalars[f"eval_coherence_ap/{name}->{m}/{HEADLINE_LABEL}"] = scores.get(HEADLINE_LABEL)

@@ -82,6 +82,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if t.learning_rate <= 0 or t.warmup_steps < 0:
     raise ValueError(f"config.train.learning_rate must be > 0 and warmup_steps >= 0, got "
                      f"{t.learning_rate} and {t.warmup_steps}.")
+  if not 0.0 < t.plateau_factor <= 1.0:
+    raise ValueError(f"config.train.plateau_factor must be in (0, 1] (1.0: no plateau schedule, "
+                     f"as the reference), got {t.plateau_factor}.")
   for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
     if t[name] <= 0:
       raise ValueError(f"config.train.{name} must be positive, got {t[name]}.")

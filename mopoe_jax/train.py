@@ -3,9 +3,9 @@
 `train_and_evaluate` compiles the step once with ``jax.jit`` over a ``('data',)`` mesh (batch
 sharded, state replicated), feeds it global batches of the data source, logs to the metric
 writer it is given, evaluates the loss on the eval split, lowers the learning rate on a plateau
-and checkpoints with Orbax. It resumes from the newest checkpoint of the workdir, data position
-included, saves on SIGTERM, and stops with an error naming the step when the loss or a gradient
-is not finite.
+(when ``train.plateau_factor`` < 1) and checkpoints with Orbax. It resumes from the newest
+checkpoint of the workdir, data position included, saves on SIGTERM, and stops with an error
+naming the step when the loss or a gradient is not finite.
 """
 
 from __future__ import annotations
@@ -54,12 +54,16 @@ class Plateau:
   scale: float = 1.0
 
   def update(self, eval_loss: float, patience: int, factor: float, min_scale: float) -> bool:
-    """Records an evaluation; True when the learning rate should drop now."""
+    """Records an evaluation; True when the learning rate should drop now.
+
+    ``factor`` 1.0 is no schedule (the reference's VAE: a constant learning rate): the best
+    loss is still tracked, the rate never drops.
+    """
     if eval_loss < self.best:
       self.best, self.bad_evals = eval_loss, 0
       return False
     self.bad_evals += 1
-    if self.bad_evals < patience or self.scale <= min_scale:
+    if factor >= 1.0 or self.bad_evals < patience or self.scale <= min_scale:
       return False
     self.scale, self.bad_evals = max(self.scale * factor, min_scale), 0
     return True

@@ -224,6 +224,18 @@ def test_plateau_lowers_the_learning_rate_after_patience_evaluations():
   assert plateau.scale == 0.2  # never below min_scale
 
 
+def test_plateau_factor_one_is_no_schedule():
+  # configs/default.py: train.plateau_factor = 1.0, the reference's constant learning rate.
+  plateau = train.Plateau()
+  drops = [plateau.update(x, patience=2, factor=1.0, min_scale=1e-3)
+           for x in [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 4.0]]
+  assert not any(drops) and plateau.scale == 1.0 and plateau.best == 4.0
+  config = tiny_config("/nonexistent")
+  config.train.plateau_factor = 1.5
+  with pytest.raises(ValueError, match=r"plateau_factor must be in \(0, 1\]"):
+    step_lib.validate_config(config, num_devices=1)
+
+
 def test_set_plateau_scale_changes_only_the_factor(straight_run):
   _, _, state = straight_run
   lowered = step_lib.set_plateau_scale(state, 0.25)

@@ -20,8 +20,9 @@ from sklearn import metrics as sklearn_metrics
 from mopoe_jax import classifiers as classifiers_lib
 from mopoe_jax import subsets as subsets_lib
 from mopoe_jax.datasource import DataSource
-from mopoe_jax.evaluators.common import (HEADLINE_LABEL, LABEL_NAMES, TARGETS_NOTE, Context,
-                                         EncodedSplit, class_problem, fmt, nanmean, table)
+from mopoe_jax.evaluators.common import (HEADLINE_LABEL, LABEL_NAMES, Context,
+                                         EncodedSplit, class_problem, fmt, nanmean, table,
+                                         targets_note)
 from mopoe_jax.evaluators.generation import generate_from_posteriors
 from mopoe_jax.model import MoPoE, is_text
 
@@ -111,8 +112,8 @@ def coherence(model: MoPoE, variables, classifiers: classifiers_lib.Classifiers,
                  time.perf_counter() - start)
   result = {"metric": "average precision of the classifier on the generated modality against "
                       "the source study's labels",
-            "latent": latent, "targets": TARGETS_NOTE, "subsets": {}, "skipped": {},
-            "finding_match_rate": {}, "real": {}, "real_skipped": {},
+            "latent": latent, "targets": targets_note(test.finding_rule), "subsets": {},
+            "skipped": {}, "finding_match_rate": {}, "real": {}, "real_skipped": {},
             "random": {l: float(targets[:, j].mean()) for j, l in enumerate(LABEL_NAMES)}}
   finding = list(LABEL_NAMES).index(HEADLINE_LABEL)
   for k, name in enumerate(names):

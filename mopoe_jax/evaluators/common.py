@@ -28,8 +28,13 @@ from mopoe_jax.model import DATA_MODALITIES, MoPoE, inputs_from_batch
 LABEL_NAMES = classifiers_lib.LABEL_NAMES
 HEADLINE_LABEL = "Finding"
 MIN_CLASS_EXAMPLES = 2  # positives and negatives a label needs in the scored split
-TARGETS_NOTE = ("positive = label value 1.0; negative = 0.0, -1.0 (uncertain) and NaN (not "
-                "mentioned); Finding = any of the 13 pathologies positive")
+
+
+def targets_note(finding_rule: str) -> str:
+  """How the 0/1 targets are made, for tables and JSON (`classifiers.label_targets`)."""
+  return ("positive = label value 1.0; negative = 0.0, -1.0 (uncertain) and NaN (not "
+          f"mentioned); Finding (data.finding_rule={finding_rule!r}) = "
+          f"{classifiers_lib.FINDING_RULE_NOTES[finding_rule]}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,32 +64,40 @@ class EncodedSplit:
   valid: np.ndarray       # bool [N, K] subset valid (all its modalities available)
   available: np.ndarray   # bool [N, M] in the model's modality order
   labels: np.ndarray      # float32 [N, 14] 1 / 0 / -1 / NaN
-  finding: np.ndarray     # int32 [N]
+  finding_rule: str       # how "Finding" is made from ``labels`` (config data.finding_rule)
+  indices: np.ndarray     # int64 [N] each row's position in the split
   studies: dict = dataclasses.field(default_factory=dict)  # first complete studies' batch rows
 
   @property
   def targets(self) -> np.ndarray:
     """int32 [N, 15], see `classifiers.label_targets`."""
-    return classifiers_lib.label_targets(self.labels, self.finding)
+    return classifiers_lib.label_targets(self.labels, self.finding_rule)
 
 
 def encode_split(model: MoPoE, variables, data: DataSource, split: str, *, batch_size: int,
-                 max_examples: int | None = None, keep_complete: int = 0,
-                 keep_logvar: bool = True) -> EncodedSplit:
-  """One pass over ``split`` (its first ``max_examples`` studies): every subset's posterior.
+                 finding_rule: str, indices: np.ndarray | None = None,
+                 keep_complete: int = 0, keep_logvar: bool = True) -> EncodedSplit:
+  """One pass over ``split`` (or its studies at ``indices``): every subset's posterior.
 
   Args:
+    finding_rule: how "Finding" is made from the labels (`classifiers.FINDING_RULES`).
+    indices: int [n] sorted unique positions in the split (`DataSource.selected_batches`);
+      None: every study.
     keep_complete: keep the batch rows (images, text, ``available``, ``index`` into the split)
       of the first this-many studies that have every modality of the model, for the grids.
     keep_logvar: keep the log-variances (generation needs them, the probes do not).
   """
-  total = data.num_examples(split)
-  total = total if max_examples is None else min(total, max_examples)
+  if indices is None:
+    total = data.num_examples(split)
+    batches = data.eval_batches(split, batch_size=batch_size, process_index=0, process_count=1)
+  else:
+    indices = np.asarray(indices, np.int64)
+    total = indices.size
+    batches = data.selected_batches(split, indices, batch_size=batch_size)
   columns = [DATA_MODALITIES.index(m) for m in model.modalities]
   parts, kept = [], []
   seen, start, log_every = 0, time.perf_counter(), None
-  for batch in data.eval_batches(split, batch_size=batch_size, process_index=0,
-                                 process_count=1):
+  for batch in batches:
     rows = np.flatnonzero(batch["valid"])[:max(total - seen, 0)]
     if rows.size == 0:
       break
@@ -92,12 +105,13 @@ def encode_split(model: MoPoE, variables, data: DataSource, split: str, *, batch
         posteriors(model, variables, model_batch(batch, model.modalities)))
     available = batch["available"][:, columns]
     parts.append((mu_k[:, rows], logvar_k[:, rows] if keep_logvar else None, valid[rows],
-                  available[rows], batch["labels"][rows], batch["finding"][rows]))
+                  available[rows], batch["labels"][rows]))
     if len(kept) < keep_complete:
       complete = rows[available[rows].all(axis=1)][:keep_complete - len(kept)]
-      kept.extend({**{m: batch[m][i] for m in model.modalities},
-                   "available": available[i], "index": seen + int(np.searchsorted(rows, i))}
-                  for i in complete)
+      for i in complete:
+        row = seen + int(np.searchsorted(rows, i))  # row of this pass
+        kept.append({**{m: batch[m][i] for m in model.modalities}, "available": available[i],
+                     "index": row if indices is None else int(indices[row])})
     seen += rows.size
     log_every = log_every or max(1, (total // rows.size) // 10 if rows.size else 1)
     if len(parts) % log_every == 0 or seen >= total:
@@ -108,12 +122,17 @@ def encode_split(model: MoPoE, variables, data: DataSource, split: str, *, batch
       break
   if not parts:
     raise ValueError(f"Split {split!r} of {data.name} has no studies to evaluate.")
-  mu_k, logvar_k, valid, available, labels, finding = (
+  mu_k, logvar_k, valid, available, labels = (
       np.concatenate(p, axis=1 if i < 2 else 0) if p[0] is not None else None
       for i, p in enumerate(zip(*parts)))
+  if indices is not None and valid.shape[0] != indices.size:
+    raise RuntimeError(f"Asked for {indices.size} studies of split {split!r} of {data.name}, "
+                       f"got {valid.shape[0]}; the data source's selected_batches is broken.")
   studies = ({k: np.stack([s[k] for s in kept]) for k in kept[0]} if kept else {})
   return EncodedSplit(split=split, mu_k=mu_k, logvar_k=logvar_k, valid=valid,
-                      available=available, labels=labels, finding=finding.astype(np.int32),
+                      available=available, labels=labels, finding_rule=finding_rule,
+                      indices=(np.arange(valid.shape[0], dtype=np.int64) if indices is None
+                               else indices),
                       studies=studies)
 
 
@@ -152,6 +171,7 @@ class Context:
       keep = ev.generation_studies if "generation" in ev.evaluators else 0
       self._test = encode_split(self.model, self.variables, self.data,
                                 self.config.data.test_split, batch_size=ev.batch_size,
+                                finding_rule=self.config.data.finding_rule,
                                 keep_complete=keep)
     return self._test
 
