@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 import flax.linen as nn

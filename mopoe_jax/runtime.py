@@ -11,7 +11,10 @@ TPU runs get XLA's defaults.
   off. XLA reads XLA_FLAGS when a backend starts, before JAX can say which backend it will use,
   so `apply_defaults` decides from the environment (`planned_backend`).
 - ``FAST_COMPILE_OPTIONS``: programs that run a handful of times (init, eval, image grids)
-  compile in seconds instead of minutes on CPU without backend optimizations (`compile_fast`).
+  compile in seconds instead of minutes on CPU at LLVM optimization level 1 without the
+  expensive passes (`compile_fast`). Level 1 compiles as fast as level 0 and runs much faster:
+  the paper-size init compiled in 20.4 s at either level, then ran in 0.9 s instead of 11.0 s
+  (its random numbers for 59 M parameters; default options: 59.1 s to compile).
 - `enable_compilation_cache`: JAX's persistent compilation cache, so that a resumed or
   re-evaluated run loads the compiled step instead of compiling it again.
 """
@@ -28,7 +31,7 @@ import jax
 
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 # XLA:CPU options for programs that run a handful of times (init, eval, image grids).
-FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 1,
                         "xla_llvm_disable_expensive_passes": True}
 
 

@@ -15,7 +15,6 @@ import functools
 import math
 import signal
 import time
-from typing import Any
 
 from absl import logging
 import jax
