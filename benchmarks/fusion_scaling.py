@@ -40,6 +40,9 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from benchmarks import _common
+from benchmarks._common import load
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                        "fusion_scaling.json")
 
@@ -66,10 +69,6 @@ def parse_args(argv=None):
                       help="do not add mopoe_jax.xla_config's CPU flags (main.py adds them)")
   parser.add_argument("--out", default=RESULTS)
   return parser.parse_args(argv)
-
-
-def load() -> float:
-  return os.getloadavg()[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,13 +234,8 @@ def step_share(args) -> dict:
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.threads:
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
-  if not args.no_xla_defaults:
-    from mopoe_jax import xla_config
-    xla_config.apply_defaults()  # the flags main.py trains with
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # Pin the cores, add the flags main.py trains with, keep JAX on the CPU.
+  _common.setup_jax_env(args.threads, "", not args.no_xla_defaults)
   import jax
   print(f"jax {jax.__version__} ({jax.default_backend()}), {len(os.sched_getaffinity(0))} cores, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
