@@ -1,0 +1,194 @@
+"""The JAX side of benchmarks/step_throughput.py, in a process of its own.
+
+Started by the parent as ``step_throughput.py --worker jax``; see that file for the protocol.
+It needs only the model and train step of ``mopoe_jax`` and the configs (ml_collections): it
+imports neither PyTorch nor TensorFlow, and says so in its replies (``foreign_modules``).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import functools
+import os
+import sys
+import time
+import types
+
+from benchmarks import _common
+
+FOREIGN = ("torch", "tensorflow")
+
+
+class _Placeholder(types.ModuleType):
+  """A module that is never used by the train step; any attribute access says so."""
+
+  def __getattr__(self, name):
+    if name.startswith("__"):
+      raise AttributeError(name)
+    raise AttributeError(f"{self.__name__}.{name}: {self.__name__} is a placeholder in the "
+                         "benchmark's JAX worker (benchmarks/step_worker_jax.py).")
+
+
+def import_train_module():
+  """Imports ``mopoe_jax.train`` without TensorFlow (and without clu, absent on the GPU machine).
+
+  TODO(bench): drop this shim once the library no longer imports these at module level:
+  mopoe_jax/train.py line 33, ``from input_pipeline import pipeline`` (imports TensorFlow), and
+  lines 22-23, ``from clu import metric_writers`` / ``from clu import periodic_actions``
+  (clu.metric_writers loads its TensorFlow summary writer). The train step uses none of them;
+  placeholders stand in for them here. Modules already imported are left alone.
+  """
+  for name in ("input_pipeline.pipeline", "clu", "clu.metric_writers", "clu.periodic_actions"):
+    if name not in sys.modules:
+      sys.modules[name] = _Placeholder(name)
+  clu = sys.modules["clu"]
+  if isinstance(clu, _Placeholder):
+    clu.metric_writers = sys.modules["clu.metric_writers"]
+    clu.periodic_actions = sys.modules["clu.periodic_actions"]
+  from mopoe_jax import train  # pylint: disable=g-import-not-at-top
+  return train
+
+
+class JaxWorker:
+  """Builds, compiles and steps ``mopoe_jax.train.train_step`` on one variant."""
+
+  def __init__(self, args):
+    self.args = args
+    self.state = None
+    self.losses = []
+
+  # -- commands ------------------------------------------------------------------------------
+
+  def build(self, size: str, batch: int, vocab: int, compute_dtype: str,
+            conv_impl: str | None, warmup: int, seed: int = 0) -> dict:
+    jax, train = self.jax, self.train
+    _common.maybe_simulate_crash("build", self.args.simulate_crash)
+    config = _common.get_config(size)
+    config.model.compute_dtype = compute_dtype
+    has_conv_impl = "conv_impl" in config.model
+    if conv_impl and has_conv_impl:
+      config.model.conv_impl = conv_impl
+    d = config.data
+    data = _common.make_data(d.image_size, d.text_length, batch, vocab, seed)
+    phases = {}
+    model = train.create_model(config, vocab)
+    step_config = train.StepConfig.from_config(config, model)
+    t = time.perf_counter()
+    self.state = jax.jit(functools.partial(train.init_state, model, config))(
+        jax.random.PRNGKey(0))
+    jax.block_until_ready(self.state)
+    phases["init_s"] = time.perf_counter() - t
+    num_params = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
+    self.batch = jax.device_put(data)
+    self.key = jax.random.PRNGKey(1)
+    step = jax.jit(functools.partial(train.train_step, model=model, step_config=step_config),
+                   donate_argnums=(0,))
+    t = time.perf_counter()
+    lowered = step.lower(self.state, self.batch, self.key)
+    phases["lower_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    self.compiled = lowered.compile()
+    phases["compile_s"] = time.perf_counter() - t
+    self.losses = []
+    warm = []
+    for _ in range(warmup):
+      t = time.perf_counter()
+      self._step()
+      warm.append(time.perf_counter() - t)
+    if warm:
+      phases["first_step_s"] = warm[0]
+    return {"params": num_params, "phases": phases, "warmup_step_s": warm,
+            "xla_flops_per_step": _common.flops_from_cost_analysis(self.compiled),
+            "learning_rate": _common.first_learning_rate(config),
+            "compute_dtype": compute_dtype,
+            "conv_impl": (config.model.conv_impl if has_conv_impl else None),
+            "config_has_conv_impl": has_conv_impl,
+            "memory": self._memory(), "load": _common.load()}
+
+  def peak(self, budget_s: float) -> dict:
+    jax, jnp = self.jax, self.jax.numpy
+    gpu = self.backend != "cpu"
+    out = {}
+    for name, dtype in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
+      matmul = jax.jit(lambda x: x @ x)
+
+      def make(n, dtype=dtype, matmul=matmul):
+        a = jnp.ones((n, n), dtype)
+        return lambda: matmul(a).block_until_ready()
+
+      out[name] = _common.bounded_matmul_peak(make, n_start=4096 if gpu else 256,
+                                              n_max=16384 if gpu else 4096,
+                                              budget_s=budget_s, max_reps=50 if gpu else 10)
+    out["load"] = _common.load()
+    return out
+
+  def steps(self, n: int) -> dict:
+    _common.maybe_simulate_crash("steps", self.args.simulate_crash)
+    load_before = _common.load()
+    wall, cpu = [], []
+    with _common.RssPeak() as mem:
+      for _ in range(n):
+        t, c = time.perf_counter(), time.process_time()
+        self._step()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return {"wall": wall, "cpu": cpu, "load_before": load_before, "load_after": _common.load(),
+            "rss_peak_bytes": mem.peak}
+
+  def finish(self) -> dict:
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    finite = bool(np.all(np.isfinite(self.losses))) and int(self.state.bad_step) < 0
+    return {"losses_finite": finite, "last_loss": self.losses[-1] if self.losses else None,
+            "memory": self._memory(), "foreign_modules": _foreign_modules()}
+
+  # -- helpers -------------------------------------------------------------------------------
+
+  def _step(self):
+    self.state, metrics = self.compiled(self.state, self.batch, self.key)
+    self.losses.append(float(metrics["loss"]))  # waits for the step
+
+  def _memory(self) -> dict:
+    out = {"process_peak_rss_bytes": _common.max_rss_bytes(), "rss_bytes": _common.rss_bytes()}
+    stats = self.jax.devices()[0].memory_stats()
+    if stats:
+      out["device_peak_bytes"] = stats.get("peak_bytes_in_use")
+      out["device_bytes_in_use"] = stats.get("bytes_in_use")
+    return out
+
+
+def _foreign_modules() -> list[str]:
+  return [m for m in FOREIGN if m in sys.modules]
+
+
+def main(args) -> int:
+  channel = _common.WorkerChannel()
+  faulthandler.enable()
+  _common.maybe_simulate_crash("startup", args.simulate_crash)
+  t0 = time.perf_counter()
+  cores = _common.setup_jax_env(args.pin_threads, args.xla_flags, not args.no_xla_defaults,
+                                cpu_only=args.device == "cpu")
+  if args.device == "gpu":
+    os.environ["JAX_PLATFORMS"] = "cuda"
+  # Several processes share one GPU: take memory as needed, so that each can measure its peak.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  import jax  # pylint: disable=g-import-not-at-top
+  worker = JaxWorker(args)
+  worker.jax = jax
+  worker.train = import_train_module()
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  worker.backend = jax.default_backend()
+  device = jax.devices()[0]
+  channel.send(event="hello", ok=True, framework="jax", pid=os.getpid(),
+               import_s=time.perf_counter() - t0, backend=worker.backend,
+               device_kind=device.device_kind, device_count=jax.device_count(),
+               versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                         "flax": flax.__version__, "optax": optax.__version__,
+                         "python": sys.version.split()[0]},
+               xla_flags=os.environ.get("XLA_FLAGS", ""), cores=cores,
+               disable_most_optimizations=bool(
+                   jax.config.read("jax_disable_most_optimizations")),
+               foreign_modules=_foreign_modules())
+  return _common.serve(channel, {"build": worker.build, "peak": worker.peak,
+                                 "steps": worker.steps, "finish": worker.finish})
