@@ -1,0 +1,111 @@
+"""The step benchmark end to end at the tiny size: parent, JAX worker and PyTorch worker.
+
+Each test runs ``python benchmarks/step_throughput.py`` in a subprocess with a hard timeout and
+reads the JSON it writes. PyTorch is not a test dependency: the tests that need it skip without
+it. The workers compile with jax_disable_most_optimizations (as conftest.py does in-process) and
+share the tests' persistent compilation cache; timings are not checked, only that they exist.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "benchmarks", "step_throughput.py")
+TIMEOUT_S = 240
+TINY = ("--sizes", "tiny", "--batch", "8", "--steps", "2", "--rounds", "1", "--device", "cpu",
+        "--timeout", "200")
+
+
+def _run(tmp_path, *flags, returncode=0):
+  out = tmp_path / "step_throughput"
+  env = dict(os.environ)
+  env.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+  env.setdefault("JAX_COMPILATION_CACHE_DIR",
+                 os.environ.get("MOPOE_TEST_XLA_CACHE", "/tmp/mopoe_jax_test_xla_cache"))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  proc = subprocess.run([sys.executable, SCRIPT, *TINY, "--out", str(out), *flags],
+                        capture_output=True, text=True, timeout=TIMEOUT_S, cwd=REPO, env=env)
+  assert proc.returncode == returncode, (
+      f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+  with open(f"{out}.json") as f:
+    report = json.load(f)
+  assert os.path.getsize(f"{out}.md") > 0
+  return report, proc.stdout
+
+
+def _check_machine(report):
+  machine = report["machine"]
+  assert machine["cpu"]["model"]
+  assert isinstance(machine["cpu"]["extensions"], list)
+  assert isinstance(machine["cpu"]["native_bf16"], bool)
+  assert machine["load_start"] >= 0 and machine["load_end"] >= 0
+  assert machine["versions"]["jax"]
+  assert machine["device"] == "cpu" and machine["backend"] == "cpu"
+
+
+def test_jax_worker_alone_with_several_variants(tmp_path):
+  report, stdout = _run(tmp_path, "--skip-torch", "--no-peak", "--compute-dtype",
+                        "float32,bfloat16", "--conv-impl", "xla,cpu")
+  _check_machine(report)
+  [case] = report["cases"]
+  assert (case["size"], case["batch"]) == ("tiny", 8)
+  assert case["jax_examples_per_s"] > 0
+  assert "torch_examples_per_s" not in case and "ratio" not in case
+  variants = case["variants"]
+  assert {v["compute_dtype"] for v in variants.values()} == {"float32", "bfloat16"}
+  for v in variants.values():
+    assert v["framework"] == "jax"
+    assert v["step_wall_s"]["n"] == 2 and v["losses_finite"]
+    assert v["foreign_modules"] == []  # neither torch nor tensorflow in the JAX worker
+    assert v["xla_flops_per_step"] > 0
+    assert {"init_s", "lower_s", "compile_s", "first_step_s"} <= set(v["phases"])
+  assert report["failures"] == []
+  assert "jax float32" in stdout
+
+
+def test_both_frameworks_end_to_end(tmp_path):
+  pytest.importorskip("torch")
+  report, _ = _run(tmp_path, "--peak-budget", "0.2")
+  _check_machine(report)
+  assert report["machine"]["versions"]["torch"]
+  [case] = report["cases"]
+  assert case["jax_examples_per_s"] > 0 and case["torch_examples_per_s"] > 0
+  assert case["ratio"] > 0
+  jax_v, torch_v = case["variants"]["jax float32"], case["variants"]["torch f32"]
+  assert jax_v["params"] == torch_v["params"]  # the same model in both frameworks
+  assert torch_v["model_flops_per_step"] > 0
+  assert 0.5 < case["xla_flops_over_model_flops"] < 2.0
+  assert torch_v["foreign_modules"] == [] and jax_v["foreign_modules"] == []
+  assert torch_v["losses_finite"] and jax_v["losses_finite"]
+  peak = report["matmul_peak"]
+  assert peak["jax"]["f32"]["flop_per_s"] > 0 and peak["torch"]["f32"]["flop_per_s"] > 0
+  if not report["machine"]["cpu"]["native_bf16"]:
+    assert "skipped" in peak["torch"]["bf16"]
+  assert report["failures"] == []
+
+
+def test_worker_crash_at_startup_is_reported(tmp_path):
+  """The torch worker dies by SIGSEGV before importing torch: no torch needed."""
+  report, stdout = _run(tmp_path, "--no-peak", "--simulate-crash", "torch:startup",
+                        returncode=1)
+  [failure] = report["failures"]
+  assert failure["framework"] == "torch" and failure["phase"] == "startup"
+  assert failure["signal"] == "SIGSEGV" and failure["returncode"] == -11
+  assert any("simulated crash" in line for line in failure["stderr_tail"])
+  assert "torch f32 worker failed in startup: killed by SIGSEGV" in stdout
+  [case] = report["cases"]
+  assert case["jax_examples_per_s"] > 0  # the other framework's results are still written
+
+
+def test_worker_crash_while_timed_keeps_the_other_results(tmp_path):
+  pytest.importorskip("torch")
+  report, _ = _run(tmp_path, "--no-peak", "--simulate-crash", "torch:steps", returncode=1)
+  [failure] = report["failures"]
+  assert (failure["framework"], failure["phase"], failure["signal"]) == (
+      "torch", "steps", "SIGSEGV")
+  [case] = report["cases"]
+  assert case["jax_examples_per_s"] > 0 and "torch f32" not in case["variants"]
