@@ -222,6 +222,18 @@ def signal_name(returncode: int | None) -> str | None:
 # at stderr so that whatever a library prints cannot corrupt the replies.
 
 
+def die_with_parent() -> None:
+  """Asks Linux to send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG), so
+  that a worker busy compiling does not outlive a killed benchmark. Elsewhere: nothing."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+  except (OSError, AttributeError):
+    return
+  if os.getppid() == 1:  # the parent died before the request took effect
+    sys.exit(1)
+
+
 class WorkerChannel:
   """A worker's end of the parent's pipes."""
 

@@ -39,7 +39,7 @@ on a shared 2-core machine). XLA:CPU gets the flags main.py trains with (mopoe_j
 rate of the JAX warm-up so that neither diverges while timed; torch flushes denormals on a CPU
 as XLA:CPU does.
 
-Writes benchmarks/results/step_throughput.json and .md (--out).
+Writes benchmarks/results/step_throughput.json and .md (on a GPU step_throughput_gpu.*; --out).
 """
 
 from __future__ import annotations
@@ -93,7 +93,10 @@ def parse_args(argv=None):
                       help="target timed seconds per variant when --steps is not given")
   parser.add_argument("--rounds", type=int, default=3,
                       help="the timed steps are split into this many alternating rounds")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the build")
+  parser.add_argument("--warmup", type=int, default=2,
+                      help="untimed steps after the build (fewer once --warmup-seconds)")
+  parser.add_argument("--warmup-seconds", type=float, default=10.0,
+                      help="no further warm-up step once the warm-up steps took this long")
   parser.add_argument("--threads", type=int, default=2,
                       help="cores for each framework on a CPU (0: do not pin)")
   parser.add_argument("--vocab", type=int, default=None,
@@ -128,8 +131,9 @@ def parse_args(argv=None):
                       help="seconds to wait for any one reply of a worker before killing it")
   parser.add_argument("--show-worker-log", action="store_true",
                       help="echo the workers' stderr (else only its tail on a failure)")
-  parser.add_argument("--out", default=os.path.join(_common.RESULTS_DIR, "step_throughput"),
-                      help="output path without extension (.json and .md are written)")
+  parser.add_argument("--out", default=None,
+                      help="output path without extension (.json and .md are written; default "
+                      "benchmarks/results/step_throughput, on a GPU step_throughput_gpu)")
   # Internal: the workers, and a debugging aid that makes one framework's workers crash.
   parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
   parser.add_argument("--pin-threads", type=int, default=None, help=argparse.SUPPRESS)
@@ -183,7 +187,7 @@ class Worker:
 
   def __init__(self, variant: Variant, argv: list[str], env: dict, echo: bool):
     self.variant, self.name, self.framework = variant, variant.name, variant.framework
-    self.echo, self.hello = echo, None
+    self.echo, self.hello, self.builds = echo, None, 0
     self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, env=env, text=True, bufsize=1,
                                  cwd=_common.REPO_ROOT)
@@ -354,21 +358,57 @@ class Run:
 
   # -- a case ------------------------------------------------------------------------------
 
-  def run_case(self, size: str, batch: int, vocab: int) -> dict:
+  def run_size(self, size: str, batches: list[int], vocab: int) -> list[dict]:
+    """Every batch of one size, with one worker per variant for all of them."""
     args = self.args
     config = _common.get_config(size)
     d, m = config.data, config.model
-    case = {"size": size, "batch": batch, "image_size": d.image_size,
-            "text_length": d.text_length, "vocab": vocab, "latent_dim": m.latent_dim,
-            "load_start": _common.load(), "variants": {}}
     print(f"\n== {size}: {d.image_size} px, {d.text_length} tokens, V {vocab}, latent "
-          f"{m.latent_dim}, batch {batch} (load {_common.load():.2f})", flush=True)
-    workers = []
-    for v in self.variants:
-      if v.framework in self.disabled:
-        continue
-      workers.append(Worker(v, worker_argv(args, v.framework, self.device), self.env,
-                            args.show_worker_log))
+          f"{m.latent_dim}; batches {', '.join(map(str, batches))} (load "
+          f"{_common.load():.2f})", flush=True)
+    cases = [{"size": size, "batch": batch, "image_size": d.image_size,
+              "text_length": d.text_length, "vocab": vocab, "latent_dim": m.latent_dim,
+              "variants": {}} for batch in batches]
+    workers = self._start([v for v in self.variants if v.framework not in self.disabled],
+                          cases[0])
+    for case in cases:
+      batch = case["batch"]
+      case["load_start"] = _common.load()
+      if case is not cases[0]:
+        print(f"\n== {size}, batch {batch} (load {_common.load():.2f})", flush=True)
+      workers = self._build(workers, case, size, batch, vocab)
+      if self.peak is None and not args.no_peak and workers:
+        self._measure_peak(workers, case)
+      timed = self._time(workers, case, batch)
+      for w in timed:
+        try:
+          final = w.request("report", args.timeout)
+          res = case["variants"][w.name]
+          res["losses_finite"] = final["losses_finite"]
+          res["last_loss"] = final["last_loss"]
+          res["memory"] = final["memory"]
+          res["foreign_modules"] = sorted(set(w.hello["foreign_modules"]) |
+                                          set(final["foreign_modules"]))
+        except WorkerFailed as e:  # its timings stand; only the final checks are missing
+          self.fail(e, case)
+          timed.remove(w)
+      workers = timed
+      case["load_end"] = _common.load()
+      self._summarize(case, batch)
+      print_case(case, self.gpu)
+    for w in workers:
+      try:
+        w.request("finish", args.timeout)
+      except WorkerFailed as e:
+        self.fail(e, cases[-1])
+      w.close()
+    return cases
+
+  def _start(self, variants: list[Variant], case: dict) -> list[Worker]:
+    """Starts the workers (all at once) and waits for their hello."""
+    args = self.args
+    workers = [Worker(v, worker_argv(args, v.framework, self.device), self.env,
+                      args.show_worker_log) for v in variants]
     alive = []
     for w in workers:
       try:
@@ -378,32 +418,12 @@ class Run:
       except WorkerFailed as e:
         self.fail(e, case)
         self.disabled[w.framework] = e.report["summary"]
-        self.note(f"{w.framework} is left out of the remaining cases: its worker failed at "
+        self.note(f"{w.framework} is left out of the remaining runs: its worker failed at "
                   "startup")
-    workers = [w for w in alive if w.framework not in self.disabled]
     for w in alive:
-      if w not in workers:
+      if w.framework in self.disabled:
         w.close()
-    workers = self._build(workers, case, size, batch, vocab)
-    if self.peak is None and not args.no_peak and workers:
-      self._measure_peak(workers, case)
-    workers = self._time(workers, case, batch)
-    for w in workers:
-      try:
-        final = w.request("finish", args.timeout)
-        res = case["variants"][w.name]
-        res["losses_finite"] = final["losses_finite"]
-        res["last_loss"] = final["last_loss"]
-        res["foreign_modules"] = sorted(set(w.hello["foreign_modules"]) |
-                                        set(final["foreign_modules"]))
-        res["memory_final"] = final["memory"]
-      except WorkerFailed as e:  # its timings stand; only the final checks are missing
-        self.fail(e, case)
-      w.close()
-    case["load_end"] = _common.load()
-    self._summarize(case, batch)
-    print_case(case, self.gpu)
-    return case
+    return [w for w in alive if w.framework not in self.disabled]
 
   def _check_hello(self, w: Worker) -> None:
     h = w.hello
@@ -424,12 +444,13 @@ class Run:
     ok = []
 
     def command(w):
+      common = dict(size=size, batch=batch, vocab=vocab, warmup=args.warmup,
+                    warmup_seconds=args.warmup_seconds, **w.variant.options)
       if w.framework == "jax":
-        return dict(size=size, batch=batch, vocab=vocab, warmup=args.warmup, **w.variant.options)
+        return common
       device = "cuda" if self.gpu and w.hello["cuda_available"] else "cpu"
-      return dict(size=size, batch=batch, vocab=vocab, device=device, warmup=args.warmup,
-                  threads=args.threads if device == "cpu" and args.threads else None,
-                  **w.variant.options)
+      return dict(common, device=device,
+                  threads=args.threads if device == "cpu" and args.threads else None)
 
     jax_workers = [w for w in workers if w.framework == "jax"]
     if self.parallel_build and len(jax_workers) > 1:
@@ -454,8 +475,10 @@ class Run:
       except WorkerFailed as e:
         self.fail(e, case)
         continue
-      reply["import_s"] = w.hello["import_s"]
       res = {"framework": w.framework, "variant": w.name, "options": w.variant.options}
+      if not w.builds:
+        res["import_s"] = w.hello["import_s"]
+      w.builds += 1
       res.update({k: v for k, v in reply.items() if k != "ok"})
       case["variants"][w.name] = res
       print(f"{w.name}: {describe_phases(res)} (load {reply['load']:.2f})", flush=True)
@@ -585,16 +608,18 @@ class Run:
 
 
 def peak_memory(v: dict) -> dict:
-  """The variant's peak memory: the device's on a GPU, else the worker's peak RSS."""
-  mem = dict(v.get("memory") or {})
-  mem.update(v.get("memory_final") or {})
+  """The variant's peak memory for its batch: the device's on a GPU, else the worker's RSS."""
+  mem = v.get("memory") or {}
   if mem.get("device_peak_bytes") is not None:
-    source = ("device.memory_stats()['peak_bytes_in_use']" if v["framework"] == "jax" else
-              "torch.cuda.max_memory_allocated()")
+    source = ("device.memory_stats()['peak_bytes_in_use'] (the worker's peak so far; batches "
+              "run in ascending order)" if v["framework"] == "jax" else
+              "torch.cuda.max_memory_allocated() since the build")
     return {"source": source, "bytes": mem["device_peak_bytes"]}
-  return {"source": "worker process peak RSS (ru_maxrss; JAX's includes compilation)",
-          "bytes": mem.get("process_peak_rss_bytes"),
-          "steady_state_rss_bytes": v.get("steady_rss_bytes")}
+  return {"source": "worker RSS sampled every 10 ms from the build to the end of the timed "
+                    "steps (JAX's includes compilation)",
+          "bytes": mem.get("build_and_steps_peak_rss_bytes"),
+          "steady_state_rss_bytes": v.get("steady_rss_bytes"),
+          "process_peak_rss_bytes": mem.get("process_peak_rss_bytes")}
 
 
 def _median(values: list[float]) -> float:
@@ -608,8 +633,9 @@ def _median(values: list[float]) -> float:
 
 def describe_phases(res: dict) -> str:
   p = res["phases"]
-  parts = [f"import {res['import_s']:.1f} s"]
-  names = (("init_s", "init"), ("lower_s", "lower"), ("compile_s", "compile"),
+  parts = [f"import {res['import_s']:.1f} s"] if "import_s" in res else []
+  init = "init" if res.get("init_compiled", True) else "init (compiled before)"
+  names = (("init_s", init), ("lower_s", "lower"), ("compile_s", "compile"),
            ("build_s", "build"), ("first_step_s", "first step"),
            ("next_warmup_steps_s", "next warm-up steps"), ("flop_count_s", "FLOP count"))
   parts += [f"{label} {p[key]:.1f} s" for key, label in names if key in p]
@@ -775,9 +801,8 @@ def run_parent(args) -> int:
               "variants": [dataclasses.asdict(v) for v in run.variants]}
   run.report["settings"] = settings
   for size in args.sizes:
-    batches = args.batch or ([GPU_BATCH] if run.gpu else list(CPU_BATCHES[size]))
-    for batch in batches:
-      run.report["cases"].append(run.run_case(size, batch, args.vocab or VOCAB[size]))
+    batches = sorted(args.batch or ([GPU_BATCH] if run.gpu else CPU_BATCHES[size]))
+    run.report["cases"] += run.run_size(size, batches, args.vocab or VOCAB[size])
   versions = {}
   for hello in run.hellos.values():
     versions.update({k: v for k, v in hello["versions"].items() if v})
@@ -792,6 +817,9 @@ def run_parent(args) -> int:
       "xla_flags": jax_hello.get("xla_flags"), "versions": versions,
       "load_start": load_start, "load_end": _common.load()}
   run.report["total_s"] = time.perf_counter() - t_start
+  if args.out is None:
+    args.out = os.path.join(_common.RESULTS_DIR,
+                            "step_throughput_gpu" if run.gpu else "step_throughput")
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out + ".json", "w") as f:
     json.dump(run.report, f, indent=1)

@@ -50,32 +50,48 @@ def import_train_module():
 
 
 class JaxWorker:
-  """Builds, compiles and steps ``mopoe_jax.train.train_step`` on one variant."""
+  """Builds, compiles and steps ``mopoe_jax.train.train_step``, one batch size after another.
 
-  def __init__(self, args):
-    self.args = args
-    self.state = None
+  A worker serves one variant (compute dtype, conv_impl) of one size. The jitted
+  ``train.init_state`` is kept across batch sizes: its compilation (tens of seconds at the
+  paper's size on 2 cores) is paid once, and every batch starts from the same initial state.
+  """
+
+  def __init__(self, args, jax, train):
+    self.args, self.jax, self.train = args, jax, train
+    self.backend = jax.default_backend()
+    self.setup = None            # (key, config, model, step_config, jitted init)
+    self.state = self.compiled = self.batch = None
     self.losses = []
+    self.sampler = None
 
   # -- commands ------------------------------------------------------------------------------
 
   def build(self, size: str, batch: int, vocab: int, compute_dtype: str,
-            conv_impl: str | None, warmup: int, seed: int = 0) -> dict:
+            conv_impl: str | None, warmup: int, warmup_seconds: float, seed: int = 0) -> dict:
+    """Initial state, lower, compile, then ``warmup`` untimed steps (fewer once they have
+    taken ``warmup_seconds``)."""
     jax, train = self.jax, self.train
     _common.maybe_simulate_crash("build", self.args.simulate_crash)
-    config = _common.get_config(size)
-    config.model.compute_dtype = compute_dtype
-    has_conv_impl = "conv_impl" in config.model
-    if conv_impl and has_conv_impl:
-      config.model.conv_impl = conv_impl
+    self._release()
+    self.sampler = _common.RssPeak().__enter__()
+    key = (size, vocab, compute_dtype, conv_impl)
+    init_compiled = self.setup is None or self.setup[0] != key
+    if init_compiled:
+      config = _common.get_config(size)
+      config.model.compute_dtype = compute_dtype
+      if conv_impl and "conv_impl" in config.model:
+        config.model.conv_impl = conv_impl
+      model = train.create_model(config, vocab)
+      step_config = train.StepConfig.from_config(config, model)
+      init = jax.jit(functools.partial(train.init_state, model, config))
+      self.setup = (key, config, model, step_config, init)
+    _, config, model, step_config, init = self.setup
     d = config.data
     data = _common.make_data(d.image_size, d.text_length, batch, vocab, seed)
     phases = {}
-    model = train.create_model(config, vocab)
-    step_config = train.StepConfig.from_config(config, model)
     t = time.perf_counter()
-    self.state = jax.jit(functools.partial(train.init_state, model, config))(
-        jax.random.PRNGKey(0))
+    self.state = init(jax.random.PRNGKey(0))
     jax.block_until_ready(self.state)
     phases["init_s"] = time.perf_counter() - t
     num_params = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
@@ -89,21 +105,21 @@ class JaxWorker:
     t = time.perf_counter()
     self.compiled = lowered.compile()
     phases["compile_s"] = time.perf_counter() - t
-    self.losses = []
     warm = []
-    for _ in range(warmup):
+    while len(warm) < warmup and (not warm or sum(warm) < warmup_seconds):
       t = time.perf_counter()
       self._step()
       warm.append(time.perf_counter() - t)
     if warm:
       phases["first_step_s"] = warm[0]
-    return {"params": num_params, "phases": phases, "warmup_step_s": warm,
+    has_conv_impl = "conv_impl" in config.model
+    return {"params": num_params, "phases": phases, "init_compiled": init_compiled,
+            "warmup_step_s": warm,
             "xla_flops_per_step": _common.flops_from_cost_analysis(self.compiled),
             "learning_rate": _common.first_learning_rate(config),
             "compute_dtype": compute_dtype,
-            "conv_impl": (config.model.conv_impl if has_conv_impl else None),
-            "config_has_conv_impl": has_conv_impl,
-            "memory": self._memory(), "load": _common.load()}
+            "conv_impl": config.model.conv_impl if has_conv_impl else None,
+            "load": _common.load()}
 
   def peak(self, budget_s: float) -> dict:
     jax, jnp = self.jax, self.jax.numpy
@@ -135,11 +151,22 @@ class JaxWorker:
     return {"wall": wall, "cpu": cpu, "load_before": load_before, "load_after": _common.load(),
             "rss_peak_bytes": mem.peak}
 
-  def finish(self) -> dict:
+  def report(self) -> dict:
+    """The batch's end: finite losses, memory (RSS sampled since the build began)."""
     import numpy as np  # pylint: disable=g-import-not-at-top
     finite = bool(np.all(np.isfinite(self.losses))) and int(self.state.bad_step) < 0
+    self.sampler.__exit__(None, None, None)
+    sampled, self.sampler = self.sampler.peak, None
+    memory = {"build_and_steps_peak_rss_bytes": sampled,
+              "process_peak_rss_bytes": _common.max_rss_bytes()}
+    stats = self.jax.devices()[0].memory_stats()
+    if stats:  # the process's peak so far: the parent runs the batches in ascending order
+      memory["device_peak_bytes"] = stats.get("peak_bytes_in_use")
     return {"losses_finite": finite, "last_loss": self.losses[-1] if self.losses else None,
-            "memory": self._memory(), "foreign_modules": _foreign_modules()}
+            "memory": memory, "foreign_modules": _foreign_modules()}
+
+  def finish(self) -> dict:
+    return {"foreign_modules": _foreign_modules()}
 
   # -- helpers -------------------------------------------------------------------------------
 
@@ -147,13 +174,15 @@ class JaxWorker:
     self.state, metrics = self.compiled(self.state, self.batch, self.key)
     self.losses.append(float(metrics["loss"]))  # waits for the step
 
-  def _memory(self) -> dict:
-    out = {"process_peak_rss_bytes": _common.max_rss_bytes(), "rss_bytes": _common.rss_bytes()}
-    stats = self.jax.devices()[0].memory_stats()
-    if stats:
-      out["device_peak_bytes"] = stats.get("peak_bytes_in_use")
-      out["device_bytes_in_use"] = stats.get("bytes_in_use")
-    return out
+  def _release(self):
+    """Drops the previous batch's state, program and data before the next build."""
+    import gc  # pylint: disable=g-import-not-at-top
+    self.state = self.compiled = self.batch = None
+    self.losses = []
+    if self.sampler is not None:
+      self.sampler.__exit__(None, None, None)
+      self.sampler = None
+    gc.collect()
 
 
 def _foreign_modules() -> list[str]:
@@ -161,6 +190,7 @@ def _foreign_modules() -> list[str]:
 
 
 def main(args) -> int:
+  _common.die_with_parent()
   channel = _common.WorkerChannel()
   faulthandler.enable()
   _common.maybe_simulate_crash("startup", args.simulate_crash)
@@ -172,13 +202,10 @@ def main(args) -> int:
   # Several processes share one GPU: take memory as needed, so that each can measure its peak.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   import jax  # pylint: disable=g-import-not-at-top
-  worker = JaxWorker(args)
-  worker.jax = jax
-  worker.train = import_train_module()
+  worker = JaxWorker(args, jax, import_train_module())
   import flax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  worker.backend = jax.default_backend()
   device = jax.devices()[0]
   channel.send(event="hello", ok=True, framework="jax", pid=os.getpid(),
                import_s=time.perf_counter() - t0, backend=worker.backend,
@@ -191,4 +218,5 @@ def main(args) -> int:
                    jax.config.read("jax_disable_most_optimizations")),
                foreign_modules=_foreign_modules())
   return _common.serve(channel, {"build": worker.build, "peak": worker.peak,
-                                 "steps": worker.steps, "finish": worker.finish})
+                                 "steps": worker.steps, "report": worker.report,
+                                 "finish": worker.finish})

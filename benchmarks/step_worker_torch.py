@@ -21,6 +21,7 @@ from benchmarks import _common
 
 FOREIGN = ("jax", "tensorflow")
 MODES = ("f32", "amp")
+FLOP_COUNT_ROWS = 8  # the FLOP counter runs on this many rows, scaled to the batch
 
 
 def torch_config(config, vocab: int, learning_rate: float):
@@ -47,14 +48,19 @@ class TorchWorker:
     self.args, self.torch = args, torch
     self.losses = []
     self.cuda = False
+    self.model = self.batch = self._train_step = self.sampler = None
 
   # -- commands ------------------------------------------------------------------------------
 
   def build(self, size: str, batch: int, vocab: int, device: str, mode: str, warmup: int,
-            threads: int | None = None, seed: int = 0) -> dict:
+            warmup_seconds: float, threads: int | None = None, seed: int = 0) -> dict:
+    """A fresh model and Adam, then ``warmup`` untimed steps (fewer once they have taken
+    ``warmup_seconds``) and the FLOP count."""
     torch = self.torch
     from benchmarks import torch_mopoe as tm  # pylint: disable=g-import-not-at-top
     _common.maybe_simulate_crash("build", self.args.simulate_crash)
+    self._release()
+    self.sampler = _common.RssPeak().__enter__()
     if mode not in MODES:
       raise ValueError(f"torch mode {mode!r}: choose from {MODES}.")
     self.device = torch.device(device)
@@ -89,7 +95,7 @@ class TorchWorker:
     self._sync()
     phases["build_s"] = time.perf_counter() - t
     warm = []
-    for _ in range(warmup):
+    while len(warm) < warmup and (not warm or sum(warm) < warmup_seconds):
       t = time.perf_counter()
       self._step()
       warm.append(time.perf_counter() - t)
@@ -98,13 +104,13 @@ class TorchWorker:
     if len(warm) > 1:
       phases["next_warmup_steps_s"] = sum(warm[1:])
     t = time.perf_counter()
-    flops = self._model_flops()
+    rows = min(batch, FLOP_COUNT_ROWS)
+    flops = self._model_flops(rows) * batch / rows
     phases["flop_count_s"] = time.perf_counter() - t
     return {"params": num_params, "phases": phases, "warmup_step_s": warm,
-            "model_flops_per_step": flops, "learning_rate": lr, "mode": mode,
-            "device": str(self.device), "threads": torch.get_num_threads(),
-            "settings": self._settings(channels_last, mode), "memory": self._memory(),
-            "load": _common.load()}
+            "model_flops_per_step": flops, "flops_counted_on_rows": rows, "learning_rate": lr,
+            "mode": mode, "device": str(self.device), "threads": torch.get_num_threads(),
+            "settings": self._settings(channels_last, mode), "load": _common.load()}
 
   def peak(self, budget_s: float) -> dict:
     torch = self.torch
@@ -146,11 +152,22 @@ class TorchWorker:
     return {"wall": wall, "cpu": cpu, "load_before": load_before, "load_after": _common.load(),
             "rss_peak_bytes": mem.peak}
 
-  def finish(self) -> dict:
+  def report(self) -> dict:
+    """The batch's end: finite losses, memory (RSS sampled since the build began; the CUDA
+    allocator's peak since the build)."""
     import math  # pylint: disable=g-import-not-at-top
+    self.sampler.__exit__(None, None, None)
+    sampled, self.sampler = self.sampler.peak, None
+    memory = {"build_and_steps_peak_rss_bytes": sampled,
+              "process_peak_rss_bytes": _common.max_rss_bytes()}
+    if self.cuda:
+      memory["device_peak_bytes"] = self.torch.cuda.max_memory_allocated()
     return {"losses_finite": all(math.isfinite(x) for x in self.losses),
-            "last_loss": self.losses[-1] if self.losses else None, "memory": self._memory(),
+            "last_loss": self.losses[-1] if self.losses else None, "memory": memory,
             "foreign_modules": _foreign_modules()}
+
+  def finish(self) -> dict:
+    return {"foreign_modules": _foreign_modules()}
 
   # -- helpers -------------------------------------------------------------------------------
 
@@ -161,16 +178,30 @@ class TorchWorker:
     if self.cuda:
       self.torch.cuda.synchronize()
 
-  def _model_flops(self) -> float:
-    """Useful FLOPs of one step (forward + backward) by torch's FLOP counter."""
+  def _model_flops(self, rows: int) -> float:
+    """Useful FLOPs of forward + backward on the batch's first ``rows`` rows, by torch's FLOP
+    counter (convolutions and matrix products: linear in the batch)."""
     from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
     self.model.train()
     counter = FlopCounterMode(display=False)
     with counter:
-      loss, _ = self.model.loss(self.batch)
+      loss, _ = self.model.loss({k: v[:rows] for k, v in self.batch.items()})
       loss.backward()
     self.model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
+
+  def _release(self):
+    """Drops the previous batch's model, optimizer and data before the next build."""
+    import gc  # pylint: disable=g-import-not-at-top
+    self.model = self.batch = self._train_step = None
+    self.losses = []
+    if self.sampler is not None:
+      self.sampler.__exit__(None, None, None)
+      self.sampler = None
+    gc.collect()
+    if self.cuda:
+      self.torch.cuda.empty_cache()
+      self.torch.cuda.reset_peak_memory_stats()
 
   def _settings(self, channels_last: bool, mode: str) -> dict:
     torch = self.torch
@@ -184,19 +215,13 @@ class TorchWorker:
       out["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     return out
 
-  def _memory(self) -> dict:
-    out = {"process_peak_rss_bytes": _common.max_rss_bytes(), "rss_bytes": _common.rss_bytes()}
-    if getattr(self, "cuda", False):
-      out["device_peak_bytes"] = self.torch.cuda.max_memory_allocated()
-      out["device_bytes_in_use"] = self.torch.cuda.memory_allocated()
-    return out
-
 
 def _foreign_modules() -> list[str]:
   return [m for m in FOREIGN if m in sys.modules]
 
 
 def main(args) -> int:
+  _common.die_with_parent()
   channel = _common.WorkerChannel()
   faulthandler.enable()
   _common.maybe_simulate_crash("startup", args.simulate_crash)
@@ -224,4 +249,5 @@ def main(args) -> int:
                foreign_modules=_foreign_modules())
   worker = TorchWorker(args, torch)
   return _common.serve(channel, {"build": worker.build, "peak": worker.peak,
-                                 "steps": worker.steps, "finish": worker.finish})
+                                 "steps": worker.steps, "report": worker.report,
+                                 "finish": worker.finish})
