@@ -11,20 +11,21 @@ share a process, so neither can take the other down (issue #14: a segfault when 
 an extension module after JAX had compiled). The parent imports neither.
 
 Protocol: the parent writes one JSON command per line to a worker's stdin (``build``, ``peak``,
-``steps``, ``finish``); the worker answers each with one JSON line on its stdout
+``steps``, ``report``, ``finish``); the worker answers each with one JSON line on its stdout
 (``{"ok": true, ...}`` or ``{"ok": false, "error": traceback}``), and sends a ``hello`` with its
 versions and device when it has started. Everything else a worker prints goes to its stderr,
 of which the parent keeps the tail. A worker that dies (a signal, an exit, no reply within
 --timeout) is reported with its framework, phase, exit status or signal and stderr tail; the
 other workers go on and their results are written; the exit status is then 1.
 
-For each size and batch ("case") the parent starts one worker per variant (a JAX compute dtype
-x conv_impl, a PyTorch mode), has each build and compile (JAX: init, lower, compile, first
-steps; PyTorch: build, first steps, FLOP count), then interleaves the timed steps in --rounds
-rounds (JAX steps, then torch steps, then JAX again, ...) so that all see the same machine
-load, and collects: median, IQR and min-max of the step time (wall and process CPU time),
-examples/s, peak memory (process RSS on a CPU; on a GPU ``peak_bytes_in_use`` of JAX's device
-and ``torch.cuda.max_memory_allocated``), FLOPs per step (XLA's cost analysis; torch's FLOP
+For each size the parent starts one worker per variant (a JAX compute dtype x conv_impl, a
+PyTorch mode), which serves every batch of that size in ascending order. For each batch
+("case") each worker builds and compiles (JAX: init, lower, compile, first steps; PyTorch:
+build, first steps, FLOP count); then the parent interleaves the timed steps in --rounds rounds
+(JAX steps, then torch steps, then JAX again, ...) so that all see the same machine load, and
+collects: median, IQR and min-max of the step time (wall and process CPU time), examples/s,
+peak memory (the worker's RSS on a CPU; on a GPU ``peak_bytes_in_use`` of JAX's device and
+``torch.cuda.max_memory_allocated``), FLOPs per step (XLA's cost analysis; torch's FLOP
 counter), achieved FLOP/s and its fraction of a matmul peak measured on the same device (and,
 on a GPU, of the device's dense bf16 peak: the MFU), and the JAX / PyTorch ratio. The matmul
 peak is measured once, in the first case's workers, capped at about --peak-budget seconds per
@@ -89,13 +90,13 @@ def parse_args(argv=None):
   parser.add_argument("--steps", type=int, default=None,
                       help="timed steps per variant (default: about --step-seconds of steps, "
                       "at least --rounds, at most 12 on a CPU, 50 on a GPU)")
-  parser.add_argument("--step-seconds", type=float, default=15.0,
+  parser.add_argument("--step-seconds", type=float, default=10.0,
                       help="target timed seconds per variant when --steps is not given")
   parser.add_argument("--rounds", type=int, default=3,
                       help="the timed steps are split into this many alternating rounds")
   parser.add_argument("--warmup", type=int, default=2,
                       help="untimed steps after the build (fewer once --warmup-seconds)")
-  parser.add_argument("--warmup-seconds", type=float, default=10.0,
+  parser.add_argument("--warmup-seconds", type=float, default=5.0,
                       help="no further warm-up step once the warm-up steps took this long")
   parser.add_argument("--threads", type=int, default=2,
                       help="cores for each framework on a CPU (0: do not pin)")
