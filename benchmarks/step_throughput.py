@@ -51,6 +51,8 @@ import dataclasses
 import json
 import os
 import queue
+import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -624,8 +626,21 @@ def peak_memory(v: dict) -> dict:
 
 
 def _median(values: list[float]) -> float:
-  return sorted(values)[len(values) // 2] if len(values) % 2 else (
-      sum(sorted(values)[len(values) // 2 - 1:len(values) // 2 + 1]) / 2)
+  return statistics.median(values)
+
+
+def contention_note(report: dict) -> str | None:
+  """A note when the timed steps on a CPU kept fewer cores busy than were pinned."""
+  threads = report["settings"]["threads"]
+  if report["settings"]["device"] != "cpu" or not threads:
+    return None
+  busy = [v["threads_busy"] for c in report["cases"] for v in c["variants"].values()
+          if "threads_busy" in v]
+  if not busy or _median(busy) >= 0.75 * threads:
+    return None
+  return (f"the timed steps kept a median of {_median(busy):.2f} of the {threads} pinned cores "
+          "busy (process CPU time / wall time): other processes held the rest, or the steps "
+          "are too small to fill them")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,15 +699,16 @@ def variant_rows(case: dict, gpu: bool) -> list[tuple]:
     steady = mem.get("steady_state_rss_bytes")
     rows.append((v["variant"], f"{prep:.1f}", f"{first:.2f}" if first else "-",
                  f"{w['median']:.3f} ({w['iqr']:.3f})", f"{w['min']:.3f}-{w['max']:.3f}",
-                 f"{c['median']:.3f}", f"{v['examples_per_s']:.2f}",
+                 f"{c['median']:.3f}", f"{v['threads_busy']:.2f}",
+                 f"{v['examples_per_s']:.2f}",
                  _gib(mem["bytes"]) + (f" ({_gib(steady)})" if steady else ""),
                  f"{fps / 1e9:.1f}" if fps else "-", _fraction(v, gpu)))
   return rows
 
 
 VARIANT_HEADER = ("variant", "compile/build s", "first step s", "median s/step (IQR)",
-                  "min-max s", "CPU s/step", "ex/s", "peak mem GiB", "model GFLOP/s",
-                  "of peak")
+                  "min-max s", "CPU s/step", "cores busy", "ex/s", "peak mem GiB",
+                  "model GFLOP/s", "of peak")
 
 
 def print_case(case: dict, gpu: bool) -> None:
@@ -727,7 +743,9 @@ def write_markdown(path: str, report: dict) -> None:
            f"- cores used by each worker: {mach['cores'] or 'not pinned'}; XLA_FLAGS="
            f"`{mach.get('xla_flags') or ''}`; OMP_WAIT_POLICY={s['omp_wait_policy'] or 'unset'}",
            f"- load average {mach['load_start']:.2f} at start, {mach['load_end']:.2f} at end; "
-           f"the whole run took {report['total_s'] / 60:.1f} min", ""]
+           f"the whole run took {report['total_s'] / 60:.1f} min"
+           + (f", its workers {report['workers_cpu_s'] / 60:.1f} CPU-min"
+              if "workers_cpu_s" in report else ""), ""]
   peak = report.get("matmul_peak")
   if peak:
     parts = [f"{fw} {dtype} {describe_peak(peak[fw][dtype])}"
@@ -817,6 +835,11 @@ def run_parent(args) -> int:
       "cores": (jax_hello or torch_hello).get("cores"), "threads": args.threads,
       "xla_flags": jax_hello.get("xla_flags"), "versions": versions,
       "load_start": load_start, "load_end": _common.load()}
+  note = contention_note(run.report)
+  if note:
+    run.note(note)
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  run.report["workers_cpu_s"] = children.ru_utime + children.ru_stime
   run.report["total_s"] = time.perf_counter() - t_start
   if args.out is None:
     args.out = os.path.join(_common.RESULTS_DIR,
@@ -826,7 +849,8 @@ def run_parent(args) -> int:
     json.dump(run.report, f, indent=1)
   write_markdown(args.out + ".md", run.report)
   print(f"\nwrote {args.out}.json and {args.out}.md (load {_common.load():.2f}); the run took "
-        f"{run.report['total_s'] / 60:.1f} min")
+        f"{run.report['total_s'] / 60:.1f} min, its workers {run.report['workers_cpu_s'] / 60:.1f} "
+        "CPU-min")
   for c in run.report["cases"]:
     if "ratio" in c:
       print(f"{c['size']} batch {c['batch']}: JAX {c['jax_examples_per_s']:.2f} ex/s, PyTorch "
