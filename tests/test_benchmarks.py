@@ -95,7 +95,7 @@ def test_jax_worker_alone_with_several_variants(tmp_path):
 
 def test_both_frameworks_end_to_end(tmp_path):
   pytest.importorskip("torch")
-  report, _ = _run(tmp_path, "--peak-budget", "0.2")
+  report, _ = _run(tmp_path, "--peak-budget", "0.2", "--torch-modes", "f32,amp")
   _check_machine(report)
   assert report["machine"]["versions"]["torch"]
   [case] = report["cases"]
@@ -107,6 +107,9 @@ def test_both_frameworks_end_to_end(tmp_path):
   assert 0.5 < case["xla_flops_over_model_flops"] < 2.0
   assert torch_v["foreign_modules"] == [] and jax_v["foreign_modules"] == []
   assert torch_v["losses_finite"] and jax_v["losses_finite"]
+  amp = case["variants"]["torch amp"]  # channels_last + autocast bf16, as on a GPU
+  assert amp["settings"]["channels_last"] and amp["settings"]["autocast"] == "bfloat16"
+  assert set(case["ratios"]["jax float32"]) == {"torch f32", "torch amp"}
   peak = report["matmul_peak"]
   assert peak["jax"]["f32"]["flop_per_s"] > 0 and peak["torch"]["f32"]["flop_per_s"] > 0
   if not report["machine"]["cpu"]["native_bf16"]:
@@ -135,3 +138,47 @@ def test_worker_crash_while_timed_keeps_the_other_results(tmp_path):
       "torch", "steps", "SIGSEGV")
   [case] = report["cases"]
   assert case["jax_examples_per_s"] > 0 and "torch f32" not in case["variants"]
+
+
+def test_gpu_summary_and_markdown(tmp_path):
+  """The GPU-only branches of the parent (MFU, device memory, Markdown), on made-up numbers."""
+  sys.path.insert(0, REPO)
+  from benchmarks import step_throughput as st  # pylint: disable=g-import-not-at-top
+  args = st.parse_args(["--sizes", "tiny", "--device", "gpu", "--no-peak"])
+  run = st.Run(args, "gpu", "--device")
+  assert {v.name for v in run.variants} >= {"jax float32", "jax bfloat16", "torch amp",
+                                             "torch f32"}
+  run.hellos = {"jax": {"device_kind": "NVIDIA H200", "backend": "gpu", "versions": {}},
+                "torch": {"device_kind": "NVIDIA H200", "versions": {}}}
+  timing = {"median": 0.05, "q25": 0.049, "q75": 0.051, "iqr": 0.002, "min": 0.048,
+            "max": 0.052, "n": 6}
+
+  def variant(framework, name, **extra):
+    return dict(framework=framework, variant=name, phases={"compile_s": 30.0}, params=1,
+                warmup_step_s=[0.1], step_wall_s=timing, step_cpu_s=timing,
+                examples_per_s=4000.0, threads_busy=1.0, memory={"device_peak_bytes": 2 ** 33},
+                **extra)
+
+  case = {"size": "paper", "batch": 200, "steps": 6, "rounds": 3,
+          "load_during": {"min": 0.1, "max": 0.2},
+          "variants": {"jax bfloat16": variant("jax", "jax bfloat16", compute_dtype="bfloat16",
+                                               xla_flops_per_step=2.2e13),
+                       "torch amp": variant("torch", "torch amp", mode="amp",
+                                            model_flops_per_step=2.2e13)}}
+  run._summarize(case, 200)  # pylint: disable=protected-access
+  jax_v = case["variants"]["jax bfloat16"]
+  assert jax_v["mfu"] == pytest.approx(2.2e13 / 0.05 / 989e12)
+  assert jax_v["peak_memory"]["bytes"] == 2 ** 33
+  assert case["ratio"] == pytest.approx(1.0)
+  st.print_case(case, gpu=True)
+  report = dict(run.report, cases=[case], total_s=60.0, settings={
+      "command": "python benchmarks/step_throughput.py", "device": "gpu",
+      "device_reason": "--device", "omp_wait_policy": "PASSIVE", "threads": 2})
+  report["machine"] = {"cpu": {"model": "x", "extensions": [], "native_bf16": False,
+                               "logical_cpus": 16}, "device_kind": "NVIDIA H200",
+                       "versions": {"jax": "0"}, "cores": None, "load_start": 0.1,
+                       "load_end": 0.2}
+  st.write_markdown(str(tmp_path / "gpu.md"), report)
+  text = (tmp_path / "gpu.md").read_text()
+  assert "MFU 44.5%" in text and "(GPU)" in text
+  assert st._common.gpu_peak_bf16("Some Other GPU") is None  # pylint: disable=protected-access
