@@ -4,7 +4,7 @@
   python benchmarks/conv_transpose_grad.py --batch 16 --repeats 5
   python benchmarks/conv_transpose_grad.py --no-xla-defaults   # with XLA:CPU's YNNPACK convs
 
-XLA gets the flags that main.py trains with (mopoe_jax.xla_config) unless --no-xla-defaults.
+XLA gets the flags that main.py trains with (mopoe_jax.runtime) unless --no-xla-defaults.
 
 Three implementations of the same PyTorch-semantics transposed convolution (k4 s2 p1, output =
 2 x input), checked equal before timing:
@@ -54,7 +54,7 @@ def parse_args(argv=None):
   parser.add_argument("--threads", type=int, default=None, help="pin to this many cores")
   parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS")
   parser.add_argument("--no-xla-defaults", action="store_true",
-                      help="do not add mopoe_jax.xla_config's CPU flags (main.py adds them)")
+                      help="do not add mopoe_jax.runtime's CPU flags (main.py adds them)")
   parser.add_argument("--skip-lax-decoder", action="store_true",
                       help="skip the (slow) lax variant of the decoder step")
   parser.add_argument("--out", default=RESULTS)
@@ -221,8 +221,8 @@ def main(argv=None):
   if args.xla_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
   if not args.no_xla_defaults:
-    from mopoe_jax import xla_config
-    xla_config.apply_defaults()  # the flags main.py trains with
+    from mopoe_jax import runtime
+    runtime.apply_defaults()  # the flags main.py trains with
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
   print(f"jax {jax.__version__} ({jax.default_backend()}), {len(os.sched_getaffinity(0))} cores, "

@@ -40,6 +40,9 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from benchmarks import _common
+from benchmarks._common import load
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                        "fusion_scaling.json")
 
@@ -63,13 +66,9 @@ def parse_args(argv=None):
                       help="batch of that step (default: paper 8, synthetic 64)")
   parser.add_argument("--threads", type=int, default=None, help="pin to this many cores")
   parser.add_argument("--no-xla-defaults", action="store_true",
-                      help="do not add mopoe_jax.xla_config's CPU flags (main.py adds them)")
+                      help="do not add mopoe_jax.runtime's CPU flags (main.py adds them)")
   parser.add_argument("--out", default=RESULTS)
   return parser.parse_args(argv)
-
-
-def load() -> float:
-  return os.getloadavg()[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,21 +206,33 @@ def scaling(args) -> list[dict]:
 def step_share(args) -> dict:
   """Time of the M = 3 fusion (model shapes, the model's 'slice' assignment) vs the full step."""
   from configs import default, synthetic
-  from benchmarks import step_throughput as st
-  from mopoe_jax import train
+  from mopoe_jax import model as model_lib
   config = (default if args.step_size == "paper" else synthetic).get_config()
   batch = args.step_batch or {"paper": 8, "synthetic": 64}[args.step_size]
   latent = config.model.latent_dim
-  model = train.create_model(config, 2900)
+  model = model_lib.create_model(config, 2900)
   inputs = make_inputs(3, batch, latent, 0.0)
   fusion_t, _ = compile_and_time(
       functools.partial(vectorized_loss, mask=model.mask, prior_expert=config.model.prior_expert,
                         assignment=config.model.assignment), inputs, max(args.repeats, 50))
   print(f"\nfull step for the share: {args.step_size} config, batch {batch}, latent {latent} "
         f"(compiling, load {load():.2f})", flush=True)
-  runner = st.JaxRunner(config, 2900, st.make_data(config, batch, 2900))
-  runner.step()
-  wall, cpu = st.time_steps(runner.step, 5)
+  import jax  # pylint: disable=g-import-not-at-top
+  from mopoe_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+  step_config = step_lib.StepConfig.from_config(config, model, pad_id=_common.PAD_ID)
+  state = jax.jit(functools.partial(step_lib.init_state, model, config))(jax.random.PRNGKey(0))
+  data = jax.device_put(_common.make_data(config.data.image_size, config.data.text_length,
+                                          batch, 2900))
+  train_step = jax.jit(functools.partial(step_lib.train_step, model=model,
+                                         step_config=step_config), donate_argnums=(0,))
+  key = jax.random.PRNGKey(1)
+  state, _ = jax.block_until_ready(train_step(state, data, key))
+  wall, cpu = [], []
+  for _ in range(5):
+    t, c = time.perf_counter(), time.process_time()
+    state, _ = jax.block_until_ready(train_step(state, data, key))
+    wall.append(time.perf_counter() - t)
+    cpu.append(time.process_time() - c)
   step_ms, step_cpu_ms = 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
   share = fusion_t["run_ms"] / step_ms
   print(f"M=3 fusion forward+backward alone: {fusion_t['run_ms']:.3f} ms "
@@ -235,13 +246,8 @@ def step_share(args) -> dict:
 
 def main(argv=None):
   args = parse_args(argv)
-  if args.threads:
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
-  if not args.no_xla_defaults:
-    from mopoe_jax import xla_config
-    xla_config.apply_defaults()  # the flags main.py trains with
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # Pin the cores, add the flags main.py trains with, keep JAX on the CPU.
+  _common.setup_jax_env(args.threads, "", not args.no_xla_defaults)
   import jax
   print(f"jax {jax.__version__} ({jax.default_backend()}), {len(os.sched_getaffinity(0))} cores, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "

@@ -497,14 +497,24 @@ def make_optimizer(model: nn.Module, cfg: TorchModelConfig | None = None) -> tor
   return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas)
 
 
-def make_train_step(model: TorchMoPoE, optimizer: torch.optim.Optimizer
+def make_train_step(model: TorchMoPoE, optimizer: torch.optim.Optimizer,
+                    autocast_dtype: torch.dtype | None = None
                     ) -> Callable[[Mapping[str, torch.Tensor]], dict[str, float]]:
-  """A step: forward, loss, backward, optimizer step (train mode: BN batch stats, dropout)."""
+  """A step: forward, loss, backward, optimizer step (train mode: BN batch stats, dropout).
+
+  With ``autocast_dtype`` (e.g. torch.bfloat16) the forward pass and the loss run under
+  ``torch.autocast`` on the batch's device (bf16 needs no loss scaling); the parameters, their
+  gradients and Adam stay float32.
+  """
 
   def train_step(batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss, metrics = model.loss(batch)
+    if autocast_dtype is None:
+      loss, metrics = model.loss(batch)
+    else:
+      with torch.autocast(batch["text"].device.type, dtype=autocast_dtype):
+        loss, metrics = model.loss(batch)
     loss.backward()
     optimizer.step()
     return {k: float(v) for k, v in metrics.items()}

@@ -1,0 +1,186 @@
+"""The step benchmark end to end at the tiny size: parent, JAX worker and PyTorch worker.
+
+Each test runs ``python benchmarks/step_throughput.py`` in a subprocess with a hard timeout and
+reads the JSON it writes. PyTorch is not a test dependency: the tests that need it skip without
+it. The workers compile with jax_disable_most_optimizations (as conftest.py does in-process) and
+share the tests' persistent compilation cache; timings are not checked, only that they exist.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "benchmarks", "step_throughput.py")
+TIMEOUT_S = 480  # a few tens of seconds on a quiet 2-core machine; minutes when it is busy
+TINY = ("--sizes", "tiny", "--batch", "8", "--steps", "2", "--rounds", "1", "--device", "cpu",
+        "--timeout", "400")
+
+
+# A sitecustomize that makes these packages unimportable, as they are on the GPU machine the
+# benchmark is meant for (no TensorFlow, tensorflow-datasets or clu there).
+BLOCKER = """
+import importlib.abc
+import sys
+
+
+class _Absent(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "clu"):
+      raise ImportError(f"{name} is not installed (blocked by the test)")
+    return None
+
+
+sys.meta_path.insert(0, _Absent())
+"""
+
+
+def _run(tmp_path, *flags, returncode=0, block_tensorflow=False):
+  out = tmp_path / "step_throughput"
+  env = dict(os.environ)
+  if block_tensorflow:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    env["PYTHONPATH"] = os.pathsep.join([str(site)] + [p for p in [env.get("PYTHONPATH")] if p])
+  env.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+  env.setdefault("JAX_COMPILATION_CACHE_DIR",
+                 os.environ.get("MOPOE_TEST_XLA_CACHE", "/tmp/mopoe_jax_test_xla_cache"))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  proc = subprocess.run([sys.executable, SCRIPT, *TINY, "--out", str(out), *flags],
+                        capture_output=True, text=True, timeout=TIMEOUT_S, cwd=REPO, env=env)
+  assert proc.returncode == returncode, (
+      f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+  with open(f"{out}.json") as f:
+    report = json.load(f)
+  assert os.path.getsize(f"{out}.md") > 0
+  return report, proc.stdout
+
+
+def _check_machine(report):
+  machine = report["machine"]
+  assert machine["cpu"]["model"]
+  assert isinstance(machine["cpu"]["extensions"], list)
+  assert isinstance(machine["cpu"]["native_bf16"], bool)
+  assert machine["load_start"] >= 0 and machine["load_end"] >= 0
+  assert machine["versions"]["jax"]
+  assert machine["device"] == "cpu" and machine["backend"] == "cpu"
+
+
+def test_jax_worker_alone_with_several_variants(tmp_path):
+  """The GPU defaults' variant loop and parallel build, without TensorFlow and clu (as on the
+  GPU machine)."""
+  report, stdout = _run(tmp_path, "--skip-torch", "--no-peak", "--compute-dtype",
+                        "float32,bfloat16", "--conv-impl", "xla,cpu", "--parallel-build", "yes",
+                        block_tensorflow=True)
+  _check_machine(report)
+  [case] = report["cases"]
+  assert (case["size"], case["batch"]) == ("tiny", 8)
+  assert case["jax_examples_per_s"] > 0
+  assert "torch_examples_per_s" not in case and "ratio" not in case
+  variants = case["variants"]
+  assert {v["compute_dtype"] for v in variants.values()} == {"float32", "bfloat16"}
+  for v in variants.values():
+    assert v["framework"] == "jax"
+    assert v["step_wall_s"]["n"] == 2 and v["losses_finite"]
+    assert v["foreign_modules"] == []  # neither torch nor tensorflow in the JAX worker
+    assert v["xla_flops_per_step"] > 0
+    assert {"init_s", "lower_s", "compile_s", "first_step_s"} <= set(v["phases"])
+  assert report["failures"] == []
+  assert "jax float32" in stdout
+
+
+def test_both_frameworks_end_to_end(tmp_path):
+  pytest.importorskip("torch")
+  report, _ = _run(tmp_path, "--peak-budget", "0.2", "--torch-modes", "f32,amp")
+  _check_machine(report)
+  assert report["machine"]["versions"]["torch"]
+  [case] = report["cases"]
+  assert case["jax_examples_per_s"] > 0 and case["torch_examples_per_s"] > 0
+  assert case["ratio"] > 0
+  jax_v, torch_v = case["variants"]["jax float32"], case["variants"]["torch f32"]
+  assert jax_v["params"] == torch_v["params"]  # the same model in both frameworks
+  assert torch_v["model_flops_per_step"] > 0
+  assert 0.5 < case["xla_flops_over_model_flops"] < 2.0
+  assert torch_v["foreign_modules"] == [] and jax_v["foreign_modules"] == []
+  assert torch_v["losses_finite"] and jax_v["losses_finite"]
+  amp = case["variants"]["torch amp"]  # channels_last + autocast bf16, as on a GPU
+  assert amp["settings"]["channels_last"] and amp["settings"]["autocast"] == "bfloat16"
+  assert set(case["ratios"]["jax float32"]) == {"torch f32", "torch amp"}
+  peak = report["matmul_peak"]
+  assert peak["jax"]["f32"]["flop_per_s"] > 0 and peak["torch"]["f32"]["flop_per_s"] > 0
+  if not report["machine"]["cpu"]["native_bf16"]:
+    assert "skipped" in peak["torch"]["bf16"]
+  assert report["failures"] == []
+
+
+def test_worker_crash_at_startup_is_reported(tmp_path):
+  """The torch worker dies by SIGSEGV before importing torch: no torch needed."""
+  report, stdout = _run(tmp_path, "--no-peak", "--simulate-crash", "torch:startup",
+                        returncode=1)
+  [failure] = report["failures"]
+  assert failure["framework"] == "torch" and failure["phase"] == "startup"
+  assert failure["signal"] == "SIGSEGV" and failure["returncode"] == -11
+  assert any("simulated crash" in line for line in failure["stderr_tail"])
+  assert "torch f32 worker failed in startup: killed by SIGSEGV" in stdout
+  [case] = report["cases"]
+  assert case["jax_examples_per_s"] > 0  # the other framework's results are still written
+
+
+def test_worker_crash_while_timed_keeps_the_other_results(tmp_path):
+  pytest.importorskip("torch")
+  report, _ = _run(tmp_path, "--no-peak", "--simulate-crash", "torch:steps", returncode=1)
+  [failure] = report["failures"]
+  assert (failure["framework"], failure["phase"], failure["signal"]) == (
+      "torch", "steps", "SIGSEGV")
+  [case] = report["cases"]
+  assert case["jax_examples_per_s"] > 0 and "torch f32" not in case["variants"]
+
+
+def test_gpu_summary_and_markdown(tmp_path):
+  """The GPU-only branches of the parent (MFU, device memory, Markdown), on made-up numbers."""
+  sys.path.insert(0, REPO)
+  from benchmarks import step_throughput as st  # pylint: disable=g-import-not-at-top
+  args = st.parse_args(["--sizes", "tiny", "--device", "gpu", "--no-peak"])
+  run = st.Run(args, "gpu", "--device")
+  # Every JAX variant the issue asks for on a GPU: both dtypes with both convolution forms.
+  assert {v.name for v in run.variants} == {
+      "jax float32 conv xla", "jax float32 conv cpu", "jax bfloat16 conv xla",
+      "jax bfloat16 conv cpu", "torch amp", "torch f32"}
+  run.hellos = {"jax": {"device_kind": "NVIDIA H200", "backend": "gpu", "versions": {}},
+                "torch": {"device_kind": "NVIDIA H200", "versions": {}}}
+  timing = {"median": 0.05, "q25": 0.049, "q75": 0.051, "iqr": 0.002, "min": 0.048,
+            "max": 0.052, "n": 6}
+
+  def variant(framework, name, **extra):
+    return dict(framework=framework, variant=name, phases={"compile_s": 30.0}, params=1,
+                warmup_step_s=[0.1], step_wall_s=timing, step_cpu_s=timing,
+                examples_per_s=4000.0, threads_busy=1.0, memory={"device_peak_bytes": 2 ** 33},
+                **extra)
+
+  case = {"size": "paper", "batch": 200, "steps": 6, "rounds": 3,
+          "load_during": {"min": 0.1, "max": 0.2},
+          "variants": {"jax bfloat16": variant("jax", "jax bfloat16", compute_dtype="bfloat16",
+                                               xla_flops_per_step=2.2e13),
+                       "torch amp": variant("torch", "torch amp", mode="amp",
+                                            model_flops_per_step=2.2e13)}}
+  run._summarize(case, 200)  # pylint: disable=protected-access
+  jax_v = case["variants"]["jax bfloat16"]
+  assert jax_v["mfu"] == pytest.approx(2.2e13 / 0.05 / 989e12)
+  assert jax_v["peak_memory"]["bytes"] == 2 ** 33
+  assert case["ratio"] == pytest.approx(1.0)
+  st.print_case(case, gpu=True)
+  report = dict(run.report, cases=[case], total_s=60.0, settings={
+      "command": "python benchmarks/step_throughput.py", "device": "gpu",
+      "device_reason": "--device", "omp_wait_policy": "PASSIVE", "threads": 2})
+  report["machine"] = {"cpu": {"model": "x", "extensions": [], "native_bf16": False,
+                               "logical_cpus": 16}, "device_kind": "NVIDIA H200",
+                       "versions": {"jax": "0"}, "cores": None, "load_start": 0.1,
+                       "load_end": 0.2}
+  st.write_markdown(str(tmp_path / "gpu.md"), report)
+  text = (tmp_path / "gpu.md").read_text()
+  assert "MFU 44.5%" in text and "(GPU)" in text
+  assert st._common.gpu_peak_bf16("Some Other GPU") is None  # pylint: disable=protected-access
