@@ -20,7 +20,10 @@ training; evaluation restores on process 0 alone (``this_process_only``).
 from __future__ import annotations
 
 import dataclasses
+import gc
+import logging as logging_std
 import os
+import sys
 from typing import Any, Callable, Sequence
 
 from absl import logging
@@ -109,14 +112,16 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
 
 
 def restore_train_state(manager: ocp.CheckpointManager, abstract_state, step: int):
-  """Restores the full TrainState of ``step`` against an abstract target."""
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      MODEL: ocp.args.StandardRestore({"params": abstract_state.params,
-                                       "batch_stats": abstract_state.batch_stats}),
+  """Restores the full TrainState of ``step`` against an abstract target.
+
+  The two items are read one after the other: when one fails, no read of the other is still in
+  flight (its callbacks would hit Orbax's closed event loop: a storm of RuntimeErrors).
+  """
+  model = restore_model_variables(manager, {"params": abstract_state.params,
+                                            "batch_stats": abstract_state.batch_stats}, step)
+  train = manager.restore(step, args=ocp.args.Composite(**{
       TRAIN: ocp.args.StandardRestore({"step": abstract_state.step,
-                                       "opt_state": abstract_state.opt_state}),
-  }))
-  model, train = restored[MODEL], restored[TRAIN]
+                                       "opt_state": abstract_state.opt_state})}))[TRAIN]
   return abstract_state.replace(params=model["params"], batch_stats=model["batch_stats"],
                                 step=train["step"], opt_state=train["opt_state"])
 
@@ -131,11 +136,54 @@ def restore_model_variables(manager: ocp.CheckpointManager, abstract_variables: 
 def failure_reason(error: BaseException) -> str:
   """One line: the innermost cause of ``error`` (e.g. TensorStore's OUT_OF_RANGE on a file)."""
   root = error
-  while (root.__cause__ or root.__context__) is not None:
-    root = root.__cause__ or root.__context__
+  while True:
+    inner = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+    if inner is None:
+      break
+    root = inner
   lines = str(root).strip().splitlines()
   text = lines[0] if lines else ""
   return f"{type(root).__name__}: {text[:300]}"
+
+
+class _AbandonedReads:
+  """Keeps the reads that Orbax abandons in a failed restore from reporting the failure again.
+
+  When one array of a step cannot be read, Orbax stops waiting for the others and closes its
+  event loop; as they end, each reports again: "RuntimeError: Event loop is closed" from its
+  callback, "Exception ignored in <coroutine _read_array_index_and_device_put>" when collected,
+  asyncio's "Future exception was never retrieved" (a storm of tracebacks around the one line
+  `restore_newest` logs). After the first failed restore this filters exactly those reports
+  (sys.unraisablehook and the 'asyncio' logger); everything else passes.
+  """
+
+  def __init__(self):
+    self._previous_hook = sys.unraisablehook
+
+  def _is_echo(self, unraisable) -> bool:
+    name = getattr(unraisable.object, "__name__", "")
+    return (name == "_read_array_index_and_device_put" or (
+        isinstance(unraisable.exc_value, RuntimeError)
+        and "Event loop is closed" in str(unraisable.exc_value)))
+
+  def _hook(self, unraisable) -> None:
+    if not self._is_echo(unraisable):
+      self._previous_hook(unraisable)
+
+  @staticmethod
+  def _record_passes(record) -> bool:
+    text = record.getMessage()
+    return not ("Future exception was never retrieved" in text or "Event loop is closed" in text)
+
+  def after_failure(self) -> None:
+    """Installs the filters (unless in place) and collects what has already ended."""
+    if sys.unraisablehook != self._hook:  # pylint: disable=comparison-with-callable
+      self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hook
+    logging_std.getLogger("asyncio").addFilter(self._record_passes)  # once: a no-op after
+    gc.collect()
+
+
+_abandoned_reads = _AbandonedReads()
 
 
 def _all_agree(ok: bool, collective: bool) -> bool:
@@ -175,6 +223,8 @@ def restore_newest(manager: ocp.CheckpointManager, restore: Callable[[int], Any]
         restored = restore(step)
       except Exception as e:  # pylint: disable=broad-exception-caught
         reason = failure_reason(e)
+      if reason is not None:  # the exception and its frames are gone: collect what they held
+        _abandoned_reads.after_failure()
       if _all_agree(reason is None, collective):
         return step, restored, meta, failures
     reason = reason or "it failed on another process"
