@@ -118,6 +118,14 @@ def test_bad_configs_fail_before_compiling(synthetic_tiny_dir, tmp_path):
   config = tiny_config(synthetic_tiny_dir, batch_size=33)
   with pytest.raises(ValueError, match="global batch 33 does not divide over 2 devices"):
     step_lib.validate_config(config, 2)
+  config = tiny_config(synthetic_tiny_dir, image_grid_studies=3)
+  with pytest.raises(ValueError, match=r"image_grid_studies=3 does not divide over the 2 devices"
+                     r".*--config.train.image_grid_studies=4"):
+    step_lib.validate_config(config, 2)
+  config = tiny_config(synthetic_tiny_dir, process_id=1)
+  with pytest.raises(ValueError, match=r"config.train.process_id set but config.train.multihost "
+                     r"is False; add --config.train.multihost=true"):
+    step_lib.validate_config(config, 1)
   config = tiny_config(synthetic_tiny_dir)
   config.data.image_size = 64
   with pytest.raises(ValueError, match="Image size 64 does not fit the networks"):
