@@ -3,7 +3,9 @@
   python main.py --config=configs/synthetic.py --workdir=runs/synthetic
   python main.py --config=configs/synthetic.py --workdir=runs/synthetic --mode=evaluate
 
-Every config field can be overridden, e.g. --config.train.batch_size=128.
+On several hosts, the same command on each with --config.train.multihost=true (README,
+"Training on several hosts"). Every config field can be overridden, e.g.
+--config.train.batch_size=128.
 """
 
 import logging as logging_std
@@ -47,7 +49,7 @@ def main(argv):
 
   config = FLAGS.config
   if config.train.multihost:
-    jax.distributed.initialize()
+    runtime.initialize_distributed(config.train)
   workdir = os.path.abspath(FLAGS.workdir)
   os.makedirs(workdir, exist_ok=True)
   logging.info("Workdir: %s", workdir)

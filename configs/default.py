@@ -160,7 +160,16 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_batches = config_dict.placeholder(int)  # None: the whole eval split
   train.checkpoint_every_steps = 1000
   train.keep_checkpoints = 3              # plus the best by eval loss
-  train.multihost = False                 # call jax.distributed.initialize() first
+  # Several hosts (README "Training on several hosts"): jax.distributed.initialize() with the
+  # three fields below; None leaves a field to JAX (JAX_COORDINATOR_ADDRESS, or SLURM, Open MPI,
+  # Cloud TPU detection).
+  train.multihost = False
+  train.coordinator_address = config_dict.placeholder(str)  # 'host:port' of process 0
+  train.num_processes = config_dict.placeholder(int)
+  train.process_id = config_dict.placeholder(int)          # 0 .. num_processes - 1
+  # Resume although the batch size, seed, number of processes or data selection changed (the
+  # batches then differ from those of an uninterrupted run); otherwise such a resume is refused.
+  train.allow_data_order_change = False
   train.image_grid_studies = 8            # studies in the TensorBoard image grids
   train.compilation_cache = True          # JAX's persistent compilation cache: a resumed or
                                           # re-evaluated run does not compile the step again
@@ -168,7 +177,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 200
-  ev.checkpoint_step = config_dict.placeholder(int)  # None: the latest checkpoint
+  ev.checkpoint_step = config_dict.placeholder(int)  # None: the newest that restores
+  # Several hosts: process 0 evaluates and the others wait for it at most this long.
+  ev.multihost_wait_seconds = 6 * 3600
   ev.seed = 0
   # The evaluators that run, in order (mopoe_jax/evaluators/): any of 'probes', 'generation',
   # 'coherence', 'likelihood'.

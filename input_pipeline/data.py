@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from input_pipeline import integrity
 from input_pipeline import pipeline
 from input_pipeline import text as text_lib
 
@@ -126,8 +127,14 @@ class TfdsData:
 
 
 def load(data_config: ml_collections.ConfigDict) -> TfdsData:
-  """Prepares (once) and opens the dataset of ``data_config``, checked against its sizes."""
+  """Prepares (once) and opens the dataset of ``data_config``, checked against its sizes.
+
+  Raises `integrity.DatasetFileError` (naming the file and how to rebuild the dataset) when a
+  prepared file is unreadable, missing or truncated (`integrity.check_prepared`: a stat and one
+  record per shard).
+  """
   builder = pipeline.get_builder(data_config)
+  integrity.check_prepared(builder, data_config.get("data_dir"))
   check_dataset_matches(data_config, builder)
   return TfdsData(config=data_config, builder=builder,
                   vocab=pipeline.load_vocabulary(builder))

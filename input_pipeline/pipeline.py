@@ -57,6 +57,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from input_pipeline import integrity
 from input_pipeline import text as text_lib
 from mopoe_jax.sharding import check_batch_divisible
 
@@ -116,6 +117,9 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
     raise ValueError(
         f"Dataset {name!r} is not registered with tfds although {_BUILDER_MODULES[family]!r} "
         "was imported: that package must import its builder class in its __init__.py.") from e
+  except Exception:  # e.g. a garbled dataset_info.json: say which file and how to rebuild
+    integrity.check_json_files(name, data_dir)
+    raise
   if builder.is_prepared():
     logging.info("Dataset %s is prepared in %s.", name, builder.data_dir)
   else:

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from mopoe_jax import checkpointing
 from mopoe_jax.datasource import LABELS, MODALITIES, PROBE_LABELS, DataSource
 from mopoe_jax.model import is_text
 
@@ -248,7 +249,10 @@ def get_classifiers(config: ml_collections.ConfigDict, data: DataSource, *,
   settings = _settings(config, data, modalities, vocab_size, attribute_names)
   modules = build_modules(config.classifier, modalities, vocab_size, len(attribute_names))
   classifier_dir = os.path.abspath(classifier_dir)
-  manager = ocp.CheckpointManager(classifier_dir, item_names=("params", "meta"))
+  # Evaluation runs on process 0 alone: so does this manager.
+  manager = ocp.CheckpointManager(
+      classifier_dir, item_names=("params", "meta"), options=ocp.CheckpointManagerOptions(
+          multiprocessing_options=checkpointing.this_process_options()))
   try:
     step = manager.latest_step()
     if step is not None:

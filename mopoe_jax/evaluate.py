@@ -10,7 +10,8 @@
 `evaluate` restores the parameters and batch statistics of a checkpoint first.
 
 Every pass over a split runs on this process alone (the whole split, not a process shard), in
-the split's fixed order; nothing here needs an accelerator.
+the split's fixed order; nothing here needs an accelerator. With several processes, process 0
+evaluates while the others wait for it (`evaluate`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
 
 from mopoe_jax import checkpointing
 from mopoe_jax import classifiers
+from mopoe_jax import fingerprint
 from mopoe_jax import model as model_lib
 from mopoe_jax.datasource import DataSource
 from mopoe_jax.evaluators import EVALUATORS
@@ -32,6 +37,7 @@ from mopoe_jax.evaluators.common import HEADLINE_LABEL, Context, write_json
 from mopoe_jax.evaluators.generation import GENERATION_DIR, LATENTS
 
 EVAL_DIR = "eval"
+_DONE_BARRIER = "mopoe_evaluation_done"
 
 
 def check_eval_config(config: ml_collections.ConfigDict) -> None:
@@ -132,43 +138,88 @@ def report_markdown(results: dict) -> str:
   return "\n".join(out) + "\n"
 
 
+def _wait_for_process_0(seconds: int) -> None:
+  """On processes other than 0: waits (at most ``seconds``) for process 0's evaluation."""
+  logging.info("Process %d: process 0 evaluates; waiting for it (at most %d s, "
+               "config.eval.multihost_wait_seconds).", jax.process_index(), seconds)
+  try:
+    ocp.multihost.sync_global_processes(_DONE_BARRIER, timeout=int(seconds),
+                                        processes=set(range(jax.process_count())))
+  except Exception as e:  # the coordination service's error: a timeout, or process 0 gone
+    raise RuntimeError(
+        f"Process {jax.process_index()}: process 0's evaluation did not finish within "
+        f"{seconds} s ({checkpointing.failure_reason(e)}). If it is still running, raise "
+        "--config.eval.multihost_wait_seconds; otherwise see process 0's log.") from e
+  if not int(multihost_utils.broadcast_one_to_all(np.int32(0))):
+    raise RuntimeError(f"Process {jax.process_index()}: process 0's evaluation failed; see its "
+                       "log.")
+  logging.info("Process %d: process 0's evaluation finished.", jax.process_index())
+
+
+def _release_other_processes(ok: bool, seconds: int) -> None:
+  """On process 0 after its evaluation: lets the waiting processes go, telling them ``ok``."""
+  ocp.multihost.sync_global_processes(_DONE_BARRIER, timeout=int(seconds),
+                                      processes=set(range(jax.process_count())))
+  multihost_utils.broadcast_one_to_all(np.int32(ok))
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, data: DataSource, writer=None,
              step: int | None = None) -> dict:
-  """Restores a checkpoint of ``workdir`` (parameters and batch statistics only; the latest, or
-  ``step`` / ``config.eval.checkpoint_step``) on this host's first device and runs
-  `run_evaluation` (``writer``: an optional clu metric writer for the headline scalars and the
-  grids). Works on a CPU for checkpoints trained on accelerators."""
-  if jax.process_index() != 0:
-    logging.info("Process %d: evaluation runs on process 0 only.", jax.process_index())
-    return {}
+  """Restores a checkpoint of ``workdir`` (parameters and batch statistics only) on this host's
+  first device and runs `run_evaluation` (``writer``: an optional clu metric writer for the
+  headline scalars and the grids). Works on a CPU for checkpoints trained on accelerators.
+
+  The checkpoint is ``step`` or ``config.eval.checkpoint_step`` when given, else the newest one
+  that restores (a newer one that cannot be read is logged in one line and skipped). Its recorded
+  shape fields are checked against ``config`` before any array is read. With several processes,
+  process 0 evaluates and the others wait for it (``config.eval.multihost_wait_seconds``); every
+  process returns when it is done (the others with ``{}``), or raises if it failed.
+  """
   check_eval_config(config)
-  manager = checkpointing.create_manager(workdir, read_only=True)
-  steps = list(manager.all_steps())
+  multihost = jax.process_count() > 1
+  if multihost and jax.process_index() != 0:
+    _wait_for_process_0(config.eval.multihost_wait_seconds)
+    return {}
+  ok = False
+  try:
+    results = _evaluate_here(config, workdir, data, writer, step)
+    ok = True
+  finally:
+    if multihost:
+      _release_other_processes(ok, config.eval.multihost_wait_seconds)
+  return results
+
+
+def _evaluate_here(config, workdir: str, data: DataSource, writer, step: int | None) -> dict:
+  manager = checkpointing.create_manager(workdir, read_only=True, this_process_only=True)
+  steps = sorted(manager.all_steps())
   if not steps:
     raise FileNotFoundError(
         f"No checkpoint in {checkpointing.checkpoint_dir(workdir)}. Train first "
         f"(python main.py --config=... --workdir={workdir} --mode=train) or point --workdir at "
         "a run directory that has checkpoints/.")
   step = config.eval.checkpoint_step if step is None else step
-  step = manager.latest_step() if step is None else int(step)
-  if step not in steps:
+  if step is not None and int(step) not in steps:
     raise ValueError(f"No checkpoint of step {step} in {manager.directory}; available steps: "
-                     f"{sorted(steps)}.")
-  meta = manager.restore(step, args=checkpointing.meta_restore_args())[checkpointing.META]
-  fingerprint = model_lib.config_fingerprint(config)
-  if meta.get("fingerprint") != fingerprint:
-    raise ValueError(
-        f"The checkpoint of step {step} in {manager.directory} was trained with another model "
-        f"shape (config fingerprint {meta.get('fingerprint')}, dataset "
-        f"{meta.get('dataset')!r}) than the config given now ({fingerprint}, "
-        f"{config.data.name!r}). Evaluate with the config it was trained with.")
-
+                     f"{steps}.")
   model = model_lib.create_model(config, len(data.vocab))
+  fields = fingerprint.fields(config, dataset=data.name, vocab_size=len(data.vocab),
+                              process_count=jax.process_count())
+
+  def check(s, meta):
+    fingerprint.check(meta, config, fields, step=s, directory=str(manager.directory),
+                      resuming=False)
+
   device = jax.local_devices()[0]
   shapes = jax.eval_shape(lambda: model_lib.init_variables(model, config, jax.random.PRNGKey(0)))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(device)), shapes)
-  variables, _ = checkpointing.restore_model_variables(manager, abstract, step)
+  step, variables, _, failures = checkpointing.restore_newest(
+      manager, lambda s: checkpointing.restore_model_variables(manager, abstract, s), check,
+      steps=None if step is None else [int(step)], collective=False)
+  if failures:
+    logging.warning("Evaluating step %d, the newest checkpoint of %s that restores (steps %s "
+                    "cannot be read).", step, manager.directory, [s for s, _ in failures])
   logging.info("Evaluating step %d of %s on %s.", step, manager.directory, device)
   results = run_evaluation(config, workdir, model, variables, data, writer, step=step)
   eval_dir = os.path.join(os.path.abspath(workdir), EVAL_DIR)

@@ -8,8 +8,6 @@ reparameterised z per row, and decode every modality from it. The objective live
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Sequence
 
 import flax.linen as nn
@@ -226,13 +224,3 @@ def init_variables(model: MoPoE, config: ml_collections.ConfigDict, rng) -> dict
   params_rng, sample_rng, dropout_rng = jax.random.split(rng, 3)
   return dict(model.init({"params": params_rng, "sample": sample_rng, "dropout": dropout_rng},
                          inputs, available, False))
-
-
-def config_fingerprint(config: ml_collections.ConfigDict) -> str:
-  """A short hash of what fixes the parameter shapes; a checkpoint of another shape says so."""
-  keys = {"data": {k: config.data[k] for k in ("modalities", "image_size", "text_length")},
-          "model": {k: config.model[k] for k in (
-              "latent_dim", "image_encoder_widths", "image_decoder_widths",
-              "text_encoder_widths", "text_decoder_widths", "variant")}}
-  blob = json.dumps(keys, sort_keys=True, default=list)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -98,3 +98,28 @@ def enable_compilation_cache(directory: str) -> str:
   jax.config.update("jax_compilation_cache_dir", directory)
   logging.info("JAX compilation cache: %s", directory)
   return directory
+
+
+def initialize_distributed(train_config) -> None:
+  """``jax.distributed.initialize`` for a run on several processes (``train.multihost``).
+
+  ``train.coordinator_address`` ('host:port' of process 0), ``train.num_processes`` and
+  ``train.process_id`` are passed when set; a field left None is found by JAX
+  (JAX_COORDINATOR_ADDRESS, or the SLURM, Open MPI and Cloud TPU environments). On CPU the
+  processes' collectives run over gloo (TCP). Call before any other JAX call.
+  """
+  if planned_backend() == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {k: train_config.get(k) for k in ("coordinator_address", "num_processes",
+                                             "process_id")}
+  kwargs = {k: v for k, v in kwargs.items() if v is not None}
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"Cannot start JAX on several processes with {kwargs or 'nothing set'}: {e} Set "
+        "--config.train.coordinator_address=HOST:PORT (process 0's address), "
+        "--config.train.num_processes=N and --config.train.process_id=I (0 .. N-1, one per "
+        "process), or run under SLURM, Open MPI or on Cloud TPU, where JAX finds them.") from e
+  logging.info("JAX process %d of %d: %d local device(s), %d in all.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())

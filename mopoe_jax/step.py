@@ -85,9 +85,21 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if not 0.0 < t.plateau_factor <= 1.0:
     raise ValueError(f"config.train.plateau_factor must be in (0, 1] (1.0: no plateau schedule, "
                      f"as the reference), got {t.plateau_factor}.")
-  for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+  for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+               "image_grid_studies"):
     if t[name] <= 0:
       raise ValueError(f"config.train.{name} must be positive, got {t[name]}.")
+  if t.image_grid_studies % num_devices:
+    suggestion = -(-t.image_grid_studies // num_devices) * num_devices
+    raise ValueError(
+        f"config.train.image_grid_studies={t.image_grid_studies} does not divide over the "
+        f"{num_devices} devices (the grid's studies are split over them like a batch); use a "
+        f"multiple of {num_devices}, e.g. --config.train.image_grid_studies={suggestion}.")
+  given = [f"train.{k}" for k in ("coordinator_address", "num_processes", "process_id")
+           if t.get(k) is not None]
+  if given and not t.multihost:
+    raise ValueError(f"config.{', '.join(given)} set but config.train.multihost is False; add "
+                     "--config.train.multihost=true to run on several processes.")
   # Geometry and the remaining choices are checked by building the model (no compilation).
   model_lib.create_model(config, vocab_size=8)
 
@@ -129,9 +141,11 @@ def set_plateau_scale(state: TrainState, value: float) -> TrainState:
 def init_state(model, config, rng) -> TrainState:
   """Initial parameters, batch statistics and optimizer state (call under jit)."""
   variables = model_lib.init_variables(model, config, rng)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           batch_stats=variables["batch_stats"], tx=create_optimizer(config),
-                           bad_step=jnp.asarray(-1, jnp.int32))
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                            batch_stats=variables["batch_stats"], tx=create_optimizer(config),
+                            bad_step=jnp.asarray(-1, jnp.int32))
+  # A strongly typed step, as a restored one is: a resumed run then compiles the same program.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,8 +4,12 @@
 sharded, state replicated), feeds it global batches of the data source, logs to the metric
 writer it is given, evaluates the loss on the eval split, lowers the learning rate on a plateau
 (when ``train.plateau_factor`` < 1) and checkpoints with Orbax. It resumes from the newest
-checkpoint of the workdir, data position included, saves on SIGTERM, and stops with an error
-naming the step when the loss or a gradient is not finite.
+checkpoint of the workdir that restores (data position included; a damaged newer one is logged
+and set aside), after checking the
+checkpoint's recorded fields against the config (`mopoe_jax.fingerprint`). A step's checkpoint
+is written before that step's evaluation runs (the evaluation still due is recorded and runs on
+resume); any exception inside the loop saves the current state first (one process); SIGTERM
+saves and raises `Preempted`; a non-finite loss or gradient stops with an error naming the step.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mopoe_jax import checkpointing, model as model_lib, objective, runtime, sharding, visualize
+from mopoe_jax import checkpointing, fingerprint, model as model_lib, objective, runtime, sharding
 from mopoe_jax.datasource import DataSource
+from mopoe_jax.training_grids import TrainingGrids
 from mopoe_jax.step import (StepConfig, TrainState, eval_step, init_state, set_plateau_scale,
                             train_step, validate_config)
 
@@ -51,15 +56,17 @@ class Plateau:
   best: float = math.inf
   bad_evals: int = 0
   scale: float = 1.0
+  best_step: int | None = None  # the step whose evaluation gave ``best``
 
-  def update(self, eval_loss: float, patience: int, factor: float, min_scale: float) -> bool:
-    """Records an evaluation; True when the learning rate should drop now.
+  def update(self, eval_loss: float, patience: int, factor: float, min_scale: float,
+             step: int | None = None) -> bool:
+    """Records the evaluation of ``step``; True when the learning rate should drop now.
 
     ``factor`` 1.0 is no schedule (the reference's VAE: a constant learning rate): the best
     loss is still tracked, the rate never drops.
     """
     if eval_loss < self.best:
-      self.best, self.bad_evals = eval_loss, 0
+      self.best, self.bad_evals, self.best_step = eval_loss, 0, step
       return False
     self.bad_evals += 1
     if factor >= 1.0 or self.bad_evals < patience or self.scale <= min_scale:
@@ -69,13 +76,16 @@ class Plateau:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag that the loop checks after each step."""
+  """Turns SIGTERM into a flag that the loop checks after each step (one process; with several,
+  JAX's preemption service catches SIGTERM and `manager.reached_preemption` agrees on a step)."""
 
   def __init__(self):
     self.requested = False
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: rely on Orbax's preemption check alone
@@ -136,48 +146,6 @@ def evaluate_loss(p_eval, state, data: DataSource, config, mesh,
   return {k: float(v) for k, v in objective.means(totals).items()}
 
 
-def subset_means_decoded(model, variables, inputs, available) -> dict:
-  """Decodes the posterior mean of every subset: modality -> [K, B, ...] (eval mode)."""
-  _, _, mu_k, _ = model.apply(variables, inputs, available, False, method=model.posteriors)
-  k, b, d = mu_k.shape
-  outputs = model.apply(variables, mu_k.reshape(k * b, d), False, method=model.decode)
-  return {m: o.reshape(k, b, *o.shape[1:]) for m, o in outputs.items()}
-
-
-class TrainingGrids:
-  """Generation grids for TensorBoard: per image modality, the given views above a line, then
-  the decoded posterior mean of every subset (one row per subset, one column per study)."""
-
-  def __init__(self, model, config, data: DataSource, state):
-    self._model = model
-    self._modalities = tuple(config.data.modalities)
-    n = config.train.image_grid_studies
-    batch = next(data.eval_batches(config.data.eval_split, batch_size=n))
-    self._batch = {k: v for k, v in batch.items() if k in ("frontal", "lateral", "text",
-                                                            "available")}
-    self._fn = runtime.compile_fast(jax.jit(self._generate), self._variables(state), self._batch)
-
-  @staticmethod
-  def _variables(state) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-  def _generate(self, variables, batch):
-    inputs, available = model_lib.inputs_from_batch(batch, self._modalities)
-    return subset_means_decoded(self._model, variables, inputs, available)
-
-  def __call__(self, state) -> dict:
-    decoded = jax.device_get(self._fn(self._variables(state), self._batch))
-    images = {}
-    for i, m in enumerate(self._modalities):
-      if model_lib.is_text(m):
-        continue
-      rows = [self._batch[m]] + list(decoded[m])
-      available = [self._batch["available"][:, model_lib.DATA_MODALITIES.index(m)]]
-      images[f"generation/{m}"] = visualize.image_grid(
-          rows, available=available + [None] * (len(rows) - 1), separator_after=1)[None]
-    return images
-
-
 def num_train_steps(config, data: DataSource) -> tuple[int, int]:
   """(total steps, steps per epoch) from num_steps or num_epochs and the train split size."""
   n = data.num_examples(config.data.train_split)
@@ -204,6 +172,56 @@ def _flat_hparams(config) -> dict:
   return flat
 
 
+def _resume(manager, abstract, config, fields: dict, workdir: str):
+  """(state, meta) of the newest checkpoint that restores; (None, None) without checkpoints.
+
+  ``abstract``: the train state's shapes and shardings. The recorded fields are checked before
+  any array is read; newer steps that cannot be read are set aside (moved to
+  ``<workdir>/checkpoints_damaged``) so that they can be saved again.
+  """
+  if not manager.all_steps():
+    return None, None
+
+  def check(step, meta):
+    fingerprint.check(meta, config, fields, step=step, directory=str(manager.directory),
+                      resuming=True)
+
+  _, state, meta, failures = checkpointing.restore_newest(
+      manager, lambda step: checkpointing.restore_train_state(manager, abstract, step), check)
+  checkpointing.set_aside(manager, [step for step, _ in failures], workdir)
+  bad_step = jax.device_put(jnp.asarray(-1, jnp.int32), abstract.bad_step.sharding)
+  return state.replace(bad_step=bad_step), meta
+
+
+def _save_after_error(manager, state, meta: dict, step: int, saved_step: int,
+                      error: BaseException) -> None:
+  """Saves the state of ``step`` (when finite and not saved yet) before ``error`` propagates."""
+  reason = checkpointing.failure_reason(error)
+  try:
+    manager.wait_until_finished()
+    if step == saved_step:
+      logging.error("Stopping on %s; the state of step %d is in its checkpoint in %s.", reason,
+                    step, manager.directory)
+    elif jax.process_count() > 1:
+      logging.error("Stopping on %s; the state of step %d is not saved (with several processes "
+                    "a save needs all of them); the last checkpoint is step %s in %s.", reason,
+                    step, manager.latest_step(), manager.directory)
+    elif int(jax.device_get(state.bad_step)) >= 0:
+      logging.error("Stopping on %s; the state of step %d is not finite, not saved; the last "
+                    "checkpoint is step %s in %s.", reason, step, manager.latest_step(),
+                    manager.directory)
+    else:
+      checkpointing.save(manager, state, meta, force=True)
+      manager.wait_until_finished()
+      logging.error("Stopping on %s; saved the state of step %d to %s first (rerun the same "
+                    "command to resume from it).", reason, step, manager.directory)
+    manager.close()
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    logging.error("Stopping on %s; could not save the state of step %d (%s); the last "
+                  "checkpoint is step %s in %s.", reason, step, checkpointing.failure_reason(e),
+                  manager.latest_step(), manager.directory)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: DataSource,
                        writer) -> TrainState:
   """Trains (resuming from the newest checkpoint in ``workdir``) and returns the final state.
@@ -219,6 +237,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
   Raises:
     Preempted: after SIGTERM, once the checkpoint of the current step is saved.
     NonFiniteError: when a loss or gradient was not finite (names the step).
+    fingerprint.MismatchError: when the checkpoint was written with other shapes or (unless
+      allowed) another data order.
+    checkpointing.NoRestorableCheckpointError: when checkpoints exist but none restores.
   """
   validate_config(config, jax.device_count())
   vocab = data.vocab
@@ -227,38 +248,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
   mesh = sharding.make_data_mesh()
   replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   total_steps, steps_per_epoch = num_train_steps(config, data)
+  fields = fingerprint.fields(config, dataset=data.name, vocab_size=len(vocab),
+                              process_count=jax.process_count())
 
   rng = jax.random.PRNGKey(config.train.seed)
   init_rng, step_rng = jax.random.split(rng)
-  tic = time.perf_counter()
-  state = runtime.compile_fast(jax.jit(functools.partial(init_state, model, config),
-                                       out_shardings=replicated), init_rng)(init_rng)
-  jax.block_until_ready(state)
-  logging.info("Initialised the train state in %.1f s.", time.perf_counter() - tic)
-  fingerprint = model_lib.config_fingerprint(config)
-  manager = checkpointing.create_manager(workdir, keep=config.train.keep_checkpoints)
+  init = functools.partial(init_state, model, config)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          jax.eval_shape(init, init_rng))
+  keep_best = checkpointing.KeepStep()
+  manager = checkpointing.create_manager(workdir, keep=config.train.keep_checkpoints,
+                                         keep_step=keep_best)
+  state, meta = _resume(manager, abstract, config, fields, workdir)
   plateau = Plateau()
-  if manager.latest_step() is not None:
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-                            if isinstance(x, jax.Array) else x, state)
-    state, meta = checkpointing.restore_train_state(manager, abstract)
-    if meta.get("fingerprint") != fingerprint:
-      raise ValueError(
-          f"The checkpoints in {manager.directory} were written with another model shape "
-          f"(config fingerprint {meta.get('fingerprint')} vs {fingerprint} now). Use a new "
-          "--workdir or the config those checkpoints were trained with.")
+  if meta is None:
+    tic = time.perf_counter()
+    state = runtime.compile_fast(jax.jit(init, out_shardings=replicated), init_rng)(init_rng)
+    jax.block_until_ready(state)
+    logging.info("Initialised the train state in %.1f s.", time.perf_counter() - tic)
+  else:
     plateau = Plateau(best=meta["plateau_best"], bad_evals=meta["plateau_bad_evals"],
-                      scale=meta["plateau_scale"])
-    state = state.replace(bad_step=jnp.asarray(-1, jnp.int32))
+                      scale=meta["plateau_scale"], best_step=meta.get("plateau_best_step"))
+    keep_best.step = plateau.best_step
     logging.info("Resumed from step %d of %s.", int(state.step), manager.directory)
   start_step = int(state.step)
 
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
   logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d over %d "
-               "device(s), %s parameters.", config.model.variant, config.data.name, total_steps,
-               steps_per_epoch, config.train.batch_size, jax.device_count(),
-               f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
+               "device(s) of %d process(es), %s parameters.", config.model.variant, data.name,
+               total_steps, steps_per_epoch, config.train.batch_size, jax.device_count(),
+               jax.process_count(), f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
 
   p_train = jax.jit(functools.partial(train_step, model=model, step_config=step_config),
                     in_shardings=(replicated, sharded, replicated),
@@ -272,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
       jax.jit(functools.partial(eval_step, model=model, step_config=step_config),
               in_shardings=(replicated, sharded), out_shardings=replicated),
       state, eval_batch_shape)
-  grids = TrainingGrids(model, config, data, state)
+  grids = TrainingGrids(model, config, data, state, mesh)
 
   train_iter = data.train_batches(global_batch_size=config.train.batch_size,
                                   seed=config.train.seed, start_step=start_step)
@@ -282,54 +302,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
   t = config.train
   history, last_eval, tic = [], None, time.time()
 
-  def meta() -> dict:
-    return {"fingerprint": fingerprint, "plateau_best": plateau.best,
+  def meta_of(step: int, eval_due: bool) -> dict:
+    return {"fields": fields, "plateau_best": plateau.best,
             "plateau_bad_evals": plateau.bad_evals, "plateau_scale": plateau.scale,
-            "data_position": int(jax.device_get(state.step)), "dataset": config.data.name,
-            "vocab_size": len(vocab)}
+            "plateau_best_step": plateau.best_step, "data_position": step,
+            "eval_due": eval_due}
 
+  def run_eval(state, step: int):
+    """Eval loss, grids and the plateau tracker at ``step``; returns the (re-scaled) state."""
+    eval_tic = time.time()
+    eval_metrics = evaluate_loss(p_eval, state, data, config, mesh, t.eval_batches)
+    writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+    writer.write_images(step, grids(state))
+    logging.info("eval at step %d: loss %.2f (%.1f s)", step, eval_metrics["loss"],
+                 time.time() - eval_tic)
+    if plateau.update(eval_metrics["loss"], t.plateau_patience, t.plateau_factor,
+                      t.plateau_min_scale, step=step):
+      state = set_plateau_scale(state, plateau.scale)
+      logging.info("Eval loss has not improved for %d evaluations: learning-rate factor "
+                   "now %.3g.", t.plateau_patience, plateau.scale)
+    keep_best.step = plateau.best_step
+    return state, eval_metrics, time.time() - eval_tic
+
+  step, saved_step = start_step, (start_step if meta is not None else -1)
+  # A checkpoint is written before its step's evaluation: that evaluation may still be due.
+  eval_pending, stop = bool(meta is not None and meta.get("eval_due")), False
   with _Preemption() as preemption:
-    step = start_step
-    while step < total_steps:
-      batch = next(train_iter)
-      batch = sharding.to_global_batch({k: batch[k] for k in TRAIN_KEYS}, mesh)
-      state, metrics = p_train(state, batch, step_rng)
-      if sync_each_step:
-        jax.block_until_ready(metrics["loss"])
-      history.append(metrics)
-      step += 1
-      stop = preemption.requested or manager.reached_preemption(step)
-      if step % t.log_every_steps == 0 or step == total_steps or stop:
-        _check_finite(state, manager)
-        summary = _mean_metrics(history)
-        summary["steps_per_second"] = len(history) / max(time.time() - tic, 1e-9)
-        history, tic = [], time.time()
-        writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
-        logging.info("step %d/%d: loss %.2f (rec %.2f, kl %.2f), %.2f steps/s, lr %.2e, "
-                     "ETA %s", step, total_steps, summary["loss"], summary["rec"],
-                     summary["kl"], summary["steps_per_second"], summary["learning_rate"],
-                     _duration((total_steps - step) / summary["steps_per_second"]))
-      eval_metrics = None
-      if step % t.eval_every_steps == 0 or step == total_steps:
-        eval_tic = time.time()
-        eval_metrics = evaluate_loss(p_eval, state, data, config, mesh, t.eval_batches)
-        writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-        writer.write_images(step, grids(state))
-        last_eval = eval_metrics
-        logging.info("eval at step %d: loss %.2f (%.1f s)", step, eval_metrics["loss"],
-                     time.time() - eval_tic)
-        tic += time.time() - eval_tic  # steps/s counts training time only
-        if plateau.update(eval_metrics["loss"], t.plateau_patience, t.plateau_factor,
-                          t.plateau_min_scale):
-          state = set_plateau_scale(state, plateau.scale)
-          logging.info("Eval loss has not improved for %d evaluations: learning-rate factor "
-                       "now %.3g.", t.plateau_patience, plateau.scale)
-      if step % t.checkpoint_every_steps == 0 or step == total_steps or stop:
-        _check_finite(state, manager)
-        ckpt_metrics = {"eval_loss": eval_metrics["loss"]} if eval_metrics else None
-        checkpointing.save(manager, state, meta(), ckpt_metrics, force=stop)
-      if stop:
-        break
+    try:
+      if eval_pending:
+        logging.info("Running the evaluation of step %d, which had not finished.", step)
+        state, last_eval, _ = run_eval(state, step)
+        eval_pending = False
+      while step < total_steps and not stop:
+        batch = next(train_iter)
+        batch = sharding.to_global_batch({k: batch[k] for k in TRAIN_KEYS}, mesh)
+        state, metrics = p_train(state, batch, step_rng)
+        if sync_each_step:
+          jax.block_until_ready(metrics["loss"])
+        history.append(metrics)
+        step += 1
+        stop = preemption.requested or manager.reached_preemption(step)
+        if step % t.log_every_steps == 0 or step == total_steps or stop:
+          _check_finite(state, manager)
+          summary = _mean_metrics(history)
+          summary["steps_per_second"] = len(history) / max(time.time() - tic, 1e-9)
+          history, tic = [], time.time()
+          writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
+          logging.info("step %d/%d: loss %.2f (rec %.2f, kl %.2f), %.2f steps/s, lr %.2e, "
+                       "ETA %s", step, total_steps, summary["loss"], summary["rec"],
+                       summary["kl"], summary["steps_per_second"], summary["learning_rate"],
+                       _duration((total_steps - step) / summary["steps_per_second"]))
+        eval_pending = step % t.eval_every_steps == 0 or step == total_steps
+        if step % t.checkpoint_every_steps == 0 or step == total_steps or stop:
+          _check_finite(state, manager)
+          checkpointing.save(manager, state, meta_of(step, eval_pending), force=stop)
+          saved_step = step
+        if eval_pending and not stop:
+          state, last_eval, seconds = run_eval(state, step)
+          eval_pending = False
+          tic += seconds  # steps/s counts training time only
+    except (Exception, KeyboardInterrupt) as error:
+      _save_after_error(manager, state, meta_of(step, eval_pending), step, saved_step, error)
+      raise
   manager.wait_until_finished()
   manager.close()
   writer.flush()

@@ -1,6 +1,7 @@
 """Shared test set-up: CPU only, fast compiles, TensorFlow kept off accelerators."""
 
 import os
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,6 +20,7 @@ jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("MOPOE_TEST_XLA_CACHE", "/tmp/mopoe_jax_test_xla_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -63,3 +65,80 @@ def train_run(config, workdir: str):
     return train.train_and_evaluate(config, workdir, load_data(config), writer)
   finally:
     writer.close()
+
+
+@pytest.fixture(scope="session")
+def straight_run(synthetic_tiny_dir, tmp_path_factory):
+  """30 steps of the tiny config in one go, checkpoints and evaluations every 10 (keep 2)."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  config = tiny_config(synthetic_tiny_dir, num_steps=30, checkpoint_every_steps=10,
+                       eval_every_steps=10, log_every_steps=5)
+  return config, workdir, train_run(config, workdir)
+
+
+# ------------------------------------------------------------------------------------------------
+# Comparing states.
+
+
+def state_tree(state) -> dict:
+  """What a resumed run must reproduce: parameters, BatchNorm statistics, optimizer state, step."""
+  return jax.device_get({"params": state.params, "batch_stats": state.batch_stats,
+                         "opt_state": state.opt_state, "step": state.step})
+
+
+def assert_trees_equal(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
+  """Same tree structure, and every leaf equal (bit for bit unless a tolerance is given)."""
+  assert jax.tree.structure(a) == jax.tree.structure(b), (jax.tree.structure(a),
+                                                          jax.tree.structure(b))
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.shape == y.shape and x.dtype == y.dtype, (jax.tree_util.keystr(path), x.shape,
+                                                       y.shape, x.dtype, y.dtype)
+    if rtol == 0 and atol == 0:
+      np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+    else:
+      np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# main.py in a subprocess.
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def subprocess_cache_dir():
+  """The JAX compilation cache of this process, shared with every main.py subprocess (the
+  same programs with the same flags): their recompiles are cache hits."""
+  return jax.config.jax_compilation_cache_dir
+
+
+def subprocess_env(**extra) -> dict:
+  """The environment of a main.py subprocess: CPU, fast compiles (as in this process)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+             TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  env.update(extra)
+  return env
+
+
+def main_command(data_dir: str, workdir: str, cache_dir: str, *overrides: str) -> list[str]:
+  """``python main.py`` on the tiny config of ``data_dir`` with ``--config.x=y`` overrides."""
+  return [sys.executable, os.path.join(REPO, "main.py"), "--config=" + os.path.join(
+      REPO, "configs", "tiny.py"), f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+          f"--config.train.compilation_cache_dir={cache_dir}", *overrides]
+
+
+def restored_state_tree(config, workdir: str, step: int) -> dict:
+  """`state_tree` of the checkpoint of ``step`` in ``workdir``, restored on this process's first
+  device (whatever the number of devices that wrote it)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from mopoe_jax import checkpointing, model as model_lib  # pylint: disable=g-import-not-at-top
+  from mopoe_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+  model = model_lib.create_model(config, len(load_data(config).vocab))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shapes = jax.eval_shape(functools.partial(step_lib.init_state, model, config),
+                          jax.random.PRNGKey(0))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          shapes)
+  manager = checkpointing.create_manager(workdir, read_only=True)
+  return state_tree(checkpointing.restore_train_state(manager, abstract, step))
