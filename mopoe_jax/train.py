@@ -254,8 +254,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
   rng = jax.random.PRNGKey(config.train.seed)
   init_rng, step_rng = jax.random.split(rng)
   init = functools.partial(init_state, model, config)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated,
+                                                         weak_type=x.weak_type),
                           jax.eval_shape(init, init_rng))
+  p_train = jax.jit(functools.partial(train_step, model=model, step_config=step_config),
+                    in_shardings=(replicated, sharded, replicated),
+                    out_shardings=(replicated, replicated), donate_argnums=(0,))
+  batch_shape = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharded) for k, v in
+                 model_lib.dummy_batch(config, config.train.batch_size).items()}
+  # The step compiles from the abstract state while the state is initialised or restored.
+  step_compile = runtime.BackgroundCompile(p_train, abstract, batch_shape, step_rng,
+                                           name="train step")
   keep_best = checkpointing.KeepStep()
   manager = checkpointing.create_manager(workdir, keep=config.train.keep_checkpoints,
                                          keep_step=keep_best)
@@ -280,12 +289,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
                total_steps, steps_per_epoch, config.train.batch_size, jax.device_count(),
                jax.process_count(), f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
 
-  p_train = jax.jit(functools.partial(train_step, model=model, step_config=step_config),
-                    in_shardings=(replicated, sharded, replicated),
-                    out_shardings=(replicated, replicated), donate_argnums=(0,))
-  batch_shape = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharded) for k, v in
-                 model_lib.dummy_batch(config, config.train.batch_size).items()}
-  p_train = runtime.compile_timed(p_train, state, batch_shape, step_rng, name="train step")
   eval_batch_shape = dict(batch_shape, valid=jax.ShapeDtypeStruct(
       (config.train.batch_size,), np.bool_, sharding=sharded))
   p_eval = runtime.compile_fast(
@@ -296,6 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
 
   train_iter = data.train_batches(global_batch_size=config.train.batch_size,
                                   seed=config.train.seed, start_step=start_step)
+  p_train = step_compile.result()
   # XLA:CPU collectives have dead-locked when tiny sharded steps run back to back: on CPU, wait
   # for each step's result (the CPU is busy computing it anyway).
   sync_each_step = jax.default_backend() == "cpu"
