@@ -241,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
       allowed) another data order.
     checkpointing.NoRestorableCheckpointError: when checkpoints exist but none restores.
   """
+  started = time.perf_counter()
   validate_config(config, jax.device_count())
   vocab = data.vocab
   model = model_lib.create_model(config, len(vocab))
@@ -345,6 +346,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
           jax.block_until_ready(metrics["loss"])
         history.append(metrics)
         step += 1
+        if step == start_step + 1:
+          jax.block_until_ready(metrics["loss"])
+          logging.info("First step done %.1f s after training started (state, compiles, data).",
+                       time.perf_counter() - started)
         stop = preemption.requested or manager.reached_preemption(step)
         if step % t.log_every_steps == 0 or step == total_steps or stop:
           _check_finite(state, manager)
