@@ -17,6 +17,9 @@ TPU runs get XLA's defaults.
   (its random numbers for 59 M parameters; default options: 59.1 s to compile).
 - `enable_compilation_cache`: JAX's persistent compilation cache, so that a resumed or
   re-evaluated run loads the compiled step instead of compiling it again.
+- `jitted_once`: the same ``jax.jit`` object for the same program within one process, so a
+  second run in that process (a notebook, train then resume, the tests) neither traces, lowers
+  nor compiles again.
 """
 
 from __future__ import annotations
@@ -71,6 +74,31 @@ def apply_defaults(environ=os.environ) -> str:
         flags = f"{flags} {flag}".strip()
     environ["XLA_FLAGS"] = flags
   return flags
+
+
+_JITTED: dict = {}
+_JITTED_MAX = 16
+_JITTED_LOCK = threading.Lock()
+
+
+def jitted_once(key, make):
+  """``make()`` (a ``jax.jit`` object) the first time ``key`` is seen in this process, the same
+  object after that.
+
+  JAX keeps a jitted object's traced, lowered and compiled programs (ahead-of-time
+  ``lower().compile()`` included) for as long as the object lives; a fresh ``jax.jit`` of a fresh
+  ``functools.partial`` starts from nothing each time. ``key`` must fix the program: the
+  function and everything static it closes over (a Flax module and a frozen dataclass hash by
+  their fields, a mesh by its devices). The newest 16 are kept.
+  """
+  with _JITTED_LOCK:
+    jitted = _JITTED.pop(key, None)
+    if jitted is None:
+      jitted = make()
+    _JITTED[key] = jitted  # newest last
+    while len(_JITTED) > _JITTED_MAX:
+      _JITTED.pop(next(iter(_JITTED)))
+    return jitted
 
 
 def compile_fast(jitted, *example_args):

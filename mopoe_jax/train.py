@@ -172,12 +172,25 @@ def _flat_hparams(config) -> dict:
   return flat
 
 
-def _resume(manager, abstract, config, fields: dict, workdir: str):
+def init_program(config: ml_collections.ConfigDict, model, mesh):
+  """The jitted `init_state` of ``model`` and ``config``, its output replicated over ``mesh``:
+  one object per program in this process (`runtime.jitted_once`)."""
+  d, t = config.data, config.train
+  # The config fields that init_state reads besides the model: input shapes, optimizer.
+  fields = (d.image_size, d.text_length, tuple(d.modalities), t.learning_rate, t.warmup_steps,
+            t.b1, t.b2)
+  return runtime.jitted_once(
+      (init_state, model, fields, mesh),
+      lambda: jax.jit(functools.partial(init_state, model, config),
+                      out_shardings=sharding.replicated(mesh)))
+
+
+def _resume(manager, abstract, config, fields: dict, workdir: str, on_checked=None):
   """(state, meta) of the newest checkpoint that restores; (None, None) without checkpoints.
 
   ``abstract``: the train state's shapes and shardings. The recorded fields are checked before
-  any array is read; newer steps that cannot be read are set aside (moved to
-  ``<workdir>/checkpoints_damaged``) so that they can be saved again.
+  any array is read (then ``on_checked(step)`` is called); newer steps that cannot be read are
+  set aside (moved to ``<workdir>/checkpoints_damaged``) so that they can be saved again.
   """
   if not manager.all_steps():
     return None, None
@@ -185,6 +198,8 @@ def _resume(manager, abstract, config, fields: dict, workdir: str):
   def check(step, meta):
     fingerprint.check(meta, config, fields, step=step, directory=str(manager.directory),
                       resuming=True)
+    if on_checked is not None:
+      on_checked(step)
 
   _, state, meta, failures = checkpointing.restore_newest(
       manager, lambda step: checkpointing.restore_train_state(manager, abstract, step), check)
@@ -254,26 +269,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
 
   rng = jax.random.PRNGKey(config.train.seed)
   init_rng, step_rng = jax.random.split(rng)
-  init = functools.partial(init_state, model, config)
+  # One jitted object per program in this process: a second run here compiles nothing.
+  p_init = init_program(config, model, mesh)
+  # The state's shapes from the same trace as the state itself: its tree carries the optimizer's
+  # functions, which must be the very ones the compiled programs were given.
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated,
                                                          weak_type=x.weak_type),
-                          jax.eval_shape(init, init_rng))
-  p_train = jax.jit(functools.partial(train_step, model=model, step_config=step_config),
-                    in_shardings=(replicated, sharded, replicated),
-                    out_shardings=(replicated, replicated), donate_argnums=(0,))
+                          jax.eval_shape(p_init, init_rng))
+  p_train = runtime.jitted_once(
+      (train_step, model, step_config, mesh),
+      lambda: jax.jit(functools.partial(train_step, model=model, step_config=step_config),
+                      in_shardings=(replicated, sharded, replicated),
+                      out_shardings=(replicated, replicated), donate_argnums=(0,)))
   batch_shape = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharded) for k, v in
                  model_lib.dummy_batch(config, config.train.batch_size).items()}
-  # The step compiles from the abstract state while the state is initialised or restored.
-  step_compile = runtime.BackgroundCompile(p_train, abstract, batch_shape, step_rng,
-                                           name="train step")
+  compiles = []
+
+  def start_step_compile(*_):
+    """The step compiles from the abstract state while the state is initialised or restored;
+    after the checkpoint's fields passed their check, so a refused run compiles nothing."""
+    if not compiles:
+      compiles.append(runtime.BackgroundCompile(p_train, abstract, batch_shape, step_rng,
+                                                name="train step"))
+
   keep_best = checkpointing.KeepStep()
   manager = checkpointing.create_manager(workdir, keep=config.train.keep_checkpoints,
                                          keep_step=keep_best)
-  state, meta = _resume(manager, abstract, config, fields, workdir)
+  state, meta = _resume(manager, abstract, config, fields, workdir,
+                        on_checked=start_step_compile)
+  start_step_compile()
   plateau = Plateau()
   if meta is None:
     tic = time.perf_counter()
-    state = runtime.compile_fast(jax.jit(init, out_shardings=replicated), init_rng)(init_rng)
+    state = runtime.compile_fast(p_init, init_rng)(init_rng)
     jax.block_until_ready(state)
     logging.info("Initialised the train state in %.1f s.", time.perf_counter() - tic)
   else:
@@ -292,15 +320,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
 
   eval_batch_shape = dict(batch_shape, valid=jax.ShapeDtypeStruct(
       (config.train.batch_size,), np.bool_, sharding=sharded))
-  p_eval = runtime.compile_fast(
-      jax.jit(functools.partial(eval_step, model=model, step_config=step_config),
-              in_shardings=(replicated, sharded), out_shardings=replicated),
+  p_eval = runtime.compile_fast(runtime.jitted_once(
+      (eval_step, model, step_config, mesh),
+      lambda: jax.jit(functools.partial(eval_step, model=model, step_config=step_config),
+                      in_shardings=(replicated, sharded), out_shardings=replicated)),
       state, eval_batch_shape)
   grids = TrainingGrids(model, config, data, state, mesh)
 
   train_iter = data.train_batches(global_batch_size=config.train.batch_size,
                                   seed=config.train.seed, start_step=start_step)
-  p_train = step_compile.result()
+  p_train = compiles[0].result()
   # XLA:CPU collectives have dead-locked when tiny sharded steps run back to back: on CPU, wait
   # for each step's result (the CPU is busy computing it anyway).
   sync_each_step = jax.default_backend() == "cpu"

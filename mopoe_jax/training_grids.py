@@ -10,6 +10,8 @@ every process can read the whole grid (the writer writes on process 0).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 
 from mopoe_jax import model as model_lib, runtime, sharding, visualize
@@ -26,26 +28,28 @@ def subset_means_decoded(model, variables, inputs, available) -> dict:
   return {m: o.reshape(k, b, *o.shape[1:]) for m, o in outputs.items()}
 
 
+def _generate(model, modalities: tuple, variables, batch):
+  inputs, available = model_lib.inputs_from_batch(batch, modalities)
+  return batch, subset_means_decoded(model, variables, inputs, available)
+
+
 class TrainingGrids:
   """``grids(state) -> {'generation/<modality>': uint8 [1, H, W, 3]}`` for the metric writer."""
 
   def __init__(self, model, config, data: DataSource, state, mesh):
-    self._model = model
     self._modalities = tuple(config.data.modalities)
     n = config.train.image_grid_studies
     batch = next(data.eval_batches(config.data.eval_split, batch_size=n))
     self._batch = sharding.to_global_batch({k: batch[k] for k in _KEYS}, mesh)
-    self._fn = runtime.compile_fast(
-        jax.jit(self._generate, out_shardings=sharding.replicated(mesh)),
-        self._variables(state), self._batch)
+    jitted = runtime.jitted_once(
+        (_generate, model, self._modalities, mesh),
+        lambda: jax.jit(functools.partial(_generate, model, self._modalities),
+                        out_shardings=sharding.replicated(mesh)))
+    self._fn = runtime.compile_fast(jitted, self._variables(state), self._batch)
 
   @staticmethod
   def _variables(state) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
-
-  def _generate(self, variables, batch):
-    inputs, available = model_lib.inputs_from_batch(batch, self._modalities)
-    return batch, subset_means_decoded(self._model, variables, inputs, available)
 
   def __call__(self, state) -> dict:
     batch, decoded = jax.device_get(self._fn(self._variables(state), self._batch))
