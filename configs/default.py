@@ -11,7 +11,8 @@ Prepare the dataset once (credentialed MIMIC-CXR-JPG + reports in MANUAL_DIR; se
   python main.py --config=configs/default.py --workdir=runs/mimic \
       --config.data.manual_dir=MANUAL_DIR
 Sizes: 128 px, 128 tokens, vocabulary from the data (about 2,900 words), latent 512,
-59.2 M parameters, 4.5 GFLOP per example forward (XLA counts 138 GFLOP for a training step of 8).
+59.2 M parameters, 4.5 GFLOP per example forward (XLA counts 105.9 GFLOP for a training step
+of 8).
 150 epochs of ~61.7k studies at batch 200 is ~46k steps, about 1.5e17 FLOP in all: hours on one
 modern GPU or a TPU slice (not measured here; no accelerator was available), far too long on a
 CPU (the step runs at ~2 examples/s on 2 CPU cores).

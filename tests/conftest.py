@@ -1,6 +1,7 @@
 """Shared test set-up: CPU only, fast compiles, TensorFlow kept off accelerators."""
 
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -13,6 +14,11 @@ tf.config.set_visible_devices([], "GPU")
 
 import jax  # noqa: E402
 
+from mopoe_jax import runtime  # noqa: E402
+
+# The XLA flags that main.py sets: the persistent cache's keys include XLA_FLAGS, so main.py
+# subprocesses (which inherit them) load what this process compiled, and the reverse.
+runtime.apply_defaults()
 # Tests are compile-bound on CPU: skip most XLA optimizations, and reuse compiled programs
 # across test modules (same program, same cache entry) through the persistent cache.
 jax.config.update("jax_disable_most_optimizations", True)
@@ -142,3 +148,54 @@ def restored_state_tree(config, workdir: str, step: int) -> dict:
                           shapes)
   manager = checkpointing.create_manager(workdir, read_only=True)
   return state_tree(checkpointing.restore_train_state(manager, abstract, step))
+
+
+# ------------------------------------------------------------------------------------------------
+# One process with two devices, fed the global batches of a two-process run.
+
+# 4 steps, checkpoints, evaluations and logs every 2: the settings of the multi-host test.
+TWO_DEVICE_OVERRIDES = ("--config.train.checkpoint_every_steps=2",
+                        "--config.train.eval_every_steps=2", "--config.train.log_every_steps=2",
+                        "--config.train.eval_batches=1")
+TWO_DEVICE_STEPS = 4
+
+
+class BackgroundRun:
+  """A subprocess started now; `workdir()` waits for it and checks that it succeeded."""
+
+  def __init__(self, command, workdir: str, log_path: str, env: dict, timeout_s: float):
+    self._workdir, self._log_path, self._timeout_s = workdir, log_path, timeout_s
+    with open(log_path, "w") as log:
+      self._proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+  def workdir(self) -> str:
+    try:
+      code = self._proc.wait(timeout=self._timeout_s)
+    finally:
+      self.stop()
+    with open(self._log_path) as log:
+      assert code == 0, log.read()[-4000:]
+    return self._workdir
+
+  def stop(self) -> None:
+    if self._proc.poll() is None:
+      self._proc.kill()
+      self._proc.wait()
+
+
+@pytest.fixture(scope="session")
+def two_device_run(synthetic_tiny_dir, subprocess_cache_dir, tmp_path_factory):
+  """`TWO_DEVICE_STEPS` steps of the tiny config in one process with two virtual CPU devices, fed
+  the global batches of a two-process run (tests/two_shards.py). It starts in the background
+  when first asked for (the multi-host test runs beside it); `.workdir()` waits for it."""
+  workdir = tmp_path_factory.mktemp("two_devices")
+  run = BackgroundRun(
+      [sys.executable, os.path.join(REPO, "tests", "two_shards.py"),
+       "--config=" + os.path.join(REPO, "configs", "tiny.py"), f"--workdir={workdir / 'run'}",
+       f"--config.data.data_dir={synthetic_tiny_dir}",
+       f"--config.train.compilation_cache_dir={subprocess_cache_dir}", *TWO_DEVICE_OVERRIDES,
+       f"--config.train.num_steps={TWO_DEVICE_STEPS}"],
+      str(workdir / "run"), str(workdir / "run.log"),
+      subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), timeout_s=600)
+  yield run
+  run.stop()

@@ -1,8 +1,11 @@
-"""main.py killed for real (SIGKILL mid-training, SIGKILL during a save, SIGTERM), then rerun.
+"""main.py killed for real, again and again, then rerun: it ends as an uninterrupted run.
 
-Each rerun of the same command must end with the parameters, optimizer state and BatchNorm
-statistics of an uninterrupted run, bit for bit. The runs share the session's compilation cache
-(`subprocess_cache_dir`), so only the first one compiles.
+One workdir goes through a SIGKILL during a save, a SIGKILL between checkpoints and a SIGTERM
+(exit 143), each followed by the same command; the last one trains to the end. Its parameters,
+optimizer state and BatchNorm statistics must equal, bit for bit, those of the session's
+uninterrupted run (`straight_run`: the same config, trained in one go in the test process;
+main.py and the tests use the same XLA flags and share the compilation cache, so only new
+programs compile).
 """
 
 import os
@@ -13,24 +16,15 @@ import time
 
 import pytest
 
-from conftest import (assert_trees_equal, main_command, restored_state_tree, subprocess_env,
-                      tiny_config)
+from conftest import (assert_trees_equal, main_command, restored_state_tree, state_tree,
+                      subprocess_env)
 from mopoe_jax import checkpointing
 
-NUM_STEPS = 12
+NUM_STEPS = 30  # straight_run's config, given on the command line
 OVERRIDES = ("--mode=train", f"--config.train.num_steps={NUM_STEPS}",
-             "--config.train.checkpoint_every_steps=4", "--config.train.eval_every_steps=4",
-             "--config.train.log_every_steps=4", "--config.train.eval_batches=1")
+             "--config.train.checkpoint_every_steps=10", "--config.train.eval_every_steps=10",
+             "--config.train.log_every_steps=5")
 RUN_TIMEOUT_S = 420
-
-
-def _command(data_dir, workdir, cache_dir):
-  return main_command(data_dir, str(workdir), cache_dir, *OVERRIDES)
-
-
-def _run(command) -> subprocess.CompletedProcess:
-  return subprocess.run(command, env=subprocess_env(), capture_output=True, text=True,
-                        timeout=RUN_TIMEOUT_S)
 
 
 def _tmp_dirs(workdir) -> list[str]:
@@ -39,94 +33,88 @@ def _tmp_dirs(workdir) -> list[str]:
       directory) else []
 
 
-def _finished_step(workdir, step: int) -> bool:
-  return os.path.isdir(os.path.join(checkpointing.checkpoint_dir(str(workdir)), str(step)))
+def _latest(workdir) -> int | None:
+  return checkpointing.create_manager(str(workdir), read_only=True).latest_step()
 
 
-def _signal_when(command, log_path, condition, sig) -> tuple[subprocess.Popen, bool]:
+def _newer_checkpoint(workdir, than: int | None) -> bool:
+  directory = checkpointing.checkpoint_dir(str(workdir))
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(
+      directory) else []
+  return any(s > (than if than is not None else -1) for s in steps)
+
+
+def _signal_when(command, log_path, condition, sig) -> tuple[subprocess.Popen, bool, str]:
   """Starts ``command`` and sends ``sig`` as soon as ``condition()`` holds (polled every 5 ms).
 
-  Returns the ended process and whether the signal was sent (False: it ended before).
+  Returns the ended process, whether the signal was sent (False: it ended before) and its log.
   """
   with open(log_path, "w") as log:
     proc = subprocess.Popen(command, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
   deadline = time.monotonic() + RUN_TIMEOUT_S
+  sent = False
   try:
     while proc.poll() is None:
       if condition():
         proc.send_signal(sig)
         proc.wait(timeout=RUN_TIMEOUT_S)
-        return proc, True
+        sent = True
+        break
       if time.monotonic() > deadline:
         raise TimeoutError(f"{command} did not reach the condition in {RUN_TIMEOUT_S} s")
       time.sleep(0.005)
-    return proc, False
   finally:
     if proc.poll() is None:
       proc.kill()
       proc.wait()
-
-
-def _rerun_and_compare(command, data_dir, workdir, expected) -> str:
-  """Reruns ``command`` to the end; its final state must be ``expected``. Returns its log."""
-  rerun = _run(command)
-  assert rerun.returncode == 0, rerun.stderr[-4000:]
-  config = tiny_config(data_dir)
-  assert_trees_equal(restored_state_tree(config, str(workdir), NUM_STEPS), expected)
-  return rerun.stderr
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(synthetic_tiny_dir, subprocess_cache_dir, tmp_path_factory):
-  """The state after NUM_STEPS steps of main.py run in one go."""
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  proc = _run(_command(synthetic_tiny_dir, workdir, subprocess_cache_dir))
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return restored_state_tree(tiny_config(synthetic_tiny_dir), str(workdir), NUM_STEPS)
+  with open(log_path) as log:
+    return proc, sent, log.read()
 
 
 @pytest.mark.timeout(1500)
-def test_sigkill_during_a_save_then_the_same_command_ends_bit_identical(
-    uninterrupted, synthetic_tiny_dir, subprocess_cache_dir, tmp_path):
-  for attempt in range(3):  # the save window is short: kill as soon as Orbax's tmp dir appears
+def test_killed_twice_and_preempted_then_the_same_command_ends_as_an_uninterrupted_run(
+    straight_run, subprocess_cache_dir, tmp_path):
+  config, _, straight = straight_run
+  expected = state_tree(straight)
+
+  # 1. SIGKILL as soon as Orbax's tmp directory appears: a checkpoint half-written. The save
+  # window is short: up to 3 attempts, each in a fresh workdir.
+  for attempt in range(3):
     workdir = tmp_path / f"attempt{attempt}"
-    command = _command(synthetic_tiny_dir, workdir, subprocess_cache_dir)
-    proc, sent = _signal_when(command, tmp_path / f"attempt{attempt}.log",
-                              lambda w=workdir: bool(_tmp_dirs(w)), signal.SIGKILL)
+    command = main_command(config.data.data_dir, str(workdir), subprocess_cache_dir, *OVERRIDES)
+    proc, sent, log = _signal_when(command, tmp_path / f"save_kill{attempt}.log",
+                                   lambda w=workdir: bool(_tmp_dirs(w)), signal.SIGKILL)
     if sent and _tmp_dirs(workdir):
-      break  # killed with a checkpoint half-written
+      break
   else:
     pytest.fail("No attempt caught a save in progress.")
-  assert proc.returncode == -signal.SIGKILL
-  log = _rerun_and_compare(command, synthetic_tiny_dir, workdir, uninterrupted)
+  assert proc.returncode == -signal.SIGKILL, log[-4000:]
+  before = _latest(workdir)  # None when the first save was the one cut short
+
+  # 2. The same command removes the half-written save; SIGKILL between two checkpoints.
+  proc, sent, log = _signal_when(command, tmp_path / "mid_kill.log",
+                                 lambda: _newer_checkpoint(workdir, before), signal.SIGKILL)
+  assert sent and proc.returncode == -signal.SIGKILL, log[-4000:]
   assert "incomplete checkpoint write(s) left by an interrupted save" in log
-  assert not _tmp_dirs(workdir)
+  latest = _latest(workdir)
+  assert latest is not None and latest < NUM_STEPS
 
-
-@pytest.mark.timeout(1000)
-def test_sigkill_mid_training_then_the_same_command_ends_bit_identical(
-    uninterrupted, synthetic_tiny_dir, subprocess_cache_dir, tmp_path):
-  workdir = tmp_path / "run"
-  command = _command(synthetic_tiny_dir, workdir, subprocess_cache_dir)
-  proc, sent = _signal_when(command, tmp_path / "killed.log",
-                            lambda: _finished_step(workdir, 4), signal.SIGKILL)
-  assert sent and proc.returncode == -signal.SIGKILL
-  latest = checkpointing.create_manager(str(workdir), read_only=True).latest_step()
-  assert latest is not None and 4 <= latest < NUM_STEPS  # interrupted between checkpoints
-  log = _rerun_and_compare(command, synthetic_tiny_dir, workdir, uninterrupted)
-  assert f"Resumed from step {latest}" in log
-
-
-@pytest.mark.timeout(600)
-def test_sigterm_saves_and_exits_143(synthetic_tiny_dir, subprocess_cache_dir, tmp_path):
-  workdir = tmp_path / "run"
-  command = _command(synthetic_tiny_dir, workdir, subprocess_cache_dir)
-  proc, sent = _signal_when(command, tmp_path / "terminated.log",
-                            lambda: _finished_step(workdir, 4), signal.SIGTERM)
-  log = (tmp_path / "terminated.log").read_text()
+  # 3. The same command resumes; SIGTERM once its first step is done: it saves that step and
+  # exits with 143.
+  proc, sent, log = _signal_when(command, tmp_path / "sigterm.log",
+                                 lambda: "First step done" in (tmp_path / "sigterm.log")
+                                 .read_text(), signal.SIGTERM)
   assert sent and proc.returncode == 143, log[-4000:]
+  assert f"Resumed from step {latest}" in log
   match = re.search(r"Preempted at step (\d+); the checkpoint of step \1 is in (\S+)\. Rerun "
                     "the same command to resume", log)
   assert match, log[-4000:]
-  manager = checkpointing.create_manager(str(workdir), read_only=True)
-  assert manager.latest_step() == int(match.group(1)) < NUM_STEPS
+  preempted = int(match.group(1))
+  assert latest < preempted < NUM_STEPS and _latest(workdir) == preempted
+
+  # 4. The same command trains to the end.
+  rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True,
+                         timeout=RUN_TIMEOUT_S)
+  assert rerun.returncode == 0, rerun.stderr[-4000:]
+  assert f"Resumed from step {preempted}" in rerun.stderr and not _tmp_dirs(workdir)
+  assert_trees_equal(restored_state_tree(config, str(workdir), NUM_STEPS), expected)

@@ -43,39 +43,39 @@ def test_no_library_module_imports_the_data_side():
 
 
 @pytest.mark.timeout(300)
-def test_train_step_runs_where_tensorflow_cannot_be_imported():
+def test_every_library_module_imports_where_tensorflow_cannot_be_imported():
+  """Each mopoe_jax module imports, and the train step traces, where `import tensorflow` and
+  `import tensorflow_datasets` raise ImportError. The step runs there too: the JAX benchmark
+  worker trains with both blocked (tests/test_benchmarks.py)."""
   script = textwrap.dedent(f"""
       import sys
       for name in ("tensorflow", "tensorflow_datasets"):
         sys.modules[name] = None  # `import tensorflow` now raises ImportError
       sys.path.insert(0, {str(REPO)!r})
       import functools, importlib, pkgutil
-      import jax, numpy as np
-      jax.config.update("jax_disable_most_optimizations", True)
+      import jax
       import mopoe_jax
-      for info in pkgutil.walk_packages(mopoe_jax.__path__, "mopoe_jax."):
-        importlib.import_module(info.name)
+      names = [info.name for info in pkgutil.walk_packages(mopoe_jax.__path__, "mopoe_jax.")]
+      for name in names:
+        importlib.import_module(name)
       from configs import tiny
       from mopoe_jax import model as model_lib, step as step_lib
       config = tiny.get_config()
       model = model_lib.create_model(config, vocab_size=40)
       sc = step_lib.StepConfig.from_config(config, model, pad_id=1)
-      state = jax.jit(functools.partial(step_lib.init_state, model, config))(
-          jax.random.PRNGKey(0))
-      rng = np.random.default_rng(0)
+      state = jax.eval_shape(functools.partial(step_lib.init_state, model, config),
+                             jax.random.PRNGKey(0))
       batch = model_lib.dummy_batch(config, 16)
-      batch["frontal"] = rng.integers(0, 255, batch["frontal"].shape, np.uint8)
-      batch["text"] = rng.integers(0, 40, batch["text"].shape, np.int32)
-      step = jax.jit(functools.partial(step_lib.train_step, model=model, step_config=sc))
-      losses = []
-      for _ in range(3):
-        state, metrics = step(state, batch, jax.random.PRNGKey(1))
-        losses.append(float(metrics["loss"]))
-      assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-      assert "tensorflow" not in {{m.split(".")[0] for m, v in sys.modules.items() if v}}
-      print("OK", losses)
+      _, metrics = jax.eval_shape(functools.partial(step_lib.train_step, model=model,
+                                                    step_config=sc),
+                                  state, batch, jax.random.PRNGKey(1))
+      assert metrics["loss"].shape == ()
+      loaded = {{m.split(".")[0] for m, v in sys.modules.items() if v}}
+      assert not loaded & {{"tensorflow", "tensorflow_datasets", "clu", "input_pipeline"}}
+      print("OK", len(names))
       """)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                         timeout=280, env=env, cwd=REPO)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+  assert int(proc.stdout.split("OK")[-1]) > 10  # every module was imported

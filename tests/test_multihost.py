@@ -12,18 +12,16 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 
-from conftest import (REPO, assert_trees_equal, main_command, restored_state_tree,
-                      subprocess_env, tiny_config)
+from conftest import (TWO_DEVICE_OVERRIDES, TWO_DEVICE_STEPS, assert_trees_equal, main_command,
+                      restored_state_tree, subprocess_env, tiny_config)
 from mopoe_jax import checkpointing
 
 NUM_PROCESSES = 2
 PHASE_TIMEOUT_S = 420
-COMMON = ("--config.train.checkpoint_every_steps=2", "--config.train.eval_every_steps=2",
-          "--config.train.log_every_steps=2", "--config.train.eval_batches=1")
+COMMON = TWO_DEVICE_OVERRIDES  # checkpoints, evaluations and logs every 2 steps
 EVALUATION = ('--config.eval.evaluators=("likelihood",)', "--config.eval.likelihood_examples=8",
               "--config.eval.likelihood_samples=2", "--config.eval.likelihood_batch_size=8")
 
@@ -58,52 +56,32 @@ def _run_processes(base_command, log_prefix) -> list[str]:
   return texts
 
 
-def _start_reference(data_dir, workdir, cache_dir, log_path) -> subprocess.Popen:
-  """The same 4 steps in one process with two devices, fed the same global batches."""
-  with open(log_path, "w") as log:
-    return subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "tests", "two_shards.py"),
-         "--config=" + os.path.join(REPO, "configs", "tiny.py"), f"--workdir={workdir}",
-         f"--config.data.data_dir={data_dir}",
-         f"--config.train.compilation_cache_dir={cache_dir}", *COMMON,
-         "--config.train.num_steps=4"],
-        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
-        stdout=log, stderr=subprocess.STDOUT)
-
-
 @pytest.mark.timeout(1500)
 def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices(
-    synthetic_tiny_dir, subprocess_cache_dir, tmp_path):
-  workdir, reference = str(tmp_path / "multihost"), str(tmp_path / "reference")
+    synthetic_tiny_dir, subprocess_cache_dir, two_device_run, tmp_path):
+  # two_device_run (the reference) runs meanwhile: the two processes leave a core idle while
+  # they wait for each other.
+  assert TWO_DEVICE_STEPS == 4
+  workdir = str(tmp_path / "multihost")
   command = main_command(synthetic_tiny_dir, workdir, subprocess_cache_dir, *COMMON)
-  # The reference runs meanwhile: the two-process runs leave a core idle while they wait.
-  reference_proc = _start_reference(synthetic_tiny_dir, reference, subprocess_cache_dir,
-                                    tmp_path / "reference.log")
-  try:
-    # 1. Train 2 steps on two processes, checkpoint, stop.
-    _run_processes([*command, "--mode=train", "--config.train.num_steps=2"],
-                   tmp_path / "train")
-    manager = checkpointing.create_manager(workdir, read_only=True)
-    assert manager.latest_step() == 2
-    assert checkpointing.read_meta(manager, 2)["fields"]["process_count"] == NUM_PROCESSES
+  # 1. Train 2 steps on two processes, checkpoint, stop.
+  _run_processes([*command, "--mode=train", "--config.train.num_steps=2"], tmp_path / "train")
+  manager = checkpointing.create_manager(workdir, read_only=True)
+  assert manager.latest_step() == 2
+  assert checkpointing.read_meta(manager, 2)["fields"]["process_count"] == NUM_PROCESSES
 
-    # 2. Resume on two processes, train to step 4, evaluate on process 0 while process 1 waits.
-    logs = _run_processes([*command, "--mode=train_and_evaluate", "--config.train.num_steps=4",
-                           *EVALUATION], tmp_path / "resume")
-    assert all("Resumed from step 2" in log for log in logs)
-    assert "Process 1: process 0 evaluates; waiting for it" in logs[1]
-    assert "Process 1: process 0's evaluation finished." in logs[1]
-    with open(os.path.join(workdir, "eval", "results.json")) as f:
-      results = json.load(f)
-    assert results["settings"]["step"] == 4 and results["likelihood"]["subsets"]
+  # 2. Resume on two processes, train to step 4, evaluate on process 0 while process 1 waits.
+  logs = _run_processes([*command, "--mode=train_and_evaluate", "--config.train.num_steps=4",
+                         *EVALUATION], tmp_path / "resume")
+  assert all("Resumed from step 2" in log for log in logs)
+  assert "Process 1: process 0 evaluates; waiting for it" in logs[1]
+  assert "Process 1: process 0's evaluation finished." in logs[1]
+  with open(os.path.join(workdir, "eval", "results.json")) as f:
+    results = json.load(f)
+  assert results["settings"]["step"] == 4 and results["likelihood"]["subsets"]
 
-    # 3. The reference.
-    code = reference_proc.wait(timeout=PHASE_TIMEOUT_S)
-    assert code == 0, (tmp_path / "reference.log").read_text()[-4000:]
-  finally:
-    if reference_proc.poll() is None:
-      reference_proc.kill()
-      reference_proc.wait()
+  # 3. The reference.
+  reference = two_device_run.workdir()
 
   config = tiny_config(synthetic_tiny_dir)
   two_processes = restored_state_tree(config, workdir, 4)

@@ -31,7 +31,7 @@ def _requirements(value: str) -> set[str]:
 
 
 def _third_party_imports(paths) -> set[str]:
-  local = {"mopoe_jax", "input_pipeline", "configs", "conftest", "benchmarks"}
+  local = {"mopoe_jax", "input_pipeline", "configs", "conftest", "two_shards", "benchmarks"}
   names = set()
   for path in paths:
     tree = ast.parse(path.read_text(), filename=str(path))
