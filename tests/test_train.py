@@ -73,6 +73,29 @@ def test_checkpoint_round_trip(straight_run):
   assert_trees_equal(jax.device_get(only_model), jax.device_get(variables))
 
 
+def test_a_second_run_in_the_same_process_compiles_nothing(straight_run, tmp_path):
+  """A resumed run in the process that ran the straight run traces, lowers and compiles none of
+  the loop's programs again (runtime.jitted_once), and still ends where the straight run ended."""
+  config, workdir, straight = straight_run
+  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
+                  os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"))
+  seen, listening = [], [True]
+
+  def listener(event, duration, **kwargs):
+    del duration
+    if listening[0] and event.startswith("/jax/core/compile/"):
+      seen.append((event.rsplit("/", 1)[-1], kwargs.get("fun_name", "")))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    resumed = train_run(config, str(tmp_path))
+  finally:
+    listening[0] = False
+  loop_programs = ("train_step", "eval_step", "init_state", "_generate")
+  assert not [s for s in seen if any(p in s[1] for p in loop_programs)], seen
+  assert_trees_equal(state_tree(resumed), state_tree(straight))
+
+
 def test_non_finite_loss_stops_with_the_step(straight_run, tmp_path, monkeypatch):
   """Resumed from step 20 with an infinite learning-rate factor (it lives in the optimizer
   state, so the step program is the straight run's): step 21's update makes the parameters
