@@ -197,15 +197,16 @@ def test_two_devices_match_one_device(two_device_run, synthetic_tiny_dir, tmp_pa
     update1, update2 = p1 - p0, p2 - p0
     assert np.linalg.norm(update1) > 1e-4, path  # it trained
     assert np.linalg.norm(update1 - update2) <= 1e-3 * np.linalg.norm(update1), path
-  # BatchNorm statistics: the running means see those biases too (measured: within 4% of their
-  # movement); allowed 10%; statistics that did not move differ by 100%.
+  # BatchNorm statistics: the running means see those biases too (measured over these 4 steps:
+  # up to 11% of their movement in a decoder's last block on jax 0.12, under 10% on jax 0.10);
+  # allowed 25%; statistics that did not move differ by 100%.
   stats0, stats1, stats2 = (_by_path(t) for t in (init.batch_stats, one["batch_stats"],
                                                      two["batch_stats"]))
   assert stats1.keys() == stats2.keys() == stats0.keys() and stats1
   for path, b1 in stats1.items():
     b0, b2 = stats0[path], stats2[path]
     assert np.linalg.norm(b1 - b0) > 5e-4, path  # measured: >= 2e-3
-    assert np.linalg.norm(b1 - b2) <= 0.1 * np.linalg.norm(b1 - b0), path
+    assert np.linalg.norm(b1 - b2) <= 0.25 * np.linalg.norm(b1 - b0), path
 
 
 def test_evaluate_mode_restores_without_optimizer_state(straight_run, tmp_path):
