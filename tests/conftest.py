@@ -106,6 +106,19 @@ def assert_trees_equal(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
       np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
+def jaxpr_equations(jaxpr) -> list:
+  """Every equation of a jaxpr, sub-jaxprs (jit, custom_vjp, cond, ...) included."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  eqns = []
+  for eqn in jaxpr.eqns:
+    eqns.append(eqn)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+          eqns += jaxpr_equations(sub)
+  return eqns
+
+
 # ------------------------------------------------------------------------------------------------
 # main.py in a subprocess.
 

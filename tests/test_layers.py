@@ -11,6 +11,7 @@ import pytest
 
 from configs import default as default_config
 from configs import tiny as tiny_config
+from conftest import jaxpr_equations
 from mopoe_jax import cpu_conv, layers, model as model_lib, networks
 
 # ---------------------------------------------------------------------------------------------
@@ -205,19 +206,6 @@ def test_xla_and_cpu_transposed_convolutions_agree(shape, k, s, p, op, c_out):
   _assert_impls_agree(_values_and_gradients(fn, x, w, rng))
 
 
-def _primitives(jaxpr) -> list:
-  """Every equation of a jaxpr, sub-jaxprs (jit, custom_vjp, cond, ...) included."""
-  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-  eqns = []
-  for eqn in jaxpr.eqns:
-    eqns.append(eqn)
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-          eqns += _primitives(sub)
-  return eqns
-
-
 @pytest.mark.parametrize("network", ["image_encoder", "image_decoder"])
 def test_xla_runs_native_convolutions_only(network):
   """"xla": no custom VJP, no patches + dot (every dot_general is a Dense layer's, rank 2), and
@@ -238,8 +226,8 @@ def test_xla_runs_native_convolutions_only(network):
     def loss(v, a, module=module):
       y = module.apply(v, a, True, mutable=["batch_stats"])[0]
       return sum(jnp.sum(t) for t in jax.tree.leaves(y))
-    forward = _primitives(jax.make_jaxpr(loss)(variables, x))
-    backward = _primitives(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(variables, x))
+    forward = jaxpr_equations(jax.make_jaxpr(loss)(variables, x))
+    backward = jaxpr_equations(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(variables, x))
     counts[impl] = {
         "custom_vjp": sum("custom_vjp" in e.primitive.name for e in forward + backward),
         "conv": sum(e.primitive.name == "conv_general_dilated" for e in backward),

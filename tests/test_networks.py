@@ -10,6 +10,7 @@ import pytest
 
 from configs import default as default_config
 from configs import tiny as tiny_config
+from conftest import jaxpr_equations
 from mopoe_jax import model as model_lib, networks, objective, subsets
 
 
@@ -202,7 +203,7 @@ def test_bfloat16_compute_keeps_params_and_outputs_float32():
   assert out.outputs["text"].dtype == jnp.float32 and out.z.dtype == jnp.float32
   jaxpr = jax.make_jaxpr(lambda v: m.apply(v, *_tiny_inputs(c), False,
                                            rngs={"sample": jax.random.PRNGKey(0)}))(variables)
-  convs = [e for e in _eqns(jaxpr) if e.primitive.name == "conv_general_dilated"]
+  convs = [e for e in jaxpr_equations(jaxpr) if e.primitive.name == "conv_general_dilated"]
   assert convs and {v.aval.dtype for e in convs for v in e.invars} == {jnp.dtype("bfloat16")}
 
 
@@ -250,19 +251,6 @@ def test_bfloat16_training_keeps_params_statistics_and_optimizer_state_float32(b
     floats = {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
     assert floats == {jnp.dtype("float32")}, (name, floats)
   assert jax.tree.leaves(state.batch_stats)
-
-
-def _eqns(jaxpr) -> list:
-  """Every equation of a jaxpr, sub-jaxprs (jit, custom_vjp, ...) included."""
-  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-  eqns = []
-  for eqn in jaxpr.eqns:
-    eqns.append(eqn)
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (tuple, list)) else (value,):
-        if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-          eqns += _eqns(sub)
-  return eqns
 
 
 def _tiny_inputs(c, batch=8):
