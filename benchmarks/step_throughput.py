@@ -739,7 +739,7 @@ def write_markdown(path: str, report: dict) -> None:
            f"- CPU: {_common.describe_cpu(mach['cpu'])}",
            f"- device: {s['device']} ({s['device_reason']})"
            + (f", {mach['device_kind']}" if mach.get("device_kind") else ""),
-           f"- versions: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()),
+           "- versions: " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()),
            f"- cores used by each worker: {mach['cores'] or 'not pinned'}; XLA_FLAGS="
            f"`{mach.get('xla_flags') or ''}`; OMP_WAIT_POLICY={s['omp_wait_policy'] or 'unset'}",
            f"- load average {mach['load_start']:.2f} at start, {mach['load_end']:.2f} at end; "

@@ -108,18 +108,6 @@ def comparison_grid(above: Mapping[str, np.ndarray], below: Mapping[str, np.ndar
                     separator_after=len(top), padding=padding)
 
 
-def reconstruction_grid(originals: Mapping[str, np.ndarray],
-                        reconstructions: Mapping[str, np.ndarray], *,
-                        available: Mapping[str, np.ndarray] | None = None,
-                        padding: int = 2) -> np.ndarray:
-  """Real views (modality -> [N, S, S, 1]) above the line, their reconstructions below.
-
-  ``available``: modality -> bool [N], drawn as missing where False. Text entries are skipped.
-  Returns uint8 [H, W, 3] for `writer.write_images` (add a leading axis) or `save_png`.
-  """
-  return comparison_grid(originals, reconstructions, above_available=available, padding=padding)
-
-
 def samples_grid(samples: Mapping[str, np.ndarray], padding: int = 2) -> np.ndarray:
   """Generated views (modality -> [N, S, S, 1]), one row per view, no line. uint8 [H, W, 3]."""
   rows, _ = _image_rows(samples)
