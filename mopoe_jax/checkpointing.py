@@ -153,8 +153,10 @@ class _AbandonedReads:
   event loop; as they end, each reports again: "RuntimeError: Event loop is closed" from its
   callback, "Exception ignored in <coroutine _read_array_index_and_device_put>" when collected,
   asyncio's "Future exception was never retrieved" (a storm of tracebacks around the one line
-  `restore_newest` logs). After the first failed restore this filters exactly those reports
-  (sys.unraisablehook and the 'asyncio' logger); everything else passes.
+  `restore_newest` logs). From the first restore that `restore_newest` tries on, this filters
+  exactly those reports (sys.unraisablehook and the 'asyncio' logger); everything else passes.
+  Installed before the restore, not after its failure: the first echoes can come from Orbax's
+  threads before the failed restore has returned (seen as a flaky test failure).
   """
 
   def __init__(self):
@@ -175,11 +177,15 @@ class _AbandonedReads:
     text = record.getMessage()
     return not ("Future exception was never retrieved" in text or "Event loop is closed" in text)
 
-  def after_failure(self) -> None:
-    """Installs the filters (unless in place) and collects what has already ended."""
+  def install(self) -> None:
+    """Installs the filters (unless in place)."""
     if sys.unraisablehook != self._hook:  # pylint: disable=comparison-with-callable
       self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hook
     logging_std.getLogger("asyncio").addFilter(self._record_passes)  # once: a no-op after
+
+  def after_failure(self) -> None:
+    """Collects the abandoned reads that have already ended (their echoes are filtered)."""
+    self.install()
     gc.collect()
 
 
@@ -219,6 +225,7 @@ def restore_newest(manager: ocp.CheckpointManager, restore: Callable[[int], Any]
       reason = f"metadata unreadable: {failure_reason(e)}"
     if _all_agree(reason is None, collective):
       check(step, meta)
+      _abandoned_reads.install()
       try:
         restored = restore(step)
       except Exception as e:  # pylint: disable=broad-exception-caught
