@@ -186,3 +186,30 @@ def test_gpu_summary_and_markdown(tmp_path):
   text = (tmp_path / "gpu.md").read_text()
   assert "MFU 44.5%" in text and "(GPU)" in text
   assert st._common.gpu_peak_bf16("Some Other GPU") is None  # pylint: disable=protected-access
+
+
+def test_compile_time_counts_what_an_optimized_program_holds():
+  """benchmarks/compile_time.py's reading of XLA's optimized HLO text, on a small program with
+  one while loop (its trip count is an argument, so XLA cannot unroll it), one dot and
+  tuple-typed instructions."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, REPO)
+  from benchmarks import compile_time  # pylint: disable=g-import-not-at-top
+
+  assert compile_time._opcode(  # pylint: disable=protected-access
+      "  %add.1 = f32[2]{0} add(f32[2]{0} %a, f32[2]{0} %b), metadata={op_name=\"x\"}") == "add"
+  assert compile_time._opcode(  # pylint: disable=protected-access
+      "  %w = (s32[], f32[4,3]{1,0}) while((s32[], f32[4,3]{1,0}) %t), condition=%c") == "while"
+  assert compile_time._opcode("ENTRY %main.10 (Arg_0.1: f32[4,3]) -> f32[] {") is None  # pylint: disable=protected-access
+
+  def f(x, n):
+    _, y = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, jnp.sin(c[1])), (0, x))
+    return jnp.dot(y.T, y)
+
+  text = jax.jit(f).lower(jnp.ones((4, 3)), 5).compile().as_text()
+  summary = compile_time.hlo_summary(text, top=5)
+  assert summary["while_loops"] == 1 and summary["dots"] == 1, summary
+  assert summary["instructions"] > summary["fusions"] + 3
+  assert summary["computations"] >= 3  # the entry, the loop's condition and body
+  assert all(count > 0 for _, count in summary["top_parts"])
