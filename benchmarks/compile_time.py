@@ -42,11 +42,25 @@ def parse_args(argv=None):
   parser.add_argument("--dropout", type=float, default=None, help="override model.dropout")
   parser.add_argument("--conv-impl", default=None, help="override model.conv_impl")
   parser.add_argument("--threads", type=int, default=2, help="pin to this many cores")
-  parser.add_argument("--repeats", type=int, default=1)
-  parser.add_argument("--option", action="append", default=[],
+  parser.add_argument("--repeats", type=_positive, default=1)
+  parser.add_argument("--option", action="append", default=[], type=_name_value,
                       help="an XLA compile option NAME=VALUE (repeatable)")
   parser.add_argument("--top", type=int, default=12, help="model parts to list")
   return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+  return int(text)
+
+
+def _name_value(text: str) -> tuple[str, str]:
+  name, eq, value = text.partition("=")
+  if not (name and eq):
+    raise argparse.ArgumentTypeError(
+        f"expected NAME=VALUE (e.g. xla_backend_optimization_level=1), got {text!r}")
+  return name, value
 
 
 def _option_value(text: str):
@@ -119,8 +133,7 @@ def main(argv=None) -> int:
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                        _common.make_data(d.image_size, d.text_length, args.batch, vocab, 0))
   key = jax.ShapeDtypeStruct((2,), "uint32")
-  options = dict(o.split("=", 1) for o in args.option)
-  options = {k: _option_value(v) for k, v in options.items()} or None
+  options = {name: _option_value(value) for name, value in args.option} or None
   print(f"{args.size} size, batch {args.batch}, dropout {config.model.dropout}, "
         f"{_common.describe_cpu(_common.cpu_info())}, cores {cores}, jax {jax.__version__}, "
         f"options {options or 'none'}, load {_common.load():.2f}", flush=True)
