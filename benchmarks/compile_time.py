@@ -9,10 +9,13 @@
 Compiles `mopoe_jax.step.train_step` for abstract inputs (no state is initialised, nothing
 runs), with the XLA flags main.py uses, `--repeats` times in this process (each from a fresh
 jax.jit, the persistent cache off), and prints per compile the lowering time and the compile's
-wall and process CPU time (XLA compiles on several threads), then what the optimized program contains: instructions, fusions,
-copies, while loops (JAX's threefry draws are loops on the CPU), and the model parts with the
-most instructions (from the HLO's op_name metadata). Compile times of the same program move
-by +-10% on a shared 2-core VM: compare with --repeats 2 or more, in one run.
+wall and process CPU time (XLA compiles on several threads), then what the optimized program
+contains: instructions, fusions, copies, while loops (JAX's threefry draws are loops on the
+CPU), and the model parts with the most instructions (from the HLO's op_name metadata).
+
+Comparing two variants: run them alternately, each in its own process, a few times. On a shared
+2-core VM the same program's compile time drifted by 20% within an hour, and a second compile
+in one process ran ~20% slower than the first (benchmarks/README.md, "Compile time (CPU)").
 """
 
 from __future__ import annotations

@@ -201,7 +201,8 @@ def test_compile_time_counts_what_an_optimized_program_holds():
       "  %add.1 = f32[2]{0} add(f32[2]{0} %a, f32[2]{0} %b), metadata={op_name=\"x\"}") == "add"
   assert compile_time._opcode(  # pylint: disable=protected-access
       "  %w = (s32[], f32[4,3]{1,0}) while((s32[], f32[4,3]{1,0}) %t), condition=%c") == "while"
-  assert compile_time._opcode("ENTRY %main.10 (Arg_0.1: f32[4,3]) -> f32[] {") is None  # pylint: disable=protected-access
+  assert compile_time._opcode(  # pylint: disable=protected-access
+      "ENTRY %main.10 (Arg_0.1: f32[4,3]) -> f32[] {") is None
 
   def f(x, n):
     _, y = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, jnp.sin(c[1])), (0, x))
@@ -212,4 +213,5 @@ def test_compile_time_counts_what_an_optimized_program_holds():
   assert summary["while_loops"] == 1 and summary["dots"] == 1, summary
   assert summary["instructions"] > summary["fusions"] + 3
   assert summary["computations"] >= 3  # the entry, the loop's condition and body
-  assert all(count > 0 for _, count in summary["top_parts"])
+  # Instructions are attributed to the jax source that made them: the loop's sine among them.
+  assert any(part.startswith("while/") for part, _ in summary["top_parts"]), summary
