@@ -41,7 +41,7 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--size", default="paper", choices=("paper", "synthetic", "tiny"))
   parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--vocab", type=int, default=2900)
+  parser.add_argument("--vocab", type=int, default=2900, help="paper size only (others: 64)")
   parser.add_argument("--dropout", type=float, default=None, help="override model.dropout")
   parser.add_argument("--conv-impl", default=None, help="override model.conv_impl")
   parser.add_argument("--threads", type=int, default=2, help="pin to this many cores")
@@ -100,7 +100,7 @@ def hlo_summary(text: str, top: int) -> dict:
   ops, parts = collections.Counter(), collections.Counter()
   computations = 0
   for line in text.splitlines():
-    if line and not line.startswith(" "):
+    if line.startswith(("%", "ENTRY")) and line.rstrip().endswith("{"):  # a header
       computations += 1
     opcode = _opcode(line)
     if opcode is None:
