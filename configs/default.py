@@ -173,7 +173,8 @@ def get_config() -> ml_collections.ConfigDict:
   train.allow_data_order_change = False
   train.image_grid_studies = 8            # studies in the TensorBoard image grids
   train.compilation_cache = True          # JAX's persistent compilation cache: a resumed or
-                                          # re-evaluated run does not compile the step again
+                                          # re-evaluated run does not compile the step again,
+                                          # nor trace it (<dir>/lowered, runtime.StoredProgram)
   train.compilation_cache_dir = config_dict.placeholder(str)  # None: <workdir>/xla_cache
 
   config.eval = ev = ml_collections.ConfigDict()

@@ -20,18 +20,27 @@ TPU runs get XLA's defaults.
 - `jitted_once`: the same ``jax.jit`` object for the same program within one process, so a
   second run in that process (a notebook, train then resume, the tests) neither traces, lowers
   nor compiles again.
+- `StoredProgram`: a traced and lowered program kept on disk beside the compilation cache
+  (``jax.export``), so that a restart neither traces nor lowers it: the paper-size step takes
+  9-15 s of Python to trace and lower on any machine, which the persistent cache alone does not
+  save.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import platform
+import re
 import threading
 import time
 
 from absl import logging
 import jax
+from jax import export as jax_export
 
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 # XLA:CPU options for programs that run a handful of times (init, eval, image grids).
@@ -186,3 +195,144 @@ def initialize_distributed(train_config) -> None:
         "process), or run under SLURM, Open MPI or on Cloud TPU, where JAX finds them.") from e
   logging.info("JAX process %d of %d: %d local device(s), %d in all.", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+# ---------------------------------------------------------------------------------------------
+# Traced programs kept on disk.
+
+STORED_PROGRAMS_SUBDIR = "lowered"
+# jax.config values that change what a program compiles to or where it is cached, never what
+# tracing produces: left out of a stored program's key.
+_KEY_IGNORED_CONFIG = re.compile(
+    r"^jax_(compilation_cache|persistent_cache|explain_cache|log_compiles|logging_level|"
+    r"raise_persistent_cache|disable_most_optimizations|pprint|debug_log_modules|dump_ir|"
+    r"share_binary|cross_host|cpu_get_.*_timeout|distributed_debug|compiler_detailed_logging|"
+    r"include_debug_info_in_dumps|traceback_filtering|check_proxy_envs)")
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest() -> str:
+  """sha256 of every .py file of the mopoe_jax package (paths and contents)."""
+  root = os.path.dirname(os.path.abspath(__file__))
+  digest = hashlib.sha256()
+  for directory, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(f for f in files if f.endswith(".py")):
+      path = os.path.join(directory, name)
+      digest.update(os.path.relpath(path, root).encode())
+      with open(path, "rb") as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+def _version(package: str) -> str:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return "none"
+
+
+def program_key(*parts) -> str:
+  """A digest of ``parts`` (their ``repr``, object addresses removed) and of everything else that
+  decides what tracing a program produces: this package's source, the versions of jax, jaxlib,
+  flax, optax and numpy, Python, the backend and its devices, and the jax.config values."""
+  config = sorted((k, repr(v)) for k, v in jax.config.values.items()
+                  if not _KEY_IGNORED_CONFIG.match(k))
+  devices = [(d.id, d.process_index, d.platform, d.device_kind) for d in jax.devices()]
+  text = repr((parts, source_digest(), [_version(p) for p in ("jax", "jaxlib", "flax", "optax",
+                                                               "numpy")],
+               platform.python_version(), jax.default_backend(), devices, config))
+  text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+  return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def stored_programs_dir(enabled: bool = True) -> str | None:
+  """``<compilation cache>/lowered``, or None when ``enabled`` is False or JAX's persistent
+  compilation cache is off (no directory set)."""
+  cache = jax.config.jax_compilation_cache_dir
+  return os.path.join(cache, STORED_PROGRAMS_SUBDIR) if enabled and cache else None
+
+
+def _avals(args) -> list:
+  return [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(args)]
+
+
+class StoredProgram:
+  """A jitted program whose traced and lowered form (``jax.export``) is kept on disk.
+
+  ``fun`` must take and return lists, tuples, dicts and arrays only (no custom pytree nodes: the
+  stored form keeps only those). The first `lower` in a process loads ``<directory>/<name>-<key>
+  .jaxexport`` when it exists and fits the arguments; otherwise it traces and lowers ``fun``
+  (``jax.export``) and stores the result there. Either way the program that compiles is the
+  stored one, ``jax.jit(exported.call, **jit_kwargs)`` (shardings, donation), so a first start
+  and a restart compile the same program (the persistent cache then hits) and compute the same
+  numbers, bit for bit. ``key`` (`program_key`) must name everything the trace depends on; a
+  stale key means a stale program. With ``directory`` None nothing is read or written. `lower`
+  and `__call__` behave as those of a ``jax.jit`` object; several `lower` calls in one process
+  trace and load nothing again.
+  """
+
+  def __init__(self, fun, *, name: str, key: str, directory: str | None, **jit_kwargs):
+    self.name, self.key, self.fun = name, key, fun
+    self.path = (os.path.join(directory, f"{name}-{key}.jaxexport") if directory else None)
+    self._jit_kwargs = jit_kwargs  # in_shardings, out_shardings, donate_argnums
+    self._jitted = None
+    self._lock = threading.Lock()
+    self.loaded = False  # True: the program came from the file, nothing was traced
+
+  def _load(self, args):
+    if self.path is None or not os.path.exists(self.path):
+      return None
+    try:
+      with open(self.path, "rb") as f:
+        exported = jax_export.deserialize(bytearray(f.read()))
+      wanted = _avals(args)
+      found = [(tuple(a.shape), str(a.dtype)) for a in exported.in_avals]
+      if found != wanted:
+        raise ValueError(f"it takes {len(found)} arguments of other shapes")
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      logging.warning("Cannot use the stored %s in %s (%s: %s); tracing it again.", self.name,
+                      self.path, type(e).__name__, e)
+      return None
+    return exported
+
+  def _store(self, blob: bytes) -> None:
+    try:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
+      with open(tmp, "wb") as f:
+        f.write(blob)
+      os.replace(tmp, self.path)  # atomic: a reader sees the old file or the whole new one
+    except OSError as e:
+      logging.warning("Could not store the traced %s in %s (%s); the next start traces it "
+                      "again.", self.name, self.path, e)
+
+  def _build(self, args):
+    tic = time.perf_counter()
+    exported = self._load(args)
+    if exported is not None:
+      self.loaded = True
+      logging.info("Loaded the traced %s from %s in %.1f s (no tracing).", self.name, self.path,
+                   time.perf_counter() - tic)
+    else:
+      traced = jax_export.export(jax.jit(self.fun, **self._jit_kwargs))(*args)
+      blob = traced.serialize()
+      # The program that runs is the stored form in both cases: what a restart will load.
+      exported = jax_export.deserialize(blob)
+      if self.path is not None:
+        self._store(bytes(blob))
+        logging.info("Traced the %s in %.1f s; stored it in %s.", self.name,
+                     time.perf_counter() - tic, self.path)
+    return jax.jit(exported.call, **self._jit_kwargs)
+
+  def lower(self, *args):
+    with self._lock:
+      if self._jitted is None:
+        self._jitted = self._build(args)
+    return self._jitted.lower(*args)
+
+  def __call__(self, *args):
+    with self._lock:
+      if self._jitted is None:
+        self._jitted = self._build(args)
+    return self._jitted(*args)

@@ -1,15 +1,16 @@
 """The training loop around the jitted step of `mopoe_jax.step`.
 
 `train_and_evaluate` compiles the step once with ``jax.jit`` over a ``('data',)`` mesh (batch
-sharded, state replicated), feeds it global batches of the data source, logs to the metric
-writer it is given, evaluates the loss on the eval split, lowers the learning rate on a plateau
-(when ``train.plateau_factor`` < 1) and checkpoints with Orbax. It resumes from the newest
-checkpoint of the workdir that restores (data position included; a damaged newer one is logged
-and set aside), after checking the
-checkpoint's recorded fields against the config (`mopoe_jax.fingerprint`). A step's checkpoint
-is written before that step's evaluation runs (the evaluation still due is recorded and runs on
-resume); any exception inside the loop saves the current state first (one process); SIGTERM
-saves and raises `Preempted`; a non-finite loss or gradient stops with an error naming the step.
+sharded, state replicated; traced once and kept beside the compilation cache, so that a restart
+neither traces nor lowers it: `train_program`), feeds it global batches of the data source,
+logs to the metric writer it is given, evaluates the loss on the eval split, lowers the learning
+rate on a plateau (when ``train.plateau_factor`` < 1) and checkpoints with Orbax. It resumes
+from the newest checkpoint of the workdir that restores (data position included; a damaged
+newer one is logged and set aside), after checking the checkpoint's recorded fields against the
+config (`mopoe_jax.fingerprint`). A step's checkpoint is written before that step's evaluation
+runs (the evaluation still due is recorded and runs on resume); any exception inside the loop
+saves the current state first (one process); SIGTERM saves and raises `Preempted`; a
+non-finite loss or gradient stops with an error naming the step.
 """
 
 from __future__ import annotations
@@ -172,17 +173,63 @@ def _flat_hparams(config) -> dict:
   return flat
 
 
+def _state_fields(config: ml_collections.ConfigDict) -> tuple:
+  """The config fields that `init_state` reads besides the model: input shapes, optimizer (the
+  optimizer's functions then live in the state's tree, and the train step runs them)."""
+  d, t = config.data, config.train
+  return (d.image_size, d.text_length, tuple(d.modalities), t.learning_rate, t.warmup_steps,
+          t.b1, t.b2)
+
+
 def init_program(config: ml_collections.ConfigDict, model, mesh):
   """The jitted `init_state` of ``model`` and ``config``, its output replicated over ``mesh``:
   one object per program in this process (`runtime.jitted_once`)."""
-  d, t = config.data, config.train
-  # The config fields that init_state reads besides the model: input shapes, optimizer.
-  fields = (d.image_size, d.text_length, tuple(d.modalities), t.learning_rate, t.warmup_steps,
-            t.b1, t.b2)
+  fields = _state_fields(config)
   return runtime.jitted_once(
       (init_state, model, fields, mesh),
       lambda: jax.jit(functools.partial(init_state, model, config),
                       out_shardings=sharding.replicated(mesh)))
+
+
+def _flat_train_step(state_leaves, batch, rng, *, treedef, model, step_config):
+  """`train_step` on the state's leaves (what `runtime.StoredProgram` can keep on disk)."""
+  state, metrics = train_step(jax.tree.unflatten(treedef, state_leaves), batch, rng,
+                              model=model, step_config=step_config)
+  return jax.tree.leaves(state), metrics
+
+
+def train_program(config: ml_collections.ConfigDict, model, step_config: StepConfig, mesh,
+                  abstract, batch_shape) -> runtime.StoredProgram:
+  """The train step over ``mesh`` (batch sharded, state replicated and donated) as a
+  `runtime.StoredProgram` of the state's leaves: traced once, kept beside the compilation cache
+  (unless ``train.compilation_cache`` is off), loaded untraced by a restart; one object per
+  program in this process. Call it through `_tree_step`."""
+  replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  treedef = jax.tree.structure(abstract)
+  key = runtime.program_key(
+      "train_step", model, step_config, _state_fields(config), str(treedef),
+      [(x.shape, str(x.dtype), str(x.sharding)) for x in jax.tree.leaves(abstract)],
+      sorted((k, v.shape, str(v.dtype), str(v.sharding)) for k, v in batch_shape.items()),
+      [d.id for d in mesh.devices.flat])
+  return runtime.jitted_once(
+      ("stored train step", key),
+      lambda: runtime.StoredProgram(
+          functools.partial(_flat_train_step, treedef=treedef, model=model,
+                            step_config=step_config),
+          name="train_step", key=key,
+          directory=runtime.stored_programs_dir(config.train.compilation_cache),
+          in_shardings=(replicated, sharded, replicated), out_shardings=(replicated, replicated),
+          donate_argnums=(0,)))
+
+
+def _tree_step(flat_step, treedef):
+  """``(state, batch, rng) -> (state, metrics)`` from the compiled `_flat_train_step`."""
+
+  def step(state, batch, rng):
+    leaves, metrics = flat_step(jax.tree.leaves(state), batch, rng)
+    return jax.tree.unflatten(treedef, leaves), metrics
+
+  return step
 
 
 def _resume(manager, abstract, config, fields: dict, workdir: str, on_checked=None):
@@ -276,21 +323,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated,
                                                          weak_type=x.weak_type),
                           jax.eval_shape(p_init, init_rng))
-  p_train = runtime.jitted_once(
-      (train_step, model, step_config, mesh),
-      lambda: jax.jit(functools.partial(train_step, model=model, step_config=step_config),
-                      in_shardings=(replicated, sharded, replicated),
-                      out_shardings=(replicated, replicated), donate_argnums=(0,)))
   batch_shape = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharded) for k, v in
                  model_lib.dummy_batch(config, config.train.batch_size).items()}
+  p_train = train_program(config, model, step_config, mesh, abstract, batch_shape)
   compiles = []
 
   def start_step_compile(*_):
     """The step compiles from the abstract state while the state is initialised or restored;
     after the checkpoint's fields passed their check, so a refused run compiles nothing."""
     if not compiles:
-      compiles.append(runtime.BackgroundCompile(p_train, abstract, batch_shape, step_rng,
-                                                name="train step"))
+      compiles.append(runtime.BackgroundCompile(p_train, jax.tree.leaves(abstract), batch_shape,
+                                                step_rng, name="train step"))
 
   keep_best = checkpointing.KeepStep()
   manager = checkpointing.create_manager(workdir, keep=config.train.keep_checkpoints,
@@ -329,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
 
   train_iter = data.train_batches(global_batch_size=config.train.batch_size,
                                   seed=config.train.seed, start_step=start_step)
-  p_train = compiles[0].result()
+  p_train = _tree_step(compiles[0].result(), jax.tree.structure(abstract))
   # XLA:CPU collectives have dead-locked when tiny sharded steps run back to back: on CPU, wait
   # for each step's result (the CPU is busy computing it anyway).
   sync_each_step = jax.default_backend() == "cpu"

@@ -96,6 +96,9 @@ def test_killed_twice_and_preempted_then_the_same_command_ends_as_an_uninterrupt
                                  lambda: _newer_checkpoint(workdir, before), signal.SIGKILL)
   assert sent and proc.returncode == -signal.SIGKILL, log[-4000:]
   assert "incomplete checkpoint write(s) left by an interrupted save" in log
+  # The restart loads the traced step that an earlier start stored (runtime.StoredProgram):
+  # the end state below, equal to the straight run's, is computed by that stored program.
+  assert "Loaded the traced train_step" in log, log[-4000:]
   latest = _latest(workdir)
   assert latest is not None and latest < NUM_STEPS
 

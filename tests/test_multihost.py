@@ -74,6 +74,8 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
   logs = _run_processes([*command, "--mode=train_and_evaluate", "--config.train.num_steps=4",
                          *EVALUATION], tmp_path / "resume")
   assert all("Resumed from step 2" in log for log in logs)
+  # Both processes load the step that phase 1 traced and stored, and still match (below).
+  assert all("Loaded the traced train_step" in log for log in logs)
   assert "Process 1: process 0 evaluates; waiting for it" in logs[1]
   assert "Process 1: process 0's evaluation finished." in logs[1]
   with open(os.path.join(workdir, "eval", "results.json")) as f:

@@ -1,5 +1,7 @@
 """Backend-dependent settings of the entry points (mopoe_jax.runtime)."""
 
+import functools
+
 import jax
 import pytest
 
@@ -89,3 +91,112 @@ def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
   # Compiled and written by the first process; the second loads it and writes nothing new.
   assert hits[0] == 0 and hits[1] >= 1, hits
   assert len(entries[0]) == 1 and entries[1] == entries[0], entries
+
+
+# ------------------------------------------------------------------------------------------------
+# Traced programs kept on disk (runtime.StoredProgram).
+
+_traces = []
+
+
+def _program(xs, batch):
+  _traces.append(1)  # runs when (and only when) the function is traced
+  h = jax.numpy.tanh(xs[0] @ batch["w"]) + xs[1]
+  return [h, xs[1] * 2.0], {"loss": (h ** 2).sum()}
+
+
+def _args(n=4):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  return ([rng.normal(size=(n, n)).astype(np.float32), rng.normal(size=(n,)).astype(np.float32)],
+          {"w": rng.normal(size=(n, n)).astype(np.float32)})
+
+
+def _stored(directory, key="k"):
+  # A fresh function object each time, as in a new process (JAX keeps traces per function).
+  return runtime.StoredProgram(functools.partial(_program), name="prog", key=key,
+                               directory=directory, donate_argnums=())
+
+
+def test_stored_program_is_traced_once_then_loaded_and_computes_the_same(tmp_path, caplog):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  plain = jax.jit(functools.partial(_program))(*_args())  # the program as jax.jit runs it
+  _traces.clear()
+  first = _stored(str(tmp_path))
+  out1 = first.lower(*_args()).compile()(*_args())
+  assert len(_traces) == 1 and not first.loaded
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["prog-k.jaxexport"]
+
+  second = _stored(str(tmp_path))  # a restart: same key, fresh object
+  out2 = second(*_args())
+  assert len(_traces) == 1 and second.loaded  # loaded, not traced
+  for a, b, c in zip(jax.tree.leaves(out1), jax.tree.leaves(out2), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+  assert jax.tree.structure(out1) == jax.tree.structure(out2)
+
+  # Other shapes under the same key: traced again (with a warning), and stored for those.
+  caplog.set_level("WARNING")
+  third = _stored(str(tmp_path))
+  third(*_args(8))
+  assert len(_traces) == 2 and not third.loaded
+  assert "Cannot use the stored prog" in caplog.text and "other shapes" in caplog.text
+
+  # A damaged file: traced again and replaced by a good one.
+  (tmp_path / "prog-k.jaxexport").write_bytes(b"not a program")
+  fourth = _stored(str(tmp_path))
+  fourth(*_args())
+  assert len(_traces) == 3 and not fourth.loaded
+  fifth = _stored(str(tmp_path))
+  fifth(*_args())
+  assert len(_traces) == 3 and fifth.loaded
+  assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_stored_program_without_a_directory_writes_nothing(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  _traces.clear()
+  program = _stored(None)
+  program(*_args())
+  program(*_args())
+  assert len(_traces) == 1 and not program.loaded and not list(tmp_path.iterdir())
+
+
+def test_program_key_follows_what_the_trace_depends_on():
+  def f(x):
+    return x
+
+  def g(x):
+    return x
+
+  base = runtime.program_key("p", (1, 2), f)
+  assert runtime.program_key("p", (1, 2), f) == base
+  assert runtime.program_key("p", (1, 3), f) != base
+  assert runtime.program_key("p", (1, 2), g) != base  # another function name
+  # Object addresses are left out: the same function defined again (another process) matches.
+  def f(x):  # noqa: F811  pylint: disable=function-redefined
+    return x
+  assert runtime.program_key("p", (1, 2), f) == base
+  # A setting that changes the trace changes the key; one that only changes caching does not.
+  with jax.default_matmul_precision("highest"):
+    assert runtime.program_key("p", (1, 2), f) != base
+  before = jax.config.jax_persistent_cache_min_compile_time_secs
+  try:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before + 7)
+    assert runtime.program_key("p", (1, 2), f) == base
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+  # This package's source is part of the key.
+  assert len(runtime.source_digest()) == 64
+
+
+def test_stored_programs_dir_follows_the_compilation_cache():
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update("jax_compilation_cache_dir", "/some/cache")
+    assert runtime.stored_programs_dir() == "/some/cache/lowered"
+    assert runtime.stored_programs_dir(enabled=False) is None
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert runtime.stored_programs_dir() is None
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
