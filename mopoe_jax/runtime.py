@@ -201,6 +201,7 @@ def initialize_distributed(train_config) -> None:
 # Traced programs kept on disk.
 
 STORED_PROGRAMS_SUBDIR = "lowered"
+STORED_PROGRAMS_KEEP = 8  # per program name: the newest ones (1-2 MB each at the paper size)
 # jax.config values that change what a program compiles to or where it is cached, never what
 # tracing produces: left out of a stored program's key.
 _KEY_IGNORED_CONFIG = re.compile(
@@ -263,10 +264,11 @@ class StoredProgram:
   ``fun`` must take and return lists, tuples, dicts and arrays only (no custom pytree nodes: the
   stored form keeps only those). The first `lower` in a process loads ``<directory>/<name>-<key>
   .jaxexport`` when it exists and fits the arguments; otherwise it traces and lowers ``fun``
-  (``jax.export``) and stores the result there. Either way the program that compiles is the
-  stored one, ``jax.jit(exported.call, **jit_kwargs)`` (shardings, donation), so a first start
-  and a restart compile the same program (the persistent cache then hits) and compute the same
-  numbers, bit for bit. ``key`` (`program_key`) must name everything the trace depends on; a
+  (``jax.export``) and stores the result there (keeping the newest `STORED_PROGRAMS_KEEP` files
+  of that name). Either way the program that compiles is the stored one,
+  ``jax.jit(exported.call, **jit_kwargs)`` (shardings, donation), so a first start and a restart
+  compile the same program (the persistent cache then hits) and compute the same numbers, bit
+  for bit. ``key`` (`program_key`) must name everything the trace depends on; a
   stale key means a stale program. With ``directory`` None nothing is read or written. `lower`
   and `__call__` behave as those of a ``jax.jit`` object; several `lower` calls in one process
   trace and load nothing again.
@@ -297,15 +299,32 @@ class StoredProgram:
     return exported
 
   def _store(self, blob: bytes) -> None:
+    directory = os.path.dirname(self.path)
+    tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-      os.makedirs(os.path.dirname(self.path), exist_ok=True)
-      tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
+      os.makedirs(directory, exist_ok=True)
       with open(tmp, "wb") as f:
         f.write(blob)
       os.replace(tmp, self.path)  # atomic: a reader sees the old file or the whole new one
     except OSError as e:
       logging.warning("Could not store the traced %s in %s (%s); the next start traces it "
                       "again.", self.name, self.path, e)
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      return
+    # Every code or config change stores another program under a new key: keep the newest few.
+    stored = []
+    for entry in os.scandir(directory):
+      if entry.name.startswith(f"{self.name}-") and entry.name.endswith(".jaxexport"):
+        try:
+          stored.append((entry.stat().st_mtime, entry.path))
+        except OSError:  # removed meanwhile by another process
+          pass
+    for _, path in sorted(stored, reverse=True)[STORED_PROGRAMS_KEEP:]:
+      try:
+        os.remove(path)
+      except OSError:
+        pass
 
   def _build(self, args):
     tic = time.perf_counter()

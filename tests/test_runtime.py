@@ -200,3 +200,16 @@ def test_stored_programs_dir_follows_the_compilation_cache():
     assert runtime.stored_programs_dir() is None
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_storing_a_program_keeps_the_newest_few_of_its_name(tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
+  for i in range(runtime.STORED_PROGRAMS_KEEP + 3):  # older programs of the same name
+    path = tmp_path / f"prog-old{i}.jaxexport"
+    path.write_bytes(b"x")
+    os.utime(path, (1000 + i, 1000 + i))
+  (tmp_path / "other-old.jaxexport").write_bytes(b"x")  # another program: left alone
+  _stored(str(tmp_path), key="new")(*_args())
+  kept = sorted(p.name for p in tmp_path.iterdir())
+  newest_old = [f"prog-old{i}.jaxexport" for i in range(4, runtime.STORED_PROGRAMS_KEEP + 3)]
+  assert kept == sorted(["other-old.jaxexport", "prog-new.jaxexport", *newest_old]), kept
