@@ -266,10 +266,10 @@ class StoredProgram:
   .jaxexport`` when it exists and fits the arguments; otherwise it traces and lowers ``fun``
   (``jax.export``) and stores the result there (keeping the newest `STORED_PROGRAMS_KEEP` files
   of that name). Either way the program that compiles is the stored one,
-  ``jax.jit(exported.call, **jit_kwargs)`` (shardings, donation), so a first start and a restart
-  compile the same program (the persistent cache then hits) and compute the same numbers, bit
-  for bit. ``key`` (`program_key`) must name everything the trace depends on; a
-  stale key means a stale program. With ``directory`` None nothing is read or written. `lower`
+  ``jax.jit(exported.call, **jit_kwargs)`` (shardings, donation; named ``name`` in compile logs
+  and cache entries), so a first start and a restart compile the same program (the persistent
+  cache then hits) and compute the same numbers, bit for bit. ``key`` (`program_key`) must name
+  everything the trace depends on; a stale key means a stale program. With ``directory`` None nothing is read or written. `lower`
   and `__call__` behave as those of a ``jax.jit`` object; several `lower` calls in one process
   trace and load nothing again.
   """
@@ -342,7 +342,13 @@ class StoredProgram:
         self._store(bytes(blob))
         logging.info("Traced the %s in %.1f s; stored it in %s.", self.name,
                      time.perf_counter() - tic, self.path)
-    return jax.jit(exported.call, **self._jit_kwargs)
+    def program(*args):
+      return exported.call(*args)
+
+    # Named as the program, not "call": compile logs, cache entries and monitoring events say
+    # which program they are about.
+    program.__name__ = program.__qualname__ = self.name
+    return jax.jit(program, **self._jit_kwargs)
 
   def lower(self, *args):
     with self._lock:

@@ -123,7 +123,9 @@ def test_stored_program_is_traced_once_then_loaded_and_computes_the_same(tmp_pat
   plain = jax.jit(functools.partial(_program))(*_args())  # the program as jax.jit runs it
   _traces.clear()
   first = _stored(str(tmp_path))
-  out1 = first.lower(*_args()).compile()(*_args())
+  lowered = first.lower(*_args())
+  assert "module @jit_prog" in lowered.as_text()  # named as the program in logs and caches
+  out1 = lowered.compile()(*_args())
   assert len(_traces) == 1 and not first.loaded
   assert sorted(p.name for p in tmp_path.iterdir()) == ["prog-k.jaxexport"]
 
