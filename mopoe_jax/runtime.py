@@ -269,9 +269,9 @@ class StoredProgram:
   ``jax.jit(exported.call, **jit_kwargs)`` (shardings, donation; named ``name`` in compile logs
   and cache entries), so a first start and a restart compile the same program (the persistent
   cache then hits) and compute the same numbers, bit for bit. ``key`` (`program_key`) must name
-  everything the trace depends on; a stale key means a stale program. With ``directory`` None nothing is read or written. `lower`
-  and `__call__` behave as those of a ``jax.jit`` object; several `lower` calls in one process
-  trace and load nothing again.
+  everything the trace depends on; a stale key means a stale program. With ``directory`` None
+  nothing is read or written. `lower` and `__call__` behave as those of a ``jax.jit`` object;
+  several `lower` calls in one process trace and load nothing again.
   """
 
   def __init__(self, fun, *, name: str, key: str, directory: str | None, **jit_kwargs):
@@ -342,6 +342,7 @@ class StoredProgram:
         self._store(bytes(blob))
         logging.info("Traced the %s in %.1f s; stored it in %s.", self.name,
                      time.perf_counter() - tic, self.path)
+
     def program(*args):
       return exported.call(*args)
 
