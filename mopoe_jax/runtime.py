@@ -275,7 +275,7 @@ class StoredProgram:
   """
 
   def __init__(self, fun, *, name: str, key: str, directory: str | None, **jit_kwargs):
-    self.name, self.key, self.fun = name, key, fun
+    self.name, self.fun = name, fun
     self.path = (os.path.join(directory, f"{name}-{key}.jaxexport") if directory else None)
     self._jit_kwargs = jit_kwargs  # in_shardings, out_shardings, donate_argnums
     self._jitted = None

@@ -164,7 +164,7 @@ def test_stored_program_without_a_directory_writes_nothing(tmp_path, monkeypatch
   assert len(_traces) == 1 and not program.loaded and not list(tmp_path.iterdir())
 
 
-def test_program_key_follows_what_the_trace_depends_on():
+def test_program_key_follows_what_the_trace_depends_on(monkeypatch):
   def f(x):
     return x
 
@@ -188,8 +188,10 @@ def test_program_key_follows_what_the_trace_depends_on():
     assert runtime.program_key("p", (1, 2), f) == base
   finally:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
-  # This package's source is part of the key.
+  # This package's source is part of the key: an edit anywhere in mopoe_jax changes it.
   assert len(runtime.source_digest()) == 64
+  monkeypatch.setattr(runtime, "source_digest", lambda: "0" * 64)
+  assert runtime.program_key("p", (1, 2), f) != base
 
 
 def test_stored_programs_dir_follows_the_compilation_cache():
