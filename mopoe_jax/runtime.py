@@ -195,6 +195,15 @@ def initialize_distributed(train_config) -> None:
         "process), or run under SLURM, Open MPI or on Cloud TPU, where JAX finds them.") from e
   logging.info("JAX process %d of %d: %d local device(s), %d in all.", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  if jax.default_backend() == "cpu" and jax.process_index() != 0:
+    logging.warning(
+        "Process %d on the CPU backend compiles every program on every start: JAX writes its "
+        "persistent compilation cache from process 0 only, and on CPU the other processes' "
+        "cache keys differ from process 0's (they hash each process's own view of the device "
+        "topology; seen with jax 0.10 and 0.12). The traced train step is still shared "
+        "(xla_cache/lowered/). Do not set jax_share_binary_between_hosts on CPU: this process "
+        "would wait for a binary under its own key, which process 0 never publishes.",
+        jax.process_index())
 
 
 # ---------------------------------------------------------------------------------------------
