@@ -200,9 +200,10 @@ def initialize_distributed(train_config) -> None:
         "Process %d on the CPU backend compiles every program on every start: JAX writes its "
         "persistent compilation cache from process 0 only, and on CPU the other processes' "
         "cache keys differ from process 0's (they hash each process's own view of the device "
-        "topology; seen with jax 0.10 and 0.12). The traced train step is still shared "
-        "(xla_cache/lowered/). Do not set jax_share_binary_between_hosts on CPU: this process "
-        "would wait for a binary under its own key, which process 0 never publishes.",
+        "topology; seen with jax 0.10 and 0.12). The traced train step stored beside the cache "
+        "(its lowered/ folder) is still shared. Do not set jax_share_binary_between_hosts on "
+        "CPU: this process would wait for a binary under its own key, which process 0 never "
+        "publishes.",
         jax.process_index())
 
 
