@@ -14,6 +14,8 @@ RUNTIME_CODE = ["mopoe_jax", "input_pipeline", "configs", "main.py"]
 NOT_IMPORTED = {
     "tensorboard": "clu's metric writers need it installed to write event files",
     "etils": "imported as `from etils import epath`, declared with its epath extra",
+    "importlib_resources": "tensorflow-datasets imports it without declaring it "
+                           "(tests/test_fresh_install.py)",
 }
 # Import names whose distribution is named differently and may not be installed here.
 ALIASES = {"tensorflow": {"tensorflow", "tensorflow-cpu"}, "sklearn": {"scikit-learn"},
@@ -83,3 +85,39 @@ def test_declared_dependencies_match_the_imports():
   assert not unused, f"declared in install_requires but imported nowhere: {unused}"
   unused = test_extra - {d for n in test_imports for d in _distributions(n)} - {"pytest-timeout"}
   assert not unused, f"declared in the test extra but imported by no test: {unused}"
+
+
+def test_the_locks_pin_every_declared_package_for_their_python():
+  """constraints.txt includes one lock per tested Python; each pins every package of
+  install_requires and the test extra that applies on x86-64 Linux, and only for its Python."""
+  from packaging.requirements import Requirement  # pylint: disable=g-import-not-at-top
+  from packaging.utils import canonicalize_name  # pylint: disable=g-import-not-at-top
+  included = [line.split(None, 1)[1] for line in (REPO / "constraints.txt").read_text()
+              .splitlines() if line.startswith("-c ")]
+  assert included == ["constraints/py3.11.txt", "constraints/py3.12.txt"]
+  cfg = configparser.ConfigParser()
+  cfg.read(REPO / "setup.cfg")
+  declared = [Requirement(line.strip()) for value in (cfg["options"]["install_requires"],
+                                                      cfg["options.extras_require"]["test"])
+              for line in value.splitlines() if line.strip() and not line.strip().startswith("#")]
+  for path in included:
+    version = re.fullmatch(r"constraints/py(3\.\d+)\.txt", path).group(1)
+    environment = {"python_version": version, "sys_platform": "linux",
+                   "platform_machine": "x86_64", "extra": ""}
+    pins = {}
+    for line in (REPO / path).read_text().splitlines():
+      if line and not line.startswith("#"):
+        req = Requirement(line)
+        [spec] = req.specifier
+        assert spec.operator == "==", line
+        assert req.marker.evaluate(environment), line
+        assert not req.marker.evaluate(dict(environment, python_version="3.99")), line
+        assert not req.marker.evaluate(dict(environment, platform_machine="aarch64")), line
+        pins[canonicalize_name(req.name)] = spec.version
+    wanted = {canonicalize_name(r.name) for r in declared
+              if r.marker is None or r.marker.evaluate(environment)}
+    assert wanted <= set(pins), (path, wanted - set(pins))
+    for req in declared:  # the pinned versions satisfy setup.cfg's ranges
+      if canonicalize_name(req.name) in pins:
+        assert req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True), (
+            path, req)
