@@ -1,16 +1,27 @@
-"""Shared test set-up: CPU only, fast compiles, TensorFlow kept off accelerators."""
+"""Shared test set-up: CPU only, fast compiles, one compilation cache for the whole session.
 
+TensorFlow is imported by the tests that use the input pipeline, not here: the library's tests
+run without it. CUDA_VISIBLE_DEVICES="" keeps it (and JAX) off any GPU.
+"""
+
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import tensorflow as tf  # noqa: E402
-
-tf.config.set_visible_devices([], "GPU")
+# JAX's persistent compilation cache, shared by this process and every subprocess it starts
+# (the same programs with the same flags load instead of compiling again). A new folder per
+# session unless MOPOE_TEST_XLA_CACHE names one to keep between sessions: a run starts cold, as
+# on a user's machine.
+if not os.environ.get("MOPOE_TEST_XLA_CACHE"):
+  os.environ["MOPOE_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="mopoe_jax_test_xla_cache.")
+  atexit.register(shutil.rmtree, os.environ["MOPOE_TEST_XLA_CACHE"], ignore_errors=True)
 
 import jax  # noqa: E402
 
@@ -22,12 +33,23 @@ runtime.apply_defaults()
 # Tests are compile-bound on CPU: skip most XLA optimizations, and reuse compiled programs
 # across test modules (same program, same cache entry) through the persistent cache.
 jax.config.update("jax_disable_most_optimizations", True)
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("MOPOE_TEST_XLA_CACHE", "/tmp/mopoe_jax_test_xla_cache"))
+jax.config.update("jax_compilation_cache_dir", os.environ["MOPOE_TEST_XLA_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+# The slow tier (`-m slow`; the fast one is `-m "not slow"`): a test that trains or evaluates
+# end to end through these fixtures is slow, as is one marked so itself (main.py or a benchmark
+# in a subprocess, several processes, a full dataset build).
+END_TO_END_FIXTURES = frozenset({"straight_run", "evaluated", "two_device_run"})
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +69,21 @@ def tiny_config(data_dir: str, **train_overrides):
   config.data.data_dir = data_dir
   for key, value in train_overrides.items():
     config.train[key] = value
+  return config
+
+
+def small_config(modalities=("frontal", "lateral", "text")):
+  """configs/tiny.py at 16 px and 16 tokens: one level less in every network, every kind of
+  layer kept (residual blocks included). For tests that build the model from arrays and whose
+  property does not depend on its depth; their programs compile in about a third less time."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data.modalities = tuple(modalities)
+  config.data.image_size = config.data.text_length = 16
+  config.model.update(rec_weights=(1 / len(modalities),) * len(modalities),
+                      image_encoder_widths=(8, 16, 16), image_decoder_widths=(16, 16, 8),
+                      text_encoder_widths=(16,) * 4, text_decoder_widths=(16,) * 4,
+                      conv_impl="xla")  # XLA's own convolutions: fewer kernels to compile
   return config
 
 

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmark's processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "step_throughput.py")
 TIMEOUT_S = 480  # a few tens of seconds on a quiet 2-core machine; minutes when it is busy
@@ -47,8 +49,7 @@ def _run(tmp_path, *flags, returncode=0, block_tensorflow=False):
     (site / "sitecustomize.py").write_text(BLOCKER)
     env["PYTHONPATH"] = os.pathsep.join([str(site)] + [p for p in [env.get("PYTHONPATH")] if p])
   env.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-  env.setdefault("JAX_COMPILATION_CACHE_DIR",
-                 os.environ.get("MOPOE_TEST_XLA_CACHE", "/tmp/mopoe_jax_test_xla_cache"))
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["MOPOE_TEST_XLA_CACHE"])  # conftest.py
   env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
   proc = subprocess.run([sys.executable, SCRIPT, *TINY, "--out", str(out), *flags],
                         capture_output=True, text=True, timeout=TIMEOUT_S, cwd=REPO, env=env)
@@ -70,13 +71,20 @@ def _check_machine(report):
   assert machine["device"] == "cpu" and machine["backend"] == "cpu"
 
 
-def test_jax_worker_alone_with_several_variants(tmp_path):
-  """The GPU defaults' variant loop and parallel build, without TensorFlow and clu (as on the
-  GPU machine). Two variants: the float32 one is the program of the other tests here (a cache
-  hit); the xla convolutions are checked against the cpu ones in tests/test_layers.py."""
-  report, stdout = _run(tmp_path, "--skip-torch", "--no-peak", "--compute-dtype",
-                        "float32,bfloat16", "--conv-impl", "cpu", "--parallel-build", "yes",
-                        block_tensorflow=True)
+@pytest.fixture(scope="module")
+def variants_and_a_crashed_worker(tmp_path_factory):
+  """One run of the parent: the JAX worker with two variants, built in parallel, without
+  TensorFlow and clu (as on the GPU machine), beside a PyTorch worker that dies by SIGSEGV at
+  start-up, before importing torch (so no torch is needed). The float32 variant is the program
+  of the other tests here (a cache hit); the xla convolutions are checked against the cpu ones
+  in tests/test_layers.py."""
+  return _run(tmp_path_factory.mktemp("variants"), "--no-peak", "--compute-dtype",
+              "float32,bfloat16", "--conv-impl", "cpu", "--parallel-build", "yes",
+              "--simulate-crash", "torch:startup", returncode=1, block_tensorflow=True)
+
+
+def test_jax_worker_runs_several_variants_without_tensorflow(variants_and_a_crashed_worker):
+  report, stdout = variants_and_a_crashed_worker
   _check_machine(report)
   [case] = report["cases"]
   assert (case["size"], case["batch"]) == ("tiny", 8)
@@ -91,7 +99,6 @@ def test_jax_worker_alone_with_several_variants(tmp_path):
     assert v["foreign_modules"] == []  # neither torch nor tensorflow in the JAX worker
     assert v["xla_flops_per_step"] > 0
     assert {"init_s", "lower_s", "compile_s", "first_step_s"} <= set(v["phases"])
-  assert report["failures"] == []
   assert "jax float32" in stdout
 
 
@@ -119,17 +126,16 @@ def test_both_frameworks_end_to_end(tmp_path):
   assert report["failures"] == []
 
 
-def test_worker_crash_at_startup_is_reported(tmp_path):
-  """The torch worker dies by SIGSEGV before importing torch: no torch needed."""
-  report, stdout = _run(tmp_path, "--no-peak", "--simulate-crash", "torch:startup",
-                        returncode=1)
+def test_worker_crash_at_startup_is_reported(variants_and_a_crashed_worker):
+  """The PyTorch worker's crash is reported; the JAX worker's results are still written."""
+  report, stdout = variants_and_a_crashed_worker
   [failure] = report["failures"]
   assert failure["framework"] == "torch" and failure["phase"] == "startup"
   assert failure["signal"] == "SIGSEGV" and failure["returncode"] == -11
   assert any("simulated crash" in line for line in failure["stderr_tail"])
   assert "torch f32 worker failed in startup: killed by SIGSEGV" in stdout
   [case] = report["cases"]
-  assert case["jax_examples_per_s"] > 0  # the other framework's results are still written
+  assert case["jax_examples_per_s"] > 0
 
 
 def test_worker_crash_while_timed_keeps_the_other_results(tmp_path):

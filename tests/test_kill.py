@@ -20,6 +20,8 @@ from conftest import (assert_trees_equal, main_command, restored_state_tree, sta
                       subprocess_env)
 from mopoe_jax import checkpointing
 
+pytestmark = pytest.mark.slow  # main.py in subprocesses
+
 NUM_STEPS = 30  # straight_run's config, given on the command line
 OVERRIDES = ("--mode=train", f"--config.train.num_steps={NUM_STEPS}",
              "--config.train.checkpoint_every_steps=10", "--config.train.eval_every_steps=10",

@@ -11,7 +11,7 @@ import pytest
 
 from configs import default as default_config
 from configs import tiny as tiny_config
-from conftest import jaxpr_equations
+from conftest import jaxpr_equations, small_config
 from mopoe_jax import cpu_conv, layers, model as model_lib, networks
 
 # ---------------------------------------------------------------------------------------------
@@ -44,6 +44,20 @@ def _naive_conv_transpose(x, w, s, p, op):
   return y
 
 
+def _value_and_grads(f, x, w, seed: int):
+  """``f(x, w)`` and the gradients of ``sum(f(x, w) * cot)`` for x and w, from one jitted
+  program (eager dispatch would compile every operation on its own); ``cot`` is drawn from
+  ``seed``, so two ``f`` of one output shape get the same one."""
+  shape = jax.eval_shape(f, x, w).shape
+  cot = jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+  @jax.jit
+  def both(a, b):
+    y, vjp = jax.vjp(f, a, b)
+    return y, vjp(cot)
+  return both(x, w)
+
+
 CASES = [  # (k, s, p, output_padding, n): every transposed convolution of the networks
     (4, 2, 1, 0, 5), (3, 2, 1, 1, 4), (4, 1, 0, 0, 1), (1, 1, 0, 0, 3), (5, 3, 1, 0, 3)]
 
@@ -56,17 +70,12 @@ def test_cpu_conv_transpose_equals_reference_values_and_gradients(nd, k, s, p, o
   x = jnp.asarray(rng.normal(size=(2, *(n,) * nd, 3)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(*(k,) * nd, 3, c_out)), jnp.float32)
   args = ((s,) * nd, (p,) * nd, (op,) * nd)
-  fast = cpu_conv.conv_transpose(x, w, *args)
-  ref = _reference_conv_transpose(x, w, *args)
+  fast, g_fast = _value_and_grads(lambda a, b: cpu_conv.conv_transpose(a, b, *args), x, w, k)
+  ref, g_ref = _value_and_grads(lambda a, b: _reference_conv_transpose(a, b, *args), x, w, k)
   np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(fast, _naive_conv_transpose(np.asarray(x, np.float64),
                                                          np.asarray(w, np.float64), *args),
                              rtol=1e-4, atol=1e-4)
-  cot = jnp.asarray(rng.normal(size=fast.shape), jnp.float32)
-  g_fast = jax.grad(lambda a, b: jnp.sum(cpu_conv.conv_transpose(a, b, *args) * cot),
-                    argnums=(0, 1))(x, w)
-  g_ref = jax.grad(lambda a, b: jnp.sum(_reference_conv_transpose(a, b, *args) * cot),
-                   argnums=(0, 1))(x, w)
   for a, b in zip(g_fast, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -88,12 +97,10 @@ def test_cpu_conv_equals_lax_convolution_values_and_gradients(shape, k, s, p):
   args = ((s,) * nd, [(p, p)] * nd)
   spatial = "HW"[:nd]
   dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
-  ref = lambda a, b: jax.lax.conv_general_dilated(a, b, *args, dimension_numbers=dn)
-  fast = cpu_conv.conv(x, w, *args)
-  np.testing.assert_allclose(fast, ref(x, w), rtol=1e-5, atol=1e-5)
-  cot = jnp.asarray(rng.normal(size=fast.shape), jnp.float32)
-  g_fast = jax.grad(lambda a, b: jnp.sum(cpu_conv.conv(a, b, *args) * cot), argnums=(0, 1))(x, w)
-  g_ref = jax.grad(lambda a, b: jnp.sum(ref(a, b) * cot), argnums=(0, 1))(x, w)
+  fast, g_fast = _value_and_grads(lambda a, b: cpu_conv.conv(a, b, *args), x, w, k)
+  ref, g_ref = _value_and_grads(
+      lambda a, b: jax.lax.conv_general_dilated(a, b, *args, dimension_numbers=dn), x, w, k)
+  np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
   for a, b in zip(g_fast, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -283,10 +290,10 @@ def test_paper_model_has_the_same_parameter_tree_under_every_conv_impl():
   assert sum(x.size for x in jax.tree.leaves(trees["xla"]["params"])) == 59_240_918
 
 
-def test_tiny_model_same_initial_values_and_outputs_under_both_conv_impls():
+def test_small_model_same_initial_values_and_outputs_under_both_conv_impls():
   """A checkpoint of one choice restores and runs under the other: equal initial variables,
   and the same posteriors and decoder outputs from them (eval mode, float32)."""
-  c = tiny_config.get_config()
+  c = small_config()
   inputs = _inputs(c, 8)
   rngs = {n: jax.random.key(i) for i, n in enumerate(("params", "sample", "dropout"))}
   models = {impl: _model(c, 50, impl) for impl in layers.CONV_IMPLS}
@@ -375,8 +382,8 @@ def test_missing_rows_shift_neither_batch_statistics_nor_present_rows():
   """Zero-filled rows of a missing lateral view and report: the lateral and text encoders'
   updated running averages and their posteriors of the present rows equal those of the batch
   of the present rows alone (train mode, dropout 0, float32)."""
-  c = tiny_config.get_config()
-  m = _model(c, 50, "auto")
+  c = small_config()
+  m = _model(c, 50, c.model.conv_impl)
   inputs = _inputs(c, 8, seed=1)
   present = np.array([True, False, True, True, False, True, False, True])
   for name in ("lateral", "text"):

@@ -42,6 +42,7 @@ def test_no_library_module_imports_the_data_side():
   assert not offenders, offenders
 
 
+@pytest.mark.slow  # a subprocess that traces the train step
 @pytest.mark.timeout(300)
 def test_every_library_module_imports_where_tensorflow_cannot_be_imported():
   """Each mopoe_jax module imports, and the train step traces, where `import tensorflow` and

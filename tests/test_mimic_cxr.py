@@ -511,6 +511,7 @@ def test_bad_config_values_are_named():
 # ----------------------------------------------------------------------------------------------
 # The documented one-line preparation command.
 
+@pytest.mark.slow  # the build command in a subprocess
 def test_documented_command_builds_the_paper_config(fake_tree, tmp_path):
   """`python -m input_pipeline.mimic_cxr --config=paper --manual_dir=... --data_dir=...`."""
   data_dir = tmp_path / "tfds"

@@ -19,6 +19,8 @@ from conftest import (TWO_DEVICE_OVERRIDES, TWO_DEVICE_STEPS, assert_trees_equal
                       restored_state_tree, subprocess_env, tiny_config)
 from mopoe_jax import checkpointing
 
+pytestmark = pytest.mark.slow  # main.py in subprocesses
+
 NUM_PROCESSES = 2
 PHASE_TIMEOUT_S = 420
 COMMON = TWO_DEVICE_OVERRIDES  # checkpoints, evaluations and logs every 2 steps

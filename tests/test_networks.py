@@ -10,7 +10,7 @@ import pytest
 
 from configs import default as default_config
 from configs import tiny as tiny_config
-from conftest import jaxpr_equations
+from conftest import jaxpr_equations, small_config
 from mopoe_jax import model as model_lib, networks, objective, subsets
 
 
@@ -62,7 +62,7 @@ def test_geometry_errors_say_what_to_change():
 
 @pytest.fixture(scope="module")
 def tiny_setup():
-  c = tiny_config.get_config()
+  c = small_config()
   m = model_lib.model_from_config(c.model, modalities=c.data.modalities,
                                   image_size=c.data.image_size,
                                   text_length=c.data.text_length, vocab_size=50)
@@ -212,12 +212,8 @@ def bf16_training():
   """Six train_step calls of a small frontal + text model (16 px, 16 tokens: the compile is
   what costs) in bfloat16 with the native convolutions of accelerators, on one fixed batch."""
   from mopoe_jax import step as step_lib  # pylint: disable=g-import-not-at-top
-  c = tiny_config.get_config()
-  c.data.modalities = ("frontal", "text")
-  c.data.image_size = c.data.text_length = 16
-  c.model.update(compute_dtype="bfloat16", conv_impl="xla", rec_weights=(0.5, 0.5),
-                 image_encoder_widths=(8, 16, 16), image_decoder_widths=(16, 16, 8),
-                 text_encoder_widths=(16,) * 4, text_decoder_widths=(16,) * 4)
+  c = small_config(modalities=("frontal", "text"))
+  c.model.update(compute_dtype="bfloat16", conv_impl="xla")
   c.train.warmup_steps = 0
   m = model_lib.create_model(c, vocab_size=50)
   rng = np.random.default_rng(0)
@@ -237,6 +233,7 @@ def bf16_training():
   return m, state, losses
 
 
+@pytest.mark.slow  # compiles and runs a whole train step
 def test_bfloat16_training_loss_is_finite_and_falls(bf16_training):
   m, state, losses = bf16_training
   assert m.dtype == jnp.bfloat16
@@ -244,6 +241,7 @@ def test_bfloat16_training_loss_is_finite_and_falls(bf16_training):
   assert losses[-1] < 0.9 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_bfloat16_training_keeps_params_statistics_and_optimizer_state_float32(bf16_training):
   _, state, _ = bf16_training
   for name, tree in (("params", state.params), ("batch_stats", state.batch_stats),

@@ -3,6 +3,7 @@ tests' in the `test` extra, and nothing declared that nothing imports."""
 
 import ast
 import configparser
+import functools
 import importlib.metadata
 import pathlib
 import re
@@ -57,8 +58,13 @@ def _files(entries):
     yield from (sorted(path.rglob("*.py")) if path.is_dir() else [path])
 
 
+@functools.cache
+def _packages_distributions() -> dict:
+  return importlib.metadata.packages_distributions()  # reads every installed RECORD: slow
+
+
 def _distributions(import_name: str) -> set[str]:
-  known = {d.lower() for d in importlib.metadata.packages_distributions().get(import_name, [])}
+  known = {d.lower() for d in _packages_distributions().get(import_name, [])}
   return {d.replace("_", "-") for d in known} | ALIASES.get(import_name, set())
 
 

@@ -35,6 +35,7 @@ def _scalars(workdir, tag):
   return sorted(out)
 
 
+@pytest.mark.slow  # 160 steps through the loop
 def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path):
   config = tiny_config(synthetic_tiny_dir, num_steps=160, log_every_steps=20,
                        eval_every_steps=80, checkpoint_every_steps=160)
