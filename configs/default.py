@@ -171,7 +171,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Resume although the batch size, seed, number of processes or data selection changed (the
   # batches then differ from those of an uninterrupted run); otherwise such a resume is refused.
   train.allow_data_order_change = False
-  train.image_grid_studies = 8            # studies in the TensorBoard image grids
+  train.image_grid_studies = 8            # studies in the TensorBoard image grids; 0: none
   train.compilation_cache = True          # JAX's persistent compilation cache: a resumed or
                                           # re-evaluated run does not compile the step again,
                                           # nor trace it (<dir>/lowered, runtime.StoredProgram)

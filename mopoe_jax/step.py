@@ -85,10 +85,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if not 0.0 < t.plateau_factor <= 1.0:
     raise ValueError(f"config.train.plateau_factor must be in (0, 1] (1.0: no plateau schedule, "
                      f"as the reference), got {t.plateau_factor}.")
-  for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-               "image_grid_studies"):
+  for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
     if t[name] <= 0:
       raise ValueError(f"config.train.{name} must be positive, got {t[name]}.")
+  if t.image_grid_studies < 0:
+    raise ValueError(f"config.train.image_grid_studies must be >= 0 (0: no image grids), got "
+                     f"{t.image_grid_studies}.")
   if t.image_grid_studies % num_devices:
     suggestion = -(-t.image_grid_studies // num_devices) * num_devices
     raise ValueError(

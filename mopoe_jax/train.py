@@ -368,7 +368,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
       lambda: jax.jit(functools.partial(eval_step, model=model, step_config=step_config),
                       in_shardings=(replicated, sharded), out_shardings=replicated)),
       state, eval_batch_shape)
-  grids = TrainingGrids(model, config, data, state, mesh)
+  grids = (TrainingGrids(model, config, data, state, mesh) if config.train.image_grid_studies
+           else None)  # 0: no image grids
 
   train_iter = data.train_batches(global_batch_size=config.train.batch_size,
                                   seed=config.train.seed, start_step=start_step)
@@ -390,7 +391,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
     eval_tic = time.time()
     eval_metrics = evaluate_loss(p_eval, state, data, config, mesh, t.eval_batches)
     writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-    writer.write_images(step, grids(state))
+    if grids is not None:
+      writer.write_images(step, grids(state))
     logging.info("eval at step %d: loss %.2f (%.1f s)", step, eval_metrics["loss"],
                  time.time() - eval_tic)
     if plateau.update(eval_metrics["loss"], t.plateau_patience, t.plateau_factor,

@@ -203,22 +203,48 @@ def restored_state_tree(config, workdir: str, step: int) -> dict:
 # ------------------------------------------------------------------------------------------------
 # One process with two devices, fed the global batches of a two-process run.
 
-# 4 steps, checkpoints, evaluations and logs every 2: the settings of the multi-host test.
-TWO_DEVICE_OVERRIDES = ("--config.train.checkpoint_every_steps=2",
-                        "--config.train.eval_every_steps=2", "--config.train.log_every_steps=2",
-                        "--config.train.eval_batches=1")
+# The model of the tests that run several devices or processes: configs/tiny.py with two
+# modalities (frontal view and report). What they check, equal results on one device, two
+# devices and two processes, does not depend on the number of modalities, and the programs of
+# two compile in about 30% less time than those of three (each process compiles its own).
+TWO_MODALITIES = {"data.modalities": ("frontal", "text"), "model.rec_weights": (0.5, 0.5)}
+# 4 steps, checkpoints, evaluations and logs every 2, no image grids (their program would
+# compile in every process; tests/test_train.py checks the grids): the multi-host test's settings.
+TWO_DEVICE_TRAIN = {"train.checkpoint_every_steps": 2, "train.eval_every_steps": 2,
+                    "train.log_every_steps": 2, "train.eval_batches": 1,
+                    "train.image_grid_studies": 0}
 TWO_DEVICE_STEPS = 4
+TWO_DEVICE_OVERRIDES = tuple(f"--config.{k}={v!r}" for k, v in {**TWO_MODALITIES,
+                                                                 **TWO_DEVICE_TRAIN}.items())
+
+
+def two_device_config(data_dir: str, **train_overrides):
+  """`tiny_config` with `TWO_MODALITIES` and the train fields of `TWO_DEVICE_OVERRIDES`."""
+  config = tiny_config(data_dir, **{k.split(".", 1)[1]: v for k, v in TWO_DEVICE_TRAIN.items()},
+                       **train_overrides)
+  for key, value in TWO_MODALITIES.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
 
 
 class BackgroundRun:
-  """A subprocess started now; `workdir()` waits for it and checks that it succeeded."""
+  """A subprocess that `start()` starts in the background; `workdir()` starts it if it has not
+  started yet, waits for it and checks that it succeeded."""
 
   def __init__(self, command, workdir: str, log_path: str, env: dict, timeout_s: float):
+    self._command, self._env = command, env
     self._workdir, self._log_path, self._timeout_s = workdir, log_path, timeout_s
-    with open(log_path, "w") as log:
-      self._proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    self._proc = None
+
+  def start(self) -> None:
+    if self._proc is None:
+      with open(self._log_path, "w") as log:
+        self._proc = subprocess.Popen(self._command, env=self._env, stdout=log,
+                                      stderr=subprocess.STDOUT)
 
   def workdir(self) -> str:
+    self.start()
     try:
       code = self._proc.wait(timeout=self._timeout_s)
     finally:
@@ -228,16 +254,17 @@ class BackgroundRun:
     return self._workdir
 
   def stop(self) -> None:
-    if self._proc.poll() is None:
+    if self._proc is not None and self._proc.poll() is None:
       self._proc.kill()
       self._proc.wait()
 
 
 @pytest.fixture(scope="session")
 def two_device_run(synthetic_tiny_dir, subprocess_cache_dir, tmp_path_factory):
-  """`TWO_DEVICE_STEPS` steps of the tiny config in one process with two virtual CPU devices, fed
-  the global batches of a two-process run (tests/two_shards.py). It starts in the background
-  when first asked for (the multi-host test runs beside it); `.workdir()` waits for it."""
+  """`TWO_DEVICE_STEPS` steps of `two_device_config` in one process with two virtual CPU
+  devices, fed the global batches of a two-process run (tests/two_shards.py). Not started
+  until a test calls `.start()` (the multi-host test, when a core is free) or `.workdir()`
+  (which waits for it)."""
   workdir = tmp_path_factory.mktemp("two_devices")
   run = BackgroundRun(
       [sys.executable, os.path.join(REPO, "tests", "two_shards.py"),

@@ -1,7 +1,8 @@
 """A real two-process run: jax.distributed on a localhost coordinator, gloo collectives on CPU.
 
 Two main.py processes (one CPU device each, each reading its own shard of the data) train the
-tiny config for 2 steps, checkpoint and stop; the same two commands then resume, train to step
+tiny config with two modalities (conftest.TWO_MODALITIES) for 2 steps, checkpoint and stop; the
+same two commands then resume, train to step
 4 and evaluate (process 0 evaluates, process 1 waits for it). The result must equal, bit for
 bit, one process with two devices fed the same global batches (tests/two_shards.py): both run
 the same per-device program, and an all-reduce over two devices adds the same two numbers
@@ -16,7 +17,7 @@ import subprocess
 import pytest
 
 from conftest import (TWO_DEVICE_OVERRIDES, TWO_DEVICE_STEPS, assert_trees_equal, main_command,
-                      restored_state_tree, subprocess_env, tiny_config)
+                      restored_state_tree, subprocess_env, two_device_config)
 from mopoe_jax import checkpointing
 
 pytestmark = pytest.mark.slow  # main.py in subprocesses
@@ -34,8 +35,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_processes(base_command, log_prefix) -> list[str]:
-  """Runs the command as processes 0 .. NUM_PROCESSES-1 of one job; returns their logs."""
+def _run_processes(base_command, log_prefix, started=lambda: None) -> list[str]:
+  """Runs the command as processes 0 .. NUM_PROCESSES-1 of one job, calls ``started()`` once
+  they are started, waits for them; returns their logs."""
   port = _free_port()
   procs, logs = [], [f"{log_prefix}.process{i}.log" for i in range(NUM_PROCESSES)]
   for i, log in enumerate(logs):
@@ -46,6 +48,7 @@ def _run_processes(base_command, log_prefix) -> list[str]:
            f"--config.train.num_processes={NUM_PROCESSES}", f"--config.train.process_id={i}"],
           env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT))
   try:
+    started()
     codes = [p.wait(timeout=PHASE_TIMEOUT_S) for p in procs]
   finally:
     for p in procs:
@@ -61,8 +64,6 @@ def _run_processes(base_command, log_prefix) -> list[str]:
 @pytest.mark.timeout(1500)
 def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices(
     synthetic_tiny_dir, subprocess_cache_dir, two_device_run, tmp_path):
-  # two_device_run (the reference) runs meanwhile: the two processes leave a core idle while
-  # they wait for each other.
   assert TWO_DEVICE_STEPS == 4
   workdir = str(tmp_path / "multihost")
   command = main_command(synthetic_tiny_dir, workdir, subprocess_cache_dir, *COMMON)
@@ -73,8 +74,11 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
   assert checkpointing.read_meta(manager, 2)["fields"]["process_count"] == NUM_PROCESSES
 
   # 2. Resume on two processes, train to step 4, evaluate on process 0 while process 1 waits.
+  # The reference (two_device_run) runs beside this phase: process 0 loads its programs from
+  # the cache and then mostly waits for process 1, which compiles (a core is free). In phase 1
+  # both processes compile everything and a third process would only slow them down.
   logs = _run_processes([*command, "--mode=train_and_evaluate", "--config.train.num_steps=4",
-                         *EVALUATION], tmp_path / "resume")
+                         *EVALUATION], tmp_path / "resume", started=two_device_run.start)
   assert all("Resumed from step 2" in log for log in logs)
   # Both processes load the step that phase 1 traced and stored, and still match (below).
   assert all("Loaded the traced train_step" in log for log in logs)
@@ -90,7 +94,7 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
   # 3. The reference.
   reference = two_device_run.workdir()
 
-  config = tiny_config(synthetic_tiny_dir)
+  config = two_device_config(synthetic_tiny_dir)
   two_processes = restored_state_tree(config, workdir, 4)
   one_process = restored_state_tree(config, reference, 4)
   initial = restored_state_tree(config, workdir, 2)

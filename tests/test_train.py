@@ -13,11 +13,19 @@ import tensorflow as tf
 
 from clu import metric_writers
 from conftest import (TWO_DEVICE_STEPS, assert_trees_equal, load_data, restored_state_tree,
-                      state_tree, tiny_config, train_run)
+                      state_tree, tiny_config, train_run, two_device_config)
 from input_pipeline import data as data_lib
 from mopoe_jax import checkpointing, evaluate, fingerprint, model as model_lib, sharding
 from mopoe_jax import step as step_lib, train
 
+
+
+def _tags(workdir) -> set:
+  """Every tag written by clu under ``workdir`` (scalars and images)."""
+  return {v.tag for root, _, files in os.walk(workdir) for f in files
+          if f.startswith("events.out.tfevents")
+          for event in tf.compat.v1.train.summary_iterator(os.path.join(root, f))
+          for v in event.summary.value}
 
 
 def _scalars(workdir, tag):
@@ -48,6 +56,7 @@ def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path
   for tag in ("train_nll/frontal", "train_nll/text", "train_kl_subset/frontal+lateral+text",
               "train_learning_rate", "train_steps_per_second", "eval_nll/lateral"):
     assert _scalars(str(tmp_path), tag), tag
+  assert {"generation/frontal", "generation/lateral"} <= _tags(str(tmp_path))
 
 
 def test_checkpoint_round_trip(straight_run):
@@ -124,6 +133,9 @@ def test_bad_configs_fail_before_compiling(synthetic_tiny_dir, tmp_path):
   with pytest.raises(ValueError, match=r"image_grid_studies=3 does not divide over the 2 devices"
                      r".*--config.train.image_grid_studies=4"):
     step_lib.validate_config(config, 2)
+  config = tiny_config(synthetic_tiny_dir, image_grid_studies=-1)
+  with pytest.raises(ValueError, match=r"image_grid_studies must be >= 0 \(0: no image grids\)"):
+    step_lib.validate_config(config, 1)
   config = tiny_config(synthetic_tiny_dir, process_id=1)
   with pytest.raises(ValueError, match=r"config.train.process_id set but config.train.multihost "
                      r"is False; add --config.train.multihost=true"):
@@ -153,14 +165,15 @@ def test_two_devices_match_one_device(two_device_run, synthetic_tiny_dir, tmp_pa
   same 4 steps on this process's one device, fed the same global batches (tests/two_shards.py).
   """
   from two_shards import TwoShards  # pylint: disable=g-import-not-at-top
-  config = tiny_config(synthetic_tiny_dir, num_steps=TWO_DEVICE_STEPS, checkpoint_every_steps=2,
-                       eval_every_steps=2, log_every_steps=2, eval_batches=1)
+  config = two_device_config(synthetic_tiny_dir, num_steps=TWO_DEVICE_STEPS)
   one_dir = str(tmp_path / "one_device")
   writer = metric_writers.create_default_writer(one_dir)
   data = load_data(config)
   train.train_and_evaluate(config, one_dir, TwoShards(data), writer)
   writer.close()
   two_dir = two_device_run.workdir()
+  # train.image_grid_studies = 0 (conftest.TWO_DEVICE_TRAIN): no image grids were made.
+  assert not [t for t in _tags(one_dir) | _tags(two_dir) if t.startswith("generation/")]
   # The initial state, as train_and_evaluate makes it (the same program, already compiled).
   model = model_lib.create_model(config, len(data.vocab))
   init_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))[0]
