@@ -1,6 +1,6 @@
-"""main.py killed for real, again and again, then rerun: it ends as an uninterrupted run.
+"""main.py killed for real, then rerun: it ends as an uninterrupted run.
 
-One workdir goes through a SIGKILL during a save, a SIGKILL between checkpoints and a SIGTERM
+One workdir goes through a SIGKILL during a save (a complete checkpoint before it) and a SIGTERM
 (exit 143), each followed by the same command; the last one trains to the end. Its parameters,
 optimizer state and BatchNorm statistics must equal, bit for bit, those of the session's
 uninterrupted run (`straight_run`: the same config, trained in one go in the test process;
@@ -74,50 +74,46 @@ def _signal_when(command, log_path, condition, sig) -> tuple[subprocess.Popen, b
 
 
 @pytest.mark.timeout(1500)
-def test_killed_twice_and_preempted_then_the_same_command_ends_as_an_uninterrupted_run(
+def test_killed_during_a_save_and_preempted_then_the_same_command_ends_as_an_uninterrupted_run(
     straight_run, subprocess_cache_dir, tmp_path):
   config, _, straight = straight_run
   expected = state_tree(straight)
 
-  # 1. SIGKILL as soon as Orbax's tmp directory appears: a checkpoint half-written. The save
+  # 1. SIGKILL as soon as Orbax's tmp directory of a save appears while an earlier checkpoint is
+  # complete: a checkpoint half-written, training killed between two complete ones. The save
   # window is short: up to 3 attempts, each in a fresh workdir.
   for attempt in range(3):
     workdir = tmp_path / f"attempt{attempt}"
     command = main_command(config.data.data_dir, str(workdir), subprocess_cache_dir, *OVERRIDES)
-    proc, sent, log = _signal_when(command, tmp_path / f"save_kill{attempt}.log",
-                                   lambda w=workdir: bool(_tmp_dirs(w)), signal.SIGKILL)
+    proc, sent, log = _signal_when(
+        command, tmp_path / f"save_kill{attempt}.log",
+        lambda w=workdir: bool(_tmp_dirs(w)) and _newer_checkpoint(w, None), signal.SIGKILL)
     if sent and _tmp_dirs(workdir):
       break
   else:
     pytest.fail("No attempt caught a save in progress.")
   assert proc.returncode == -signal.SIGKILL, log[-4000:]
-  before = _latest(workdir)  # None when the first save was the one cut short
-
-  # 2. The same command removes the half-written save; SIGKILL between two checkpoints.
-  proc, sent, log = _signal_when(command, tmp_path / "mid_kill.log",
-                                 lambda: _newer_checkpoint(workdir, before), signal.SIGKILL)
-  assert sent and proc.returncode == -signal.SIGKILL, log[-4000:]
-  assert "incomplete checkpoint write(s) left by an interrupted save" in log
-  # The restart loads the traced step that an earlier start stored (runtime.StoredProgram):
-  # the end state below, equal to the straight run's, is computed by that stored program.
-  assert "Loaded the traced train_step" in log, log[-4000:]
   latest = _latest(workdir)
   assert latest is not None and latest < NUM_STEPS
 
-  # 3. The same command resumes; SIGTERM once its first step is done: it saves that step and
-  # exits with 143.
+  # 2. The same command removes the half-written save and resumes from the newest complete
+  # checkpoint; SIGTERM once its first step is done: it saves that step and exits with 143.
   proc, sent, log = _signal_when(command, tmp_path / "sigterm.log",
                                  lambda: "First step done" in (tmp_path / "sigterm.log")
                                  .read_text(), signal.SIGTERM)
   assert sent and proc.returncode == 143, log[-4000:]
+  assert "incomplete checkpoint write(s) left by an interrupted save" in log
   assert f"Resumed from step {latest}" in log
+  # The restart loads the traced step that an earlier start stored (runtime.StoredProgram):
+  # the end state below, equal to the straight run's, is computed by that stored program.
+  assert "Loaded the traced train_step" in log, log[-4000:]
   match = re.search(r"Preempted at step (\d+); the checkpoint of step \1 is in (\S+)\. Rerun "
                     "the same command to resume", log)
   assert match, log[-4000:]
   preempted = int(match.group(1))
   assert latest < preempted < NUM_STEPS and _latest(workdir) == preempted
 
-  # 4. The same command trains to the end.
+  # 3. The same command trains to the end.
   rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True,
                          timeout=RUN_TIMEOUT_S)
   assert rerun.returncode == 0, rerun.stderr[-4000:]
