@@ -3,8 +3,8 @@
   python main.py --config=configs/synthetic.py --workdir=runs/synthetic
   python main.py --config=configs/synthetic.py --workdir=runs/synthetic --mode=evaluate
 
-On several hosts, the same command on each with --config.train.multihost=true (README,
-"Training on several hosts"). Every config field can be overridden, e.g.
+On several hosts, the same command on each with --config.train.multihost=true
+(docs/training.md#training-on-several-hosts). Every config field can be overridden, e.g.
 --config.train.batch_size=128.
 """
 

@@ -3,7 +3,7 @@
   python benchmarks/step_throughput.py                          # CPU: the default sweep
   python benchmarks/step_throughput.py --sizes paper --batch 8,32 --threads 2
   python benchmarks/step_throughput.py --sizes synthetic --skip-torch
-  python benchmarks/step_throughput.py --sizes paper --batch 200  # on a GPU (see README.md)
+  python benchmarks/step_throughput.py --sizes paper --batch 200  # on a GPU (benchmarks/README.md)
 
 JAX and PyTorch each run in a worker process of their own (this file with ``--worker jax`` or
 ``--worker torch``, see step_worker_jax.py and step_worker_torch.py): the two frameworks never

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_mopoe as tm  # noqa: E402
 
-# SPEC §2: parameter counts of the reference at the paper's sizes (as run).
+# docs/model.md#networks: parameter counts of the reference at the paper's sizes (as run).
 SPEC_COUNTS = {
     "frontal_encoder": 9_081_728,
     "lateral_encoder": 9_081_728,

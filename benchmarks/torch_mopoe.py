@@ -1,6 +1,7 @@
 """An independent PyTorch baseline of the paper's MoPoE-VAE, for side-by-side speed benchmarks.
 
-Written from shared/SPEC.md §2-5 in the style of the public reference code (Klug et al. 2021):
+Written from docs/model.md (networks, likelihoods, subsets, training) in the style of the public
+reference code (Klug et al. 2021):
 NCHW / NCL tensors, ``torch.nn`` modules, eager execution, Adam. It imports nothing from
 ``mopoe_jax`` so that the two implementations stay independent. Torch is only in the ``bench``
 extra.
@@ -24,7 +25,8 @@ bias and use Dropout2d; text convs have biases and plain Dropout; in the transpo
 blocks the 1x1 conv is a transposed conv too (image and text, as in the reference; a 1x1
 stride-1 transposed conv has the same parameters and cost as a 1x1 conv).
 
-Parameter counts at the paper's sizes (checked by ``test_torch_mopoe.py``; SPEC §2 table):
+Parameter counts at the paper's sizes (checked by ``test_torch_mopoe.py``; the table in
+docs/model.md#networks):
 image encoder 9,081,728, image decoder 5,769,921, text encoder 11,569,024, text decoder
 17,968,596, whole model 59,240,918. Structural choices that make them match exactly:
 - image stem conv without bias (576 = 9 * 64) and nothing after it; heads are Linear(320, 512)
@@ -39,10 +41,11 @@ image encoder 9,081,728, image decoder 5,769,921, text encoder 11,569,024, text 
   each = the 7,384,320 "built but never run") are left out;
 - text decoder: Linear(512, 640) with bias (328,320), blocks 640->640 (x3), 640->512, 512->512,
   512->128 (17,266,176), final Conv1d(128, 2,900, 1) with bias (374,100).
-No count needed a change away from SPEC §2 as written.
+No count needed a change away from docs/model.md#networks as written.
 
-MoPoE (SPEC §4): precisions T_m = 1/(exp(logvar_m) + 1e-8); for all K subsets at once (a
-[K, M] mask, no Python loop over subsets) T_k = sum_{m in k} T_m (+1 for the prior expert where
+MoPoE (docs/model.md#subsets-products-of-experts-and-the-mixture): precisions
+T_m = 1/(exp(logvar_m) + 1e-8); for all K subsets at once (a [K, M] mask, no Python loop over
+subsets) T_k = sum_{m in k} T_m (+1 for the prior expert where
 enabled), mu_k = sum T_m mu_m / T_k, logvar_k = -log T_k. The mixture is sampled by deterministic
 batch slicing (rows [k*floor(B/K), (k+1)*floor(B/K)) use subset k, the last subset takes the
 remainder) or, as an option, by a random subset per row; one reparameterised z per row; every
@@ -76,7 +79,7 @@ POE_EPS = 1e-8
 
 @dataclasses.dataclass(frozen=True)
 class TorchModelConfig:
-  """Sizes and loss settings; the defaults are the paper's final model (SPEC §2, §5).
+  """Sizes and loss settings; the defaults are the paper's final model (docs/model.md).
 
   Width tuples: ``image_encoder_widths[0]`` is the stem conv's output, each further entry one
   residual block's output; ``image_decoder_widths[0]`` is the first linear's output (at 1x1),

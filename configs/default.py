@@ -1,21 +1,22 @@
 """The paper's model on MIMIC-CXR, as the reference code trained it (Klug, Sutter, Vogt, MIDL 2021;
-SPEC §2–5).
+docs/model.md).
 
 This is the reference's trained model wherever the reference is not a bug: no prior expert, a
 constant learning rate, its "Finding" rule, its text padding behaviour. `DEVIATIONS` lists every
 place where this config (or the code under it) still differs from the reference code, with the
-reason; the README's table "Deviations from the reference code" shows the same rows (a test
+reason; docs/deviations.md#deviations-from-the-reference-code shows the same rows (a test
 compares them). configs/recommended.py is the variant this project recommends.
 
-Prepare the dataset once (credentialed MIMIC-CXR-JPG + reports in MANUAL_DIR; see README):
+Prepare the dataset once (credentialed MIMIC-CXR-JPG + reports in MANUAL_DIR;
+docs/training.md#mimic-cxr):
   python main.py --config=configs/default.py --workdir=runs/mimic \
       --config.data.manual_dir=MANUAL_DIR
 Sizes: 128 px, 128 tokens, vocabulary from the data (about 2,900 words), latent 512,
 59.2 M parameters, 4.5 GFLOP per example forward (XLA counts 105.9 GFLOP for a training step
 of 8).
 150 epochs of ~61.7k studies at batch 200 is ~46k steps, about 1.5e17 FLOP in all: hours on one
-modern GPU or a TPU slice (not measured here; no accelerator was available), far too long on a
-CPU (the step runs at ~2 examples/s on 2 CPU cores).
+modern GPU or a TPU slice by that count (not measured yet), far too long on a CPU (the step runs
+at ~4 examples/s on 2 CPU cores, docs/performance.md).
 """
 
 import ml_collections
@@ -23,7 +24,7 @@ from ml_collections import config_dict
 
 # Every deviation from the reference code's trained MIMIC model: (config field, or None where no
 # field governs it; what the reference does; what this project does, starting with the field's
-# value; why). Rendered as the README's table "Deviations from the reference code".
+# value; why). Rendered as the table in docs/deviations.md.
 DEVIATIONS = (
     ("train.warmup_steps",
      "0: learning rate 5e-4 from the first step; a diverged run is restarted, up to 10 times",
@@ -161,7 +162,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_batches = config_dict.placeholder(int)  # None: the whole eval split
   train.checkpoint_every_steps = 1000
   train.keep_checkpoints = 3              # plus the best by eval loss
-  # Several hosts (README "Training on several hosts"): jax.distributed.initialize() with the
+  # Several hosts (docs/training.md): jax.distributed.initialize() with the
   # three fields below; None leaves a field to JAX (JAX_COORDINATOR_ADDRESS, or SLURM, Open MPI,
   # Cloud TPU detection).
   train.multihost = False

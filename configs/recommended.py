@@ -3,8 +3,8 @@
   python main.py --config=configs/recommended.py --workdir=runs/mimic_recommended \
       --config.data.manual_dir=MANUAL_DIR
 
-`CHANGES` lists each change against configs/default.py with its reason; the README's table "The
-recommended variant" shows the same rows (a test compares them). None of the three was measured
+`CHANGES` lists each change against configs/default.py with its reason;
+docs/deviations.md#the-recommended-variant shows the same rows (a test compares them). None of the three was measured
 against the paper's setting on MIMIC-CXR here; each is there for the reason given, not for a
 number. Sizes and cost are those of configs/default.py. Training on incomplete studies as well
 (`--config.data.name=mimic_cxr/all_studies --config.data.require_complete=false`) is a further
@@ -19,8 +19,7 @@ from configs import default
 CHANGES = (
     ("model.prior_expert", "none", "full_set",
      "the original MoPoE-VAE code (Sutter et al.) adds the N(0, I) expert to the full set, and "
-     "this project's earlier runs (the README's synthetic Table 1) used it; the MIMIC reference "
-     "does not add it"),
+     "the README's synthetic Table 1 uses it; the MIMIC reference does not add it"),
     ("train.plateau_factor", "1.0", "0.5",
      "halves the learning rate after 5 evaluations without a better eval loss (about 5 epochs "
      "at the paper's sizes), the kind of schedule (ReduceLROnPlateau) the reference gives its "

@@ -2,10 +2,9 @@
 
   python main.py --config=configs/synthetic.py --workdir=runs/synthetic
 
-Builds `synthetic_cxr/small` (64 px, 64 tokens, 6,000 training studies; ~20 s), trains a
-reduced-width model (4.0 M parameters) for 8 epochs (744 steps of 64) and evaluates it. The
-whole run (build, compilation, training, evaluation) took 17 CPU-minutes, 10.1 minutes wall on a
-2-core CPU shared with other jobs (load 1.2-2); a few minutes on one GPU.
+Builds `synthetic_cxr/small` (64 px, 64 tokens, 6,000 training studies), trains a reduced-width
+model (4.0 M parameters) for 8 epochs (744 steps of 64) and evaluates it: minutes on a CPU (the
+README's results section has a measured run), a few on one GPU.
 
 Built on configs/recommended.py, not on the paper's configs/default.py: the embedded dataset
 shows the project as it recommends it (prior expert on the full set, plateau schedule, Finding =

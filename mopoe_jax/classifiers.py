@@ -1,4 +1,6 @@
-"""Coherence classifiers: a small CNN per image view and a 1-D CNN on the report (SPEC §7).
+"""Coherence classifiers: a small CNN per image view and a 1-D CNN on the report.
+
+Their use: docs/model.md#evaluation (coherence).
 
 Each classifier predicts the 15 ``PROBE_LABELS`` ("Finding" and the 14 CheXpert labels) as
 independent sigmoids (multi-label). The targets follow `label_targets`: positive = 1.0 only;

@@ -1,4 +1,4 @@
-"""Encoders and decoders of each modality (SPEC §2), as pure Flax Linen modules.
+"""Encoders and decoders of each modality (docs/model.md#networks), as pure Flax Linen modules.
 
 Every width comes from the config; the number of blocks follows from the widths, and the
 image size / text length they imply is checked by :func:`check_image_geometry` and

@@ -1,4 +1,6 @@
-"""The generalized multimodal ELBO (MoPoE), per example, reduced in one place (SPEC §3–4).
+"""The generalized multimodal ELBO (MoPoE), per example, reduced in one place.
+
+The objective: docs/model.md#the-generalized-multimodal-elbo, equations (3) and (6).
 
 For each example b with available modalities A_b and valid subsets V_b:
   1. reconstruction: sum_{m in A_b} rec_weight_m * -log p_m(x_m | z_b), with z_b drawn from the

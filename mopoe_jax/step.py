@@ -118,7 +118,10 @@ def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Sch
 
 
 def create_optimizer(config) -> optax.GradientTransformation:
-  """Adam with a linear warm-up, then a plateau factor that the loop lowers (SPEC §5)."""
+  """Adam with a linear warm-up, then a plateau factor that the loop lowers.
+
+  The paper's settings: docs/model.md#training.
+  """
   t = config.train
   return optax.chain(
       optax.adam(learning_rate_schedule(t.learning_rate, t.warmup_steps), b1=t.b1, b2=t.b2),

@@ -1,8 +1,8 @@
 """Subset algebra: the K x M mask of the non-empty modality subsets used by the mixture.
 
-Canonical order (SPEC §4): by size, then in combination order of the modality list. For
-(frontal, lateral, text) that is F, L, T, FL, FT, LT, FLT. Every fusion computation works on
-this mask at once; nothing loops over subsets in Python.
+Canonical order (docs/model.md#subsets-products-of-experts-and-the-mixture): by size, then in
+combination order of the modality list. For (frontal, lateral, text) that is F, L, T, FL, FT, LT,
+FLT. Every fusion computation works on this mask at once; nothing loops over subsets in Python.
 """
 
 from __future__ import annotations

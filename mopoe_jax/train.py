@@ -53,7 +53,10 @@ class Preempted(RuntimeError):
 
 @dataclasses.dataclass
 class Plateau:
-  """Reduce-on-plateau of the eval loss (SPEC §5); its state travels in the checkpoint."""
+  """Reduce-on-plateau of the eval loss; its state travels in the checkpoint.
+
+  The schedule: docs/model.md#training.
+  """
   best: float = math.inf
   bad_evals: int = 0
   scale: float = 1.0

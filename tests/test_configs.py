@@ -1,4 +1,4 @@
-"""The configs say what they are: the README's deviation tables match the configs' lists, and
+"""The configs say what they are: docs/deviations.md's tables match the configs' lists, and
 each listed field holds the value the table gives it. No JAX, no data: milliseconds."""
 
 import pathlib
@@ -7,7 +7,7 @@ import pytest
 
 from configs import default, recommended, synthetic
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+DEVIATIONS_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "deviations.md"
 
 
 def _field(config, dotted: str):
@@ -18,9 +18,9 @@ def _field(config, dotted: str):
 
 
 def _table_rows(header: str) -> list[tuple[str, ...]]:
-  """The body rows of the README table whose header line is ``header``, cells stripped of
-  backticks; a dash cell reads as None."""
-  lines = README.read_text().splitlines()
+  """The body rows of the docs/deviations.md table whose header line is ``header``, cells
+  stripped of backticks; a dash cell reads as None."""
+  lines = DEVIATIONS_DOC.read_text().splitlines()
   start = lines.index(header)
   assert lines[start + 1].startswith("| --- |"), lines[start + 1]
   rows = []
@@ -38,7 +38,7 @@ def _starts_with_value(text: str, value) -> bool:
                            and text[len(shown)] != ".")
 
 
-def test_readme_lists_every_deviation_of_the_paper_config():
+def test_the_docs_list_every_deviation_of_the_paper_config():
   rows = _table_rows("| field | reference code | ours | why |")
   assert rows == [tuple(d) for d in default.DEVIATIONS]
   config = default.get_config()
@@ -48,7 +48,7 @@ def test_readme_lists_every_deviation_of_the_paper_config():
       assert _starts_with_value(ours, _field(config, field)), (field, ours)
 
 
-def test_readme_lists_every_change_of_the_recommended_config():
+def test_the_docs_list_every_change_of_the_recommended_config():
   rows = _table_rows("| field | paper (`configs/default.py`) | recommended | why |")
   assert rows == [tuple(c) for c in recommended.CHANGES]
   paper, ours = default.get_config(), recommended.get_config()

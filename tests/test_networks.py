@@ -33,7 +33,8 @@ def _abstract_init(config, vocab_size, batch=8):
 
 
 def test_paper_model_parameter_counts_and_shapes():
-  """SPEC §2's counts of the reference at latent 512, V = 2,900, 128 px, 128 tokens."""
+  """The reference's counts at latent 512, V = 2,900, 128 px and 128 tokens
+  (docs/model.md#networks)."""
   _, variables, out = _abstract_init(default_config.get_config(), vocab_size=2900)
   p = variables["params"]
   assert _count(p["encoders_frontal"]) == 9_081_728

@@ -1,4 +1,6 @@
-"""The embedded synthetic chest X-ray dataset ``synthetic_cxr`` (SPEC §8); importing registers it.
+"""The embedded synthetic chest X-ray dataset ``synthetic_cxr``; importing registers it.
+
+What it renders: docs/model.md#the-embedded-synthetic-dataset.
 
 Modules: ``scene`` (findings, patient and geometry of a study), ``render`` (the two views),
 ``reports`` (FINDINGS text and the labels it implies), ``studies`` (one study from

@@ -1,4 +1,6 @@
-"""tfds builder of the embedded synthetic chest X-ray dataset ``synthetic_cxr`` (SPEC §8).
+"""tfds builder of the embedded synthetic chest X-ray dataset ``synthetic_cxr``.
+
+What it renders: docs/model.md#the-embedded-synthetic-dataset.
 
 No download: every study is generated from (seed, split, index) by ``studies.generate_study``.
 Configs (image size, text length, studies per split train / validation / test):

@@ -1,4 +1,4 @@
-"""The evaluators of a trained model (SPEC §7), one module each.
+"""The evaluators of a trained model (docs/model.md#evaluation), one module each.
 
 Each has ``run(ctx: common.Context) -> dict`` (its entry in results.json; it may write files
 under ``ctx.eval_dir`` and put image grids in ``ctx.images``) and ``markdown(result, settings)

@@ -1,4 +1,6 @@
-"""Coherence (SPEC §7): do generated modalities carry the labels of the study they came from?
+"""Coherence: do generated modalities carry the labels of the study they came from?
+
+The protocol: docs/model.md#evaluation.
 
 Classifiers trained on real data (`mopoe_jax.classifiers`) label the generated modalities;
 their average precision against the SOURCE study's labels, per subset, generated modality and

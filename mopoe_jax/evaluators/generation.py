@@ -1,4 +1,6 @@
-"""Generation (SPEC §7; the paper's Figure 1): every modality decoded from every subset.
+"""Generation (the paper's Figure 1): every modality decoded from every subset.
+
+The protocol: docs/model.md#evaluation.
 
 For every subset, all modalities decoded from z of q_subset (a sample or the mean,
 ``eval.generation_latent``) for the first ``eval.generation_studies`` complete test studies;

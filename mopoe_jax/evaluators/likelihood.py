@@ -1,4 +1,6 @@
-"""Likelihood (SPEC §7): importance-sampled log p(x) with each subset's posterior as proposal.
+"""Likelihood: importance-sampled log p(x) with each subset's posterior as the proposal.
+
+The protocol: docs/model.md#evaluation.
 
 For subset k and target t (a modality, or 'joint'), S samples z_s ~ q_k(z | x_k) estimate
 log p(x_t) ~= log (1/S) sum_s p(x_t | z_s) p(z_s) / q_k(z_s | x_k), beside the single-sample

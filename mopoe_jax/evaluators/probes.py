@@ -1,4 +1,6 @@
-"""Latent linear probes (SPEC §7; the paper's Table 1), as a measurement over shared draws.
+"""Latent linear probes (the paper's Table 1), as a measurement over shared draws.
+
+The protocol: docs/model.md#evaluation; how it is measured here: docs/evaluation.md.
 
 For every subset, the posterior MEAN of every study for which the subset is valid (all its
 modalities available); per label, a logistic regression trained on ``eval.probe_train_examples``
