@@ -1,7 +1,12 @@
-"""Trains and/or evaluates MoPoE on chest X-ray studies.
+"""Trains and/or evaluates MoPoE on chest X-ray studies; uses a trained model on your studies.
 
   python main.py --config=configs/synthetic.py --workdir=runs/synthetic
   python main.py --config=configs/synthetic.py --workdir=runs/synthetic --mode=evaluate
+  python main.py --workdir=runs/synthetic --mode=generate --input=my_studies --output=out
+
+--mode=generate and --mode=encode read the run's model from its workdir alone (no --config, no
+dataset, no TensorFlow): every folder of --input is a study (frontal.png, lateral.png and/or
+report.txt); README, "Use a trained model".
 
 On several hosts, the same command on each with --config.train.multihost=true
 (docs/training.md#training-on-several-hosts). Every config field can be overridden, e.g.
@@ -19,11 +24,20 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
-flags.DEFINE_enum("mode", "train_and_evaluate", ["train", "evaluate", "train_and_evaluate"],
+flags.DEFINE_enum("mode", "train_and_evaluate",
+                  ["train", "evaluate", "train_and_evaluate", "generate", "encode"],
                   "What to run.")
-config_flags.DEFINE_config_file("config", None, "Training configuration file.",
-                                lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+config_flags.DEFINE_config_file("config", None, "Training configuration file (train and "
+                                "evaluate modes).", lock_config=True)
+flags.DEFINE_string("input", None, "generate/encode: a folder with one folder per study.")
+flags.DEFINE_string("output", None, "generate/encode: a new (or empty) folder for the outputs.")
+flags.DEFINE_string("given", None, "generate/encode: the subset to condition on, e.g. "
+                    "'frontal' or 'lateral+text' (default: all of each study's modalities).")
+flags.DEFINE_integer("samples", 1, "generate: samples per study.")
+flags.DEFINE_integer("seed", 0, "generate: the seed of the samples.")
+flags.DEFINE_integer("step", None, "generate/encode: the checkpoint step (default: the newest "
+                     "that restores).")
+flags.mark_flags_as_required(["workdir"])
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -39,6 +53,11 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   from mopoe_jax import runtime  # pylint: disable=g-import-not-at-top
   logging.info("XLA_FLAGS=%s", runtime.apply_defaults())
+  if FLAGS.mode in ("generate", "encode"):
+    _use_trained_model()
+    return
+  if FLAGS.config is None:
+    raise app.UsageError(f"--mode={FLAGS.mode} needs --config.")
   # TensorFlow (tf.data) must not take the accelerators that JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
@@ -69,6 +88,28 @@ def main(argv):
   if FLAGS.mode in ("evaluate", "train_and_evaluate"):
     evaluate.evaluate(config, workdir, data, writer)
   writer.close()
+
+
+def _use_trained_model():
+  """--mode=generate / --mode=encode: no TensorFlow, no dataset, the workdir alone."""
+  if not FLAGS.input or not FLAGS.output:
+    raise app.UsageError(f"--mode={FLAGS.mode} needs --input=FOLDER and --output=FOLDER.")
+  from mopoe_jax import inference, runtime  # pylint: disable=g-import-not-at-top
+  cache = os.path.join(FLAGS.workdir, "xla_cache")
+  if os.path.isdir(cache):  # the run's compilation cache: a second call compiles nothing
+    runtime.enable_compilation_cache(cache)
+  try:
+    inference.check_output_folder(FLAGS.output)  # before anything is loaded
+    model = inference.TrainedModel.load(FLAGS.workdir, step=FLAGS.step)
+    summary = inference.run_folder(model, FLAGS.input, FLAGS.output, mode=FLAGS.mode,
+                                   given=FLAGS.given, num_samples=FLAGS.samples,
+                                   seed=FLAGS.seed)
+  except (FileExistsError, FileNotFoundError, ValueError) as e:
+    logging.error("%s", e)
+    sys.exit(2)
+  if not summary["studies"]:
+    logging.error("No study of %s could be used.", FLAGS.input)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

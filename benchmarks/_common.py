@@ -281,7 +281,7 @@ def maybe_simulate_crash(phase: str, crash_phase: str | None) -> None:
     signal.raise_signal(signal.SIGSEGV)
 
 
-PAD_ID = 1  # <pad> of the datasets' vocabularies (input_pipeline.text.PAD_ID)
+PAD_ID = 1  # <pad> of the datasets' vocabularies (mopoe_jax.text.PAD_ID)
 
 
 def make_data(image_size: int, text_length: int, batch_size: int, vocab: int,

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 
 from input_pipeline import integrity
 from input_pipeline import pipeline
-from input_pipeline import text as text_lib
+from mopoe_jax import text as text_lib
 
 ATTRIBUTES_FEATURE = "attributes"
 _CLASSIFIER_KEYS = ("frontal", "lateral", "text", "available", "labels", "finding")

@@ -58,7 +58,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import integrity
-from input_pipeline import text as text_lib
+from mopoe_jax import text as text_lib
 from mopoe_jax.sharding import check_batch_divisible
 
 

@@ -31,6 +31,7 @@ from mopoe_jax import checkpointing
 from mopoe_jax import classifiers
 from mopoe_jax import fingerprint
 from mopoe_jax import model as model_lib
+from mopoe_jax import model_file
 from mopoe_jax.datasource import DataSource
 from mopoe_jax.evaluators import EVALUATORS
 from mopoe_jax.evaluators.common import HEADLINE_LABEL, Context, write_json
@@ -190,7 +191,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, data: DataSource, 
   return results
 
 
-def _evaluate_here(config, workdir: str, data: DataSource, writer, step: int | None) -> dict:
+def restore_model(config: ml_collections.ConfigDict, workdir: str, *, dataset: str,
+                  vocab_size: int, step: int | None = None):
+  """(step, model, variables) of the newest checkpoint of ``workdir`` that restores (or of
+  ``step``, else ``eval.checkpoint_step`` when set), on this process's first device.
+
+  The checkpoint's recorded shape fields are checked against ``config`` first; damaged newer
+  steps are logged and skipped.
+  """
   manager = checkpointing.create_manager(workdir, read_only=True, this_process_only=True)
   steps = sorted(manager.all_steps())
   if not steps:
@@ -202,8 +210,8 @@ def _evaluate_here(config, workdir: str, data: DataSource, writer, step: int | N
   if step is not None and int(step) not in steps:
     raise ValueError(f"No checkpoint of step {step} in {manager.directory}; available steps: "
                      f"{steps}.")
-  model = model_lib.create_model(config, len(data.vocab))
-  fields = fingerprint.fields(config, dataset=data.name, vocab_size=len(data.vocab),
+  model = model_lib.create_model(config, vocab_size)
+  fields = fingerprint.fields(config, dataset=dataset, vocab_size=vocab_size,
                               process_count=jax.process_count())
 
   def check(s, meta):
@@ -218,9 +226,16 @@ def _evaluate_here(config, workdir: str, data: DataSource, writer, step: int | N
       manager, lambda s: checkpointing.restore_model_variables(manager, abstract, s), check,
       steps=None if step is None else [int(step)], collective=False)
   if failures:
-    logging.warning("Evaluating step %d, the newest checkpoint of %s that restores (steps %s "
+    logging.warning("Using step %d, the newest checkpoint of %s that restores (steps %s "
                     "cannot be read).", step, manager.directory, [s for s, _ in failures])
-  logging.info("Evaluating step %d of %s on %s.", step, manager.directory, device)
+  logging.info("Restored step %d of %s on %s.", step, manager.directory, device)
+  return step, model, variables
+
+
+def _evaluate_here(config, workdir: str, data: DataSource, writer, step: int | None) -> dict:
+  step, model, variables = restore_model(config, workdir, dataset=data.name,
+                                         vocab_size=len(data.vocab), step=step)
+  model_file.write(workdir, config, data.vocab.words, data.name, missing_only=True)
   results = run_evaluation(config, workdir, model, variables, data, writer, step=step)
   eval_dir = os.path.join(os.path.abspath(workdir), EVAL_DIR)
   logging.info("Tables: %s (report.md, probes.md); JSON: results.json, probes.json; images and "

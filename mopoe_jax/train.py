@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mopoe_jax import checkpointing, fingerprint, model as model_lib, objective, runtime, sharding
+from mopoe_jax import checkpointing, fingerprint, model as model_lib, model_file, objective
+from mopoe_jax import runtime, sharding
 from mopoe_jax.datasource import DataSource
 from mopoe_jax.training_grids import TrainingGrids
 from mopoe_jax.step import (StepConfig, TrainState, eval_step, init_state, set_plateau_scale,
@@ -359,6 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
 
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
+  model_file.write(workdir, config, vocab.words, data.name)  # the model without the dataset
   logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d over %d "
                "device(s) of %d process(es), %s parameters.", config.model.variant, data.name,
                total_steps, steps_per_epoch, config.train.batch_size, jax.device_count(),

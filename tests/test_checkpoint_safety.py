@@ -14,7 +14,7 @@ import pytest
 
 from conftest import assert_trees_equal, load_data, state_tree, tiny_config, train_run
 from input_pipeline import data as data_lib
-from input_pipeline import text as text_lib
+from mopoe_jax import text as text_lib
 from mopoe_jax import checkpointing, evaluate, fingerprint, train
 
 DAMAGES = ("truncated_file", "deleted_file", "stray_tmp_directory")

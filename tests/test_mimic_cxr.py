@@ -16,9 +16,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from input_pipeline import features
-from input_pipeline import text as text_lib
+from mopoe_jax import text as text_lib
 from input_pipeline.mimic_cxr import mimic_cxr_dataset_builder as mcb
-from input_pipeline.mimic_cxr import reports
+from mopoe_jax import reports
 from input_pipeline.mimic_cxr import selection
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -529,3 +529,21 @@ def test_documented_command_builds_the_paper_config(fake_tree, tmp_path):
   e = next(iter(tfds.as_numpy(builder.as_dataset(split="validation"))))
   assert e["frontal"].shape == (128, 128, 1) and e["text"].shape == (128,)
   assert os.path.exists(os.path.join(builder.data_dir, "skip_report_train.csv"))
+
+
+def test_a_trained_model_reads_the_source_files_as_the_builder_stored_them(paper, fake_tree):
+  """mopoe_jax.inference on the same JPEGs and report file gives the builder's arrays."""
+  from mopoe_jax import inference  # pylint: disable=g-import-not-at-top
+  builder, ex = paper
+  vocabulary = text_lib.Vocabulary(builder.info.metadata["vocabulary"])
+  for split, study_id in (("train", "50000001"), ("test", "50000010")):
+    subject, _, _, images, *_ = STUDY[study_id]
+    folder = os.path.join(fake_tree, "files", f"p{subject[:2]}", f"p{subject}")
+    stored = ex[split][study_id]
+    views = {view: dicom for dicom, view, *_ in images}
+    for modality, view in (("frontal", "PA"), ("lateral", "LATERAL")):
+      path = os.path.join(folder, f"s{study_id}", f"{views[view]}.jpg")
+      np.testing.assert_array_equal(inference.read_image(path, IMAGE_SIZE), stored[modality])
+    report = inference.read_report(os.path.join(folder, f"s{study_id}.txt"))
+    assert report == stored["report"].decode()
+    np.testing.assert_array_equal(vocabulary.encode(report, TEXT_LENGTH), stored["text"])

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 from input_pipeline import features
 from input_pipeline import pipeline
-from input_pipeline import text
+from mopoe_jax import text
 from mopoe_jax import sharding
 
 IMAGE_SIZE, TEXT_LENGTH = 8, 6

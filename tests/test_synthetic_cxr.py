@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from input_pipeline import features as features_lib
 from input_pipeline import pipeline
-from input_pipeline import text as text_lib
+from mopoe_jax import text as text_lib
 import input_pipeline.synthetic_cxr as synthetic_cxr
 from input_pipeline.synthetic_cxr import render
 from input_pipeline.synthetic_cxr import reports

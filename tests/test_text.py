@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from input_pipeline import text
+from mopoe_jax import text
 
 
 def test_tokenize_splits_like_the_treebank_rules():

@@ -45,9 +45,9 @@ from absl import logging
 from etils import epath
 
 from input_pipeline import features
-from input_pipeline import text as text_lib
-from input_pipeline.mimic_cxr import images
-from input_pipeline.mimic_cxr import reports
+from mopoe_jax import text as text_lib
+from mopoe_jax import images
+from mopoe_jax import reports
 from input_pipeline.mimic_cxr import selection
 
 _DESCRIPTION = """\

@@ -38,7 +38,7 @@ from absl import logging
 from etils import epath
 
 from input_pipeline import features
-from input_pipeline.mimic_cxr import reports
+from mopoe_jax import reports
 
 # Files of the manual dir.
 FILES_DIR = "files"

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import features as features_lib
-from input_pipeline import text as text_lib
+from mopoe_jax import text as text_lib
 from input_pipeline.synthetic_cxr import scene as scene_lib
 from input_pipeline.synthetic_cxr import studies
 

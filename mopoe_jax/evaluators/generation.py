@@ -40,7 +40,7 @@ def _as_generated(modality: str, output):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _decode(model: MoPoE, variables, z):
+def decode_latents(model: MoPoE, variables, z):
   """z [B, D] -> modality -> generated [B, ...] (see `_as_generated`)."""
   out = model.apply(variables, z, False, method=model.decode)
   return {m: _as_generated(m, x) for m, x in out.items()}
@@ -53,7 +53,7 @@ def _decode_subsets(model: MoPoE, variables, mu_k, logvar_k, rng, *, latent: str
     z = fusion.reparameterize(mu_k, logvar_k, jax.random.normal(rng, mu_k.shape, mu_k.dtype))
   else:
     z = mu_k
-  return jax.lax.map(lambda z_k: _decode(model, variables, z_k), z)  # one subset at a time
+  return jax.lax.map(lambda z_k: decode_latents(model, variables, z_k), z)  # one subset at a time
 
 
 def generate_from_posteriors(model: MoPoE, variables, mu_k: np.ndarray, logvar_k: np.ndarray,
@@ -93,7 +93,7 @@ def _subset_grid(model: MoPoE, subset_row: np.ndarray, studies: dict,
 def prior_samples(model: MoPoE, variables, rng, num_samples: int) -> dict[str, np.ndarray]:
   """Unconditional generation: modality -> generated [num_samples, ...] from z ~ N(0, I)."""
   z = jax.random.normal(rng, (num_samples, model.latent_dim))
-  return jax.device_get(_decode(model, variables, z))
+  return jax.device_get(decode_latents(model, variables, z))
 
 
 def _has_images(model: MoPoE) -> bool:

@@ -85,3 +85,15 @@ def section_text(report: str, section: str = FINDINGS) -> tuple[str, str]:
     if text:
       return text.lower(), "impression"
   return "", ""
+
+
+def user_report_text(report: str) -> str:
+  """The text a trained model reads of a user's report file, lower-cased.
+
+  A report with section headers gives its FINDINGS section (IMPRESSION where FINDINGS is
+  absent or empty), as the dataset builders read MIMIC-CXR reports; a report without any
+  section header is taken whole (whitespace-normalised). "" when neither has words.
+  """
+  if split_sections(report):
+    return section_text(report, FINDINGS_OR_IMPRESSION)[0]
+  return normalize_whitespace(report).lower()
