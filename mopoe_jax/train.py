@@ -415,8 +415,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
     try:
       if eval_pending:
         logging.info("Running the evaluation of step %d, which had not finished.", step)
-        state, last_eval, _ = run_eval(state, step)
+        state, last_eval, seconds = run_eval(state, step)
         eval_pending = False
+        tic += seconds  # steps/s counts training time only
       while step < total_steps and not stop:
         batch = next(train_iter)
         batch = sharding.to_global_batch({k: batch[k] for k in TRAIN_KEYS}, mesh)

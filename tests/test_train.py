@@ -106,6 +106,37 @@ def test_a_second_run_in_the_same_process_compiles_nothing(straight_run, tmp_pat
   assert_trees_equal(state_tree(resumed), state_tree(straight))
 
 
+def test_a_resumed_runs_pending_evaluation_is_not_counted_as_training_time(straight_run,
+                                                                          tmp_path, monkeypatch):
+  """Step 20's checkpoint was written before its evaluation, so the resumed run evaluates
+  first. That evaluation, made to take 1000 s of train.py's clock, must not enter the first
+  logged steps/s (which, with it, would read below 0.01)."""
+  config, workdir, _ = straight_run
+  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
+                  os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"))
+  clock = [1e6]
+
+  class Clock:  # train.py's view of the time module: a ms per reading, 1000 s per evaluation
+    @staticmethod
+    def time():
+      clock[0] += 1e-3
+      return clock[0]
+    perf_counter = time
+
+  real_evaluate_loss = train.evaluate_loss
+
+  def slow_evaluate_loss(*args, **kwargs):
+    clock[0] += 1000.0
+    return real_evaluate_loss(*args, **kwargs)
+
+  monkeypatch.setattr(train, "time", Clock)
+  monkeypatch.setattr(train, "evaluate_loss", slow_evaluate_loss)
+  train_run(config, str(tmp_path))
+  rates = dict(_scalars(str(tmp_path), "train_steps_per_second"))
+  assert sorted(rates) == [25, 30]
+  assert rates[25] > 1.0, rates  # 5 steps in a few fake milliseconds, not in 1000 s
+
+
 def test_non_finite_loss_stops_with_the_step(straight_run, tmp_path, monkeypatch):
   """Resumed from step 20 with an infinite learning-rate factor (it lives in the optimizer
   state, so the step program is the straight run's): step 21's update makes the parameters
