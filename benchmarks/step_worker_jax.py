@@ -28,9 +28,9 @@ class JaxWorker:
 
   def __init__(self, args, jax):
     from mopoe_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-    from mopoe_jax import runtime, step  # pylint: disable=g-import-not-at-top
+    from mopoe_jax import compilation, step  # pylint: disable=g-import-not-at-top
     self.args, self.jax = args, jax
-    self.model_lib, self.runtime, self.train = model_lib, runtime, step
+    self.model_lib, self.compilation, self.train = model_lib, compilation, step
     self.backend = jax.default_backend()
     self.setup = None            # (key, config, model, step_config, jitted init)
     self.state = self.compiled = self.batch = None
@@ -57,7 +57,7 @@ class JaxWorker:
       model = self.model_lib.create_model(config, vocab)
       step_config = train.StepConfig.from_config(config, model, pad_id=_common.PAD_ID)
       # As the training loop does: the init program runs once, compiled fast on CPU.
-      init = self.runtime.compile_fast(
+      init = self.compilation.compile_fast(
           jax.jit(functools.partial(train.init_state, model, config)), jax.random.PRNGKey(0))
       self.setup = (key, config, model, step_config, init)
     _, config, model, step_config, init = self.setup

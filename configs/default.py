@@ -175,7 +175,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.image_grid_studies = 8            # studies in the TensorBoard image grids; 0: none
   train.compilation_cache = True          # JAX's persistent compilation cache: a resumed or
                                           # re-evaluated run does not compile the step again,
-                                          # nor trace it (<dir>/lowered, runtime.StoredProgram)
+                                          # nor trace it (<dir>/lowered, compilation.StoredProgram)
   train.compilation_cache_dir = config_dict.placeholder(str)  # None: <workdir>/xla_cache
 
   config.eval = ev = ml_collections.ConfigDict()

@@ -4,9 +4,9 @@
       --config.data.manual_dir=MANUAL_DIR
 
 `CHANGES` lists each change against configs/default.py with its reason;
-docs/deviations.md#the-recommended-variant shows the same rows (a test compares them). None of the three was measured
-against the paper's setting on MIMIC-CXR here; each is there for the reason given, not for a
-number. Sizes and cost are those of configs/default.py. Training on incomplete studies as well
+docs/deviations.md#the-recommended-variant shows the same rows (a test compares them). None of
+the three was measured against the paper's setting on MIMIC-CXR; each is there for the reason
+given, not for a number. Sizes and cost are those of configs/default.py. Training on incomplete studies as well
 (`--config.data.name=mimic_cxr/all_studies --config.data.require_complete=false`) is a further
 option: it also changes the test split, so its Table 1 is not comparable with the paper's.
 """

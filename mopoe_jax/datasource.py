@@ -26,6 +26,8 @@ Batch = dict[str, np.ndarray]
 
 # The columns of ``available``.
 MODALITIES = ("frontal", "lateral", "text")
+# What the model reads of a batch: every modality and ``available``.
+MODEL_KEYS = MODALITIES + ("available",)
 # The columns of ``labels``: the 14 CheXpert labels.
 LABELS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",

@@ -32,6 +32,7 @@ from mopoe_jax import classifiers
 from mopoe_jax import fingerprint
 from mopoe_jax import model as model_lib
 from mopoe_jax import model_file
+from mopoe_jax import sharding
 from mopoe_jax.datasource import DataSource
 from mopoe_jax.evaluators import EVALUATORS
 from mopoe_jax.evaluators.common import HEADLINE_LABEL, Context, write_json
@@ -220,8 +221,7 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, *, dataset: s
 
   device = jax.local_devices()[0]
   shapes = jax.eval_shape(lambda: model_lib.init_variables(model, config, jax.random.PRNGKey(0)))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(device)), shapes)
+  abstract = sharding.abstract(shapes, jax.sharding.SingleDeviceSharding(device))
   step, variables, _, failures = checkpointing.restore_newest(
       manager, lambda s: checkpointing.restore_model_variables(manager, abstract, s), check,
       steps=None if step is None else [int(step)], collective=False)

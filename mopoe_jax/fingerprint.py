@@ -10,14 +10,10 @@ run before any array is restored and names every field that differs, with both v
 - a shape field that differs is an error, in training and in evaluation;
 - a data-order field that differs is an error when resuming training (the exact data position
   cannot be resumed) unless ``train.allow_data_order_change``; evaluation ignores them.
-
-Checkpoints of older versions recorded only a hash of the shape settings (`legacy_hash`), the
-dataset name and the vocabulary size: those are compared, and the rest is reported as unchecked.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -66,35 +62,9 @@ def fields(config: ml_collections.ConfigDict, *, dataset: str, vocab_size: int,
   return out
 
 
-def legacy_hash(config: ml_collections.ConfigDict) -> str:
-  """The ``fingerprint`` that checkpoints of older versions recorded (a hash of shape fields)."""
-  keys = {"data": {k: config.data[k] for k in ("modalities", "image_size", "text_length")},
-          "model": {k: config.model[k] for k in (
-              "latent_dim", "image_encoder_widths", "image_decoder_widths",
-              "text_encoder_widths", "text_decoder_widths", "variant")}}
-  blob = json.dumps(keys, sort_keys=True, default=list)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def _lines(diffs: list[tuple[str, Any, Any]]) -> str:
   return "\n".join(f"  {name}: {saved!r} in the checkpoint, {now!r} now"
                    for name, saved, now in diffs)
-
-
-def _legacy_diffs(meta: dict, config, current: dict) -> list[tuple[str, Any, Any]]:
-  """What an older checkpoint's metadata lets us compare (it has no ``fields``)."""
-  if "fingerprint" not in meta:
-    return []
-  diffs = []
-  if "vocab_size" in meta and meta["vocab_size"] != current["vocab_size"]:
-    diffs.append(("vocab_size", meta["vocab_size"], current["vocab_size"]))
-  if "dataset" in meta and meta["dataset"] != config.data.name:
-    diffs.append(("data.name", meta["dataset"], config.data.name))
-  now = legacy_hash(config)
-  if meta["fingerprint"] != now:
-    diffs.append(("hash of data.modalities, image_size, text_length, model widths, "
-                  "latent_dim, variant", meta["fingerprint"], now))
-  return diffs
 
 
 def check(meta: dict, config: ml_collections.ConfigDict, current: dict, *, step: int,
@@ -113,21 +83,10 @@ def check(meta: dict, config: ml_collections.ConfigDict, current: dict, *, step:
   doing = "resume from" if resuming else "evaluate"
   saved = meta.get("fields")
   if not isinstance(saved, dict):
-    if "fingerprint" not in meta:
-      raise MismatchError(
-          f"Cannot {doing} {where}: its metadata records no settings (keys: {sorted(meta)}), "
-          "so it cannot be checked against this config. It was not written by this project's "
-          "training; use a --workdir that was.")
-    diffs = _legacy_diffs(meta, config, current)
-    if diffs:
-      raise MismatchError(
-          f"Cannot {doing} {where}: it was written with another model or dataset (an older "
-          f"version of this project recorded only these):\n{_lines(diffs)}\n"
-          "Use the config it was trained with, or a new --workdir.")
-    logging.warning("The metadata of %s was written by an older version: it records only a "
-                    "hash of the shape settings (they match), not %s; these are not checked.",
-                    where, ", ".join(DATA_ORDER_FIELDS))
-    return
+    raise MismatchError(
+        f"Cannot {doing} {where}: its metadata records no settings (keys: {sorted(meta)}), "
+        "so it cannot be checked against this config. It was not written by this project's "
+        "training; use a --workdir that was.")
   missing = [n for n in SHAPE_FIELDS if n not in saved]
   if missing:
     raise MismatchError(f"Cannot {doing} {where}: its metadata lacks the fields {missing} "

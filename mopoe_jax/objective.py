@@ -87,7 +87,7 @@ def loss_terms(out: ModelOutput, inputs: dict, available, *, modalities: Sequenc
     nll[m] = term
     rec = rec + rec_weights[i] * term
   kl_per_subset = jnp.where(out.valid, fusion.gaussian_kl(out.mu_k, out.logvar_k).T, 0.0)
-  kl = fusion.mixture_kl(kl_per_subset, fusion.subset_weights(out.valid))
+  kl = fusion.kl_divergence_terms(out.mu_k, out.logvar_k, fusion.subset_weights(out.valid))
   return LossTerms(nll=nll, kl_per_subset=kl_per_subset, valid=out.valid, kl=kl, rec=rec,
                    total=rec + beta * kl, weight=fusion.example_weights(out.valid))
 

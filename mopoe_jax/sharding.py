@@ -74,3 +74,11 @@ def to_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+def abstract(tree, sharding):
+  """Shapes, dtypes and weak types of ``tree`` (arrays or `jax.eval_shape` output) with
+  ``sharding``: what ahead-of-time compiles and Orbax restores take."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding,
+                                                     weak_type=getattr(x, "weak_type", False)),
+                      tree)

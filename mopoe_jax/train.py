@@ -2,7 +2,7 @@
 
 `train_and_evaluate` compiles the step once with ``jax.jit`` over a ``('data',)`` mesh (batch
 sharded, state replicated; traced once and kept beside the compilation cache, so that a restart
-neither traces nor lowers it: `train_program`), feeds it global batches of the data source,
+neither traces nor lowers it: `mopoe_jax.programs`), feeds it global batches of the data source,
 logs to the metric writer it is given, evaluates the loss on the eval split, lowers the learning
 rate on a plateau (when ``train.plateau_factor`` < 1) and checkpoints with Orbax. It resumes
 from the newest checkpoint of the workdir that restores (data position included; a damaged
@@ -20,6 +20,7 @@ import functools
 import math
 import signal
 import time
+from typing import Any
 
 from absl import logging
 import jax
@@ -28,8 +29,8 @@ import ml_collections
 import numpy as np
 
 from mopoe_jax import checkpointing, fingerprint, model as model_lib, model_file, objective
-from mopoe_jax import runtime, sharding
-from mopoe_jax.datasource import DataSource
+from mopoe_jax import programs as programs_lib, sharding
+from mopoe_jax.datasource import MODEL_KEYS, DataSource
 from mopoe_jax.training_grids import TrainingGrids
 from mopoe_jax.step import (StepConfig, TrainState, eval_step, init_state, set_plateau_scale,
                             train_step, validate_config)
@@ -131,11 +132,10 @@ def _mean_metrics(history: list) -> dict:
   return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
 
-TRAIN_KEYS = ("frontal", "lateral", "text", "available")  # what the step reads of a batch
-EVAL_KEYS = TRAIN_KEYS + ("valid",)
+EVAL_KEYS = MODEL_KEYS + ("valid",)  # what the eval step reads of a batch
 
 
-def evaluate_loss(p_eval, state, data: DataSource, config, mesh,
+def evaluate_loss(eval_step_fn, state, data: DataSource, config, mesh,
                   num_batches: int | None) -> dict:
   """Mean eval terms over (the first ``num_batches`` batches of) the eval split."""
   it = data.eval_batches(config.data.eval_split, batch_size=config.train.batch_size)
@@ -144,7 +144,7 @@ def evaluate_loss(p_eval, state, data: DataSource, config, mesh,
     if num_batches is not None and i >= num_batches:
       break
     batch = {k: batch[k] for k in EVAL_KEYS}
-    sums = jax.device_get(p_eval(state, sharding.to_global_batch(batch, mesh)))
+    sums = jax.device_get(eval_step_fn(state, sharding.to_global_batch(batch, mesh)))
     totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
   if totals is None:
     raise ValueError(f"The eval split {config.data.eval_split!r} of {config.data.name} is empty.")
@@ -175,65 +175,6 @@ def _flat_hparams(config) -> dict:
         flat[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
   visit("", config)
   return flat
-
-
-def _state_fields(config: ml_collections.ConfigDict) -> tuple:
-  """The config fields that `init_state` reads besides the model: input shapes, optimizer (the
-  optimizer's functions then live in the state's tree, and the train step runs them)."""
-  d, t = config.data, config.train
-  return (d.image_size, d.text_length, tuple(d.modalities), t.learning_rate, t.warmup_steps,
-          t.b1, t.b2)
-
-
-def init_program(config: ml_collections.ConfigDict, model, mesh):
-  """The jitted `init_state` of ``model`` and ``config``, its output replicated over ``mesh``:
-  one object per program in this process (`runtime.jitted_once`)."""
-  fields = _state_fields(config)
-  return runtime.jitted_once(
-      (init_state, model, fields, mesh),
-      lambda: jax.jit(functools.partial(init_state, model, config),
-                      out_shardings=sharding.replicated(mesh)))
-
-
-def _flat_train_step(state_leaves, batch, rng, *, treedef, model, step_config):
-  """`train_step` on the state's leaves (what `runtime.StoredProgram` can keep on disk)."""
-  state, metrics = train_step(jax.tree.unflatten(treedef, state_leaves), batch, rng,
-                              model=model, step_config=step_config)
-  return jax.tree.leaves(state), metrics
-
-
-def train_program(config: ml_collections.ConfigDict, model, step_config: StepConfig, mesh,
-                  abstract, batch_shape) -> runtime.StoredProgram:
-  """The train step over ``mesh`` (batch sharded, state replicated and donated) as a
-  `runtime.StoredProgram` of the state's leaves: traced once, kept beside the compilation cache
-  (unless ``train.compilation_cache`` is off), loaded untraced by a restart; one object per
-  program in this process. Call it through `_tree_step`."""
-  replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  treedef = jax.tree.structure(abstract)
-  key = runtime.program_key(
-      "train_step", model, step_config, _state_fields(config), str(treedef),
-      [(x.shape, str(x.dtype), str(x.sharding)) for x in jax.tree.leaves(abstract)],
-      sorted((k, v.shape, str(v.dtype), str(v.sharding)) for k, v in batch_shape.items()),
-      [d.id for d in mesh.devices.flat])
-  return runtime.jitted_once(
-      ("stored train step", key),
-      lambda: runtime.StoredProgram(
-          functools.partial(_flat_train_step, treedef=treedef, model=model,
-                            step_config=step_config),
-          name="train_step", key=key,
-          directory=runtime.stored_programs_dir(config.train.compilation_cache),
-          in_shardings=(replicated, sharded, replicated), out_shardings=(replicated, replicated),
-          donate_argnums=(0,)))
-
-
-def _tree_step(flat_step, treedef):
-  """``(state, batch, rng) -> (state, metrics)`` from the compiled `_flat_train_step`."""
-
-  def step(state, batch, rng):
-    leaves, metrics = flat_step(jax.tree.leaves(state), batch, rng)
-    return jax.tree.unflatten(treedef, leaves), metrics
-
-  return step
 
 
 def _resume(manager, abstract, config, fields: dict, workdir: str, on_checked=None):
@@ -288,6 +229,88 @@ def _save_after_error(manager, state, meta: dict, step: int, saved_step: int,
                   manager.latest_step(), manager.directory)
 
 
+@dataclasses.dataclass
+class _Loop:
+  """What the loop carries between steps: the plateau tracker and the best step it keeps, the
+  metrics since the last log line, the training clock, the last evaluation."""
+  config: ml_collections.ConfigDict
+  data: DataSource
+  writer: Any
+  manager: Any
+  mesh: Any
+  fields: dict
+  total_steps: int
+  eval_step: Any
+  grids: TrainingGrids | None
+  plateau: Plateau
+  keep_best: checkpointing.KeepStep
+  history: list = dataclasses.field(default_factory=list)
+  tic: float = dataclasses.field(default_factory=time.time)  # start of the logged interval
+  last_eval: dict | None = None
+
+  def meta(self, step: int, eval_due: bool) -> dict:
+    """A checkpoint's metadata at ``step``."""
+    p = self.plateau
+    return {"fields": self.fields, "plateau_best": p.best, "plateau_bad_evals": p.bad_evals,
+            "plateau_scale": p.scale, "plateau_best_step": p.best_step, "data_position": step,
+            "eval_due": eval_due}
+
+  def evaluate(self, state, step: int):
+    """Eval loss, grids and the plateau tracker at ``step``; returns the (re-scaled) state.
+    Its time is left out of the training clock (steps/s counts training time only)."""
+    t, eval_tic = self.config.train, time.time()
+    metrics = evaluate_loss(self.eval_step, state, self.data, self.config, self.mesh,
+                            t.eval_batches)
+    self.writer.write_scalars(step, {f"eval_{k}": v for k, v in metrics.items()})
+    if self.grids is not None:
+      self.writer.write_images(step, self.grids(state))
+    logging.info("eval at step %d: loss %.2f (%.1f s)", step, metrics["loss"],
+                 time.time() - eval_tic)
+    if self.plateau.update(metrics["loss"], t.plateau_patience, t.plateau_factor,
+                           t.plateau_min_scale, step=step):
+      state = set_plateau_scale(state, self.plateau.scale)
+      logging.info("Eval loss has not improved for %d evaluations: learning-rate factor "
+                   "now %.3g.", t.plateau_patience, self.plateau.scale)
+    self.keep_best.step = self.plateau.best_step
+    self.last_eval = metrics
+    self.tic += time.time() - eval_tic
+    return state
+
+  def log(self, state, step: int) -> None:
+    """Checks the state is finite, writes and logs the mean metrics since the last call."""
+    _check_finite(state, self.manager)
+    summary = _mean_metrics(self.history)
+    summary["steps_per_second"] = len(self.history) / max(time.time() - self.tic, 1e-9)
+    self.history, self.tic = [], time.time()
+    self.writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
+    logging.info("step %d/%d: loss %.2f (rec %.2f, kl %.2f), %.2f steps/s, lr %.2e, ETA %s",
+                 step, self.total_steps, summary["loss"], summary["rec"], summary["kl"],
+                 summary["steps_per_second"], summary["learning_rate"],
+                 _duration((self.total_steps - step) / summary["steps_per_second"]))
+
+
+def _start(programs: programs_lib.Programs, init_rng, state, meta, keep_best, manager):
+  """(state, plateau) to train from: a new state, or the restored one with its plateau."""
+  if meta is None:
+    return programs.init_state(init_rng), Plateau()
+  plateau = Plateau(best=meta["plateau_best"], bad_evals=meta["plateau_bad_evals"],
+                    scale=meta["plateau_scale"], best_step=meta.get("plateau_best_step"))
+  keep_best.step = plateau.best_step
+  logging.info("Resumed from step %d of %s.", int(state.step), manager.directory)
+  return state, plateau
+
+
+def _announce(config, workdir: str, data: DataSource, writer, state, total_steps: int,
+              steps_per_epoch: int) -> None:
+  if int(state.step) == 0:
+    writer.write_hparams(_flat_hparams(config))
+  model_file.write(workdir, config, data.vocab.words, data.name)  # the model without the data
+  logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d over %d "
+               "device(s) of %d process(es), %s parameters.", config.model.variant, data.name,
+               total_steps, steps_per_epoch, config.train.batch_size, jax.device_count(),
+               jax.process_count(), f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: DataSource,
                        writer) -> TrainState:
   """Trains (resuming from the newest checkpoint in ``workdir``) and returns the final state.
@@ -307,151 +330,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
       allowed) another data order.
     checkpointing.NoRestorableCheckpointError: when checkpoints exist but none restores.
   """
-  started = time.perf_counter()
+  started, t = time.perf_counter(), config.train
   validate_config(config, jax.device_count())
-  vocab = data.vocab
-  model = model_lib.create_model(config, len(vocab))
-  step_config = StepConfig.from_config(config, model, pad_id=vocab.pad_id)
+  model = model_lib.create_model(config, len(data.vocab))
+  step_config = StepConfig.from_config(config, model, pad_id=data.vocab.pad_id)
   mesh = sharding.make_data_mesh()
-  replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   total_steps, steps_per_epoch = num_train_steps(config, data)
-  fields = fingerprint.fields(config, dataset=data.name, vocab_size=len(vocab),
+  fields = fingerprint.fields(config, dataset=data.name, vocab_size=len(data.vocab),
                               process_count=jax.process_count())
-
-  rng = jax.random.PRNGKey(config.train.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  # One jitted object per program in this process: a second run here compiles nothing.
-  p_init = init_program(config, model, mesh)
-  # The state's shapes from the same trace as the state itself: its tree carries the optimizer's
-  # functions, which must be the very ones the compiled programs were given.
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated,
-                                                         weak_type=x.weak_type),
-                          jax.eval_shape(p_init, init_rng))
-  batch_shape = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharded) for k, v in
-                 model_lib.dummy_batch(config, config.train.batch_size).items()}
-  p_train = train_program(config, model, step_config, mesh, abstract, batch_shape)
-  compiles = []
-
-  def start_step_compile(*_):
-    """The step compiles from the abstract state while the state is initialised or restored;
-    after the checkpoint's fields passed their check, so a refused run compiles nothing."""
-    if not compiles:
-      compiles.append(runtime.BackgroundCompile(p_train, jax.tree.leaves(abstract), batch_shape,
-                                                step_rng, name="train step"))
-
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(t.seed))
+  programs = programs_lib.Programs.build(config, model, step_config, mesh, init_rng)
   keep_best = checkpointing.KeepStep()
-  manager = checkpointing.create_manager(workdir, keep=config.train.keep_checkpoints,
-                                         keep_step=keep_best)
-  state, meta = _resume(manager, abstract, config, fields, workdir,
-                        on_checked=start_step_compile)
-  start_step_compile()
-  plateau = Plateau()
-  if meta is None:
-    tic = time.perf_counter()
-    state = runtime.compile_fast(p_init, init_rng)(init_rng)
-    jax.block_until_ready(state)
-    logging.info("Initialised the train state in %.1f s.", time.perf_counter() - tic)
-  else:
-    plateau = Plateau(best=meta["plateau_best"], bad_evals=meta["plateau_bad_evals"],
-                      scale=meta["plateau_scale"], best_step=meta.get("plateau_best_step"))
-    keep_best.step = plateau.best_step
-    logging.info("Resumed from step %d of %s.", int(state.step), manager.directory)
-  start_step = int(state.step)
-
-  if start_step == 0:
-    writer.write_hparams(_flat_hparams(config))
-  model_file.write(workdir, config, vocab.words, data.name)  # the model without the dataset
-  logging.info("Training %s on %s: %d steps (%d per epoch), global batch %d over %d "
-               "device(s) of %d process(es), %s parameters.", config.model.variant, data.name,
-               total_steps, steps_per_epoch, config.train.batch_size, jax.device_count(),
-               jax.process_count(), f"{sum(x.size for x in jax.tree.leaves(state.params)):,}")
-
-  eval_batch_shape = dict(batch_shape, valid=jax.ShapeDtypeStruct(
-      (config.train.batch_size,), np.bool_, sharding=sharded))
-  p_eval = runtime.compile_fast(runtime.jitted_once(
-      (eval_step, model, step_config, mesh),
-      lambda: jax.jit(functools.partial(eval_step, model=model, step_config=step_config),
-                      in_shardings=(replicated, sharded), out_shardings=replicated)),
-      state, eval_batch_shape)
-  grids = (TrainingGrids(model, config, data, state, mesh) if config.train.image_grid_studies
-           else None)  # 0: no image grids
-
-  train_iter = data.train_batches(global_batch_size=config.train.batch_size,
-                                  seed=config.train.seed, start_step=start_step)
-  p_train = _tree_step(compiles[0].result(), jax.tree.structure(abstract))
+  manager = checkpointing.create_manager(workdir, keep=t.keep_checkpoints, keep_step=keep_best)
+  # The step compiles while the state is initialised or restored; only once the checkpoint's
+  # fields passed their check, so that a refused run compiles nothing.
+  state, meta = _resume(manager, programs.abstract, config, fields, workdir,
+                        on_checked=functools.partial(programs.compile_step, step_rng))
+  programs.compile_step(step_rng)
+  state, plateau = _start(programs, init_rng, state, meta, keep_best, manager)
+  _announce(config, workdir, data, writer, state, total_steps, steps_per_epoch)
+  grids = TrainingGrids(model, config, data, state, mesh) if t.image_grid_studies else None
+  loop = _Loop(config, data, writer, manager, mesh, fields, total_steps,
+               programs.eval_step(state, t.batch_size), grids, plateau, keep_best)
+  start_step = step = int(state.step)
+  train_iter = data.train_batches(global_batch_size=t.batch_size, seed=t.seed,
+                                  start_step=start_step)
+  train_step_fn = programs.train_step()
   # XLA:CPU collectives have dead-locked when tiny sharded steps run back to back: on CPU, wait
   # for each step's result (the CPU is busy computing it anyway).
   sync_each_step = jax.default_backend() == "cpu"
-  t = config.train
-  history, last_eval, tic = [], None, time.time()
-
-  def meta_of(step: int, eval_due: bool) -> dict:
-    return {"fields": fields, "plateau_best": plateau.best,
-            "plateau_bad_evals": plateau.bad_evals, "plateau_scale": plateau.scale,
-            "plateau_best_step": plateau.best_step, "data_position": step,
-            "eval_due": eval_due}
-
-  def run_eval(state, step: int):
-    """Eval loss, grids and the plateau tracker at ``step``; returns the (re-scaled) state."""
-    eval_tic = time.time()
-    eval_metrics = evaluate_loss(p_eval, state, data, config, mesh, t.eval_batches)
-    writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-    if grids is not None:
-      writer.write_images(step, grids(state))
-    logging.info("eval at step %d: loss %.2f (%.1f s)", step, eval_metrics["loss"],
-                 time.time() - eval_tic)
-    if plateau.update(eval_metrics["loss"], t.plateau_patience, t.plateau_factor,
-                      t.plateau_min_scale, step=step):
-      state = set_plateau_scale(state, plateau.scale)
-      logging.info("Eval loss has not improved for %d evaluations: learning-rate factor "
-                   "now %.3g.", t.plateau_patience, plateau.scale)
-    keep_best.step = plateau.best_step
-    return state, eval_metrics, time.time() - eval_tic
-
-  step, saved_step = start_step, (start_step if meta is not None else -1)
+  saved_step = start_step if meta is not None else -1
   # A checkpoint is written before its step's evaluation: that evaluation may still be due.
   eval_pending, stop = bool(meta is not None and meta.get("eval_due")), False
+  loop.tic = time.time()
   with _Preemption() as preemption:
     try:
       if eval_pending:
         logging.info("Running the evaluation of step %d, which had not finished.", step)
-        state, last_eval, seconds = run_eval(state, step)
-        eval_pending = False
-        tic += seconds  # steps/s counts training time only
+        state, eval_pending = loop.evaluate(state, step), False
       while step < total_steps and not stop:
-        batch = next(train_iter)
-        batch = sharding.to_global_batch({k: batch[k] for k in TRAIN_KEYS}, mesh)
-        state, metrics = p_train(state, batch, step_rng)
-        if sync_each_step:
+        batch = sharding.to_global_batch({k: v for k, v in next(train_iter).items()
+                                          if k in MODEL_KEYS}, mesh)
+        state, metrics = train_step_fn(state, batch, step_rng)
+        if sync_each_step or step == start_step:
           jax.block_until_ready(metrics["loss"])
-        history.append(metrics)
+        loop.history.append(metrics)
         step += 1
         if step == start_step + 1:
-          jax.block_until_ready(metrics["loss"])
           logging.info("First step done %.1f s after training started (state, compiles, data).",
                        time.perf_counter() - started)
         stop = preemption.requested or manager.reached_preemption(step)
         if step % t.log_every_steps == 0 or step == total_steps or stop:
-          _check_finite(state, manager)
-          summary = _mean_metrics(history)
-          summary["steps_per_second"] = len(history) / max(time.time() - tic, 1e-9)
-          history, tic = [], time.time()
-          writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
-          logging.info("step %d/%d: loss %.2f (rec %.2f, kl %.2f), %.2f steps/s, lr %.2e, "
-                       "ETA %s", step, total_steps, summary["loss"], summary["rec"],
-                       summary["kl"], summary["steps_per_second"], summary["learning_rate"],
-                       _duration((total_steps - step) / summary["steps_per_second"]))
+          loop.log(state, step)
         eval_pending = step % t.eval_every_steps == 0 or step == total_steps
         if step % t.checkpoint_every_steps == 0 or step == total_steps or stop:
           _check_finite(state, manager)
-          checkpointing.save(manager, state, meta_of(step, eval_pending), force=stop)
+          checkpointing.save(manager, state, loop.meta(step, eval_pending), force=stop)
           saved_step = step
         if eval_pending and not stop:
-          state, last_eval, seconds = run_eval(state, step)
-          eval_pending = False
-          tic += seconds  # steps/s counts training time only
+          state, eval_pending = loop.evaluate(state, step), False
     except (Exception, KeyboardInterrupt) as error:
-      _save_after_error(manager, state, meta_of(step, eval_pending), step, saved_step, error)
+      _save_after_error(manager, state, loop.meta(step, eval_pending), step, saved_step, error)
       raise
   manager.wait_until_finished()
   manager.close()
@@ -459,6 +398,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
   del train_iter
   if step < total_steps:
     raise Preempted(step, str(manager.directory))
-  if last_eval is not None:
-    logging.info("Final eval loss %.3f at step %d.", last_eval["loss"], step)
+  if loop.last_eval is not None:
+    logging.info("Final eval loss %.3f at step %d.", loop.last_eval["loss"], step)
   return state

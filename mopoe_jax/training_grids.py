@@ -14,10 +14,8 @@ import functools
 
 import jax
 
-from mopoe_jax import model as model_lib, runtime, sharding, visualize
-from mopoe_jax.datasource import DataSource
-
-_KEYS = ("frontal", "lateral", "text", "available")
+from mopoe_jax import compilation, model as model_lib, sharding, visualize
+from mopoe_jax.datasource import MODEL_KEYS, DataSource
 
 
 def subset_means_decoded(model, variables, inputs, available) -> dict:
@@ -40,12 +38,12 @@ class TrainingGrids:
     self._modalities = tuple(config.data.modalities)
     n = config.train.image_grid_studies
     batch = next(data.eval_batches(config.data.eval_split, batch_size=n))
-    self._batch = sharding.to_global_batch({k: batch[k] for k in _KEYS}, mesh)
-    jitted = runtime.jitted_once(
+    self._batch = sharding.to_global_batch({k: batch[k] for k in MODEL_KEYS}, mesh)
+    jitted = compilation.jitted_once(
         (_generate, model, self._modalities, mesh),
         lambda: jax.jit(functools.partial(_generate, model, self._modalities),
                         out_shardings=sharding.replicated(mesh)))
-    self._fn = runtime.compile_fast(jitted, self._variables(state), self._batch)
+    self._fn = compilation.compile_fast(jitted, self._variables(state), self._batch)
 
   @staticmethod
   def _variables(state) -> dict:

@@ -189,13 +189,12 @@ def restored_state_tree(config, workdir: str, step: int) -> dict:
   device (whatever the number of devices that wrote it)."""
   import functools  # pylint: disable=g-import-not-at-top
   from mopoe_jax import checkpointing, model as model_lib  # pylint: disable=g-import-not-at-top
-  from mopoe_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+  from mopoe_jax import sharding, step as step_lib  # pylint: disable=g-import-not-at-top
   model = model_lib.create_model(config, len(load_data(config).vocab))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shapes = jax.eval_shape(functools.partial(step_lib.init_state, model, config),
                           jax.random.PRNGKey(0))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          shapes)
+  abstract = sharding.abstract(shapes, device)
   manager = checkpointing.create_manager(workdir, read_only=True)
   return state_tree(checkpointing.restore_train_state(manager, abstract, step))
 

@@ -5,7 +5,7 @@ import functools
 import jax
 import pytest
 
-from mopoe_jax import runtime
+from mopoe_jax import compilation, runtime
 
 
 def test_cpu_flags_append_and_respect_the_user():
@@ -50,17 +50,17 @@ def test_fast_compile_options_only_on_cpu(monkeypatch):
     def lower(self, *args):
       return Lowered()
 
-  runtime.compile_fast(Jitted())
+  compilation.compile_fast(Jitted())
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  runtime.compile_fast(Jitted())
-  assert seen == [runtime.FAST_COMPILE_OPTIONS, None]
+  compilation.compile_fast(Jitted())
+  assert seen == [compilation.FAST_COMPILE_OPTIONS, None]
 
 
 _CACHED_COMPILE = """
 import sys
 sys.path.insert(0, {repo!r})
 import jax, jax.numpy as jnp
-from mopoe_jax import runtime
+from mopoe_jax import compilation, runtime
 events = []
 jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
 runtime.enable_compilation_cache({cache!r})
@@ -69,7 +69,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 def cached_program(x):
   return jnp.tanh(x @ x.T).sum()
 f = jax.jit(cached_program)
-compiled = runtime.compile_timed(f, jnp.ones((8, 8)), name="test program")
+compiled = compilation.compile_timed(f, jnp.ones((8, 8)), name="test program")
 assert float(compiled(jnp.ones((8, 8)))) > 0
 print("HITS", events.count("/jax/compilation_cache/cache_hits"))
 """
@@ -94,7 +94,7 @@ def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Traced programs kept on disk (runtime.StoredProgram).
+# Traced programs kept on disk (compilation.StoredProgram).
 
 _traces = []
 
@@ -114,7 +114,7 @@ def _args(n=4):
 
 def _stored(directory, key="k"):
   # A fresh function object each time, as in a new process (JAX keeps traces per function).
-  return runtime.StoredProgram(functools.partial(_program), name="prog", key=key,
+  return compilation.StoredProgram(functools.partial(_program), name="prog", key=key,
                                directory=directory, donate_argnums=())
 
 
@@ -171,49 +171,49 @@ def test_program_key_follows_what_the_trace_depends_on(monkeypatch):
   def g(x):
     return x
 
-  base = runtime.program_key("p", (1, 2), f)
-  assert runtime.program_key("p", (1, 2), f) == base
-  assert runtime.program_key("p", (1, 3), f) != base
-  assert runtime.program_key("p", (1, 2), g) != base  # another function name
+  base = compilation.program_key("p", (1, 2), f)
+  assert compilation.program_key("p", (1, 2), f) == base
+  assert compilation.program_key("p", (1, 3), f) != base
+  assert compilation.program_key("p", (1, 2), g) != base  # another function name
   # Object addresses are left out: the same function defined again (another process) matches.
   def f(x):  # noqa: F811  pylint: disable=function-redefined
     return x
-  assert runtime.program_key("p", (1, 2), f) == base
+  assert compilation.program_key("p", (1, 2), f) == base
   # A setting that changes the trace changes the key; one that only changes caching does not.
   with jax.default_matmul_precision("highest"):
-    assert runtime.program_key("p", (1, 2), f) != base
+    assert compilation.program_key("p", (1, 2), f) != base
   before = jax.config.jax_persistent_cache_min_compile_time_secs
   try:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before + 7)
-    assert runtime.program_key("p", (1, 2), f) == base
+    assert compilation.program_key("p", (1, 2), f) == base
   finally:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
   # This package's source is part of the key: an edit anywhere in mopoe_jax changes it.
-  assert len(runtime.source_digest()) == 64
-  monkeypatch.setattr(runtime, "source_digest", lambda: "0" * 64)
-  assert runtime.program_key("p", (1, 2), f) != base
+  assert len(compilation.source_digest()) == 64
+  monkeypatch.setattr(compilation, "source_digest", lambda: "0" * 64)
+  assert compilation.program_key("p", (1, 2), f) != base
 
 
 def test_stored_programs_dir_follows_the_compilation_cache():
   before = jax.config.jax_compilation_cache_dir
   try:
     jax.config.update("jax_compilation_cache_dir", "/some/cache")
-    assert runtime.stored_programs_dir() == "/some/cache/lowered"
-    assert runtime.stored_programs_dir(enabled=False) is None
+    assert compilation.stored_programs_dir() == "/some/cache/lowered"
+    assert compilation.stored_programs_dir(enabled=False) is None
     jax.config.update("jax_compilation_cache_dir", None)
-    assert runtime.stored_programs_dir() is None
+    assert compilation.stored_programs_dir() is None
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
 
 
 def test_storing_a_program_keeps_the_newest_few_of_its_name(tmp_path):
   import os  # pylint: disable=g-import-not-at-top
-  for i in range(runtime.STORED_PROGRAMS_KEEP + 3):  # older programs of the same name
+  for i in range(compilation.STORED_PROGRAMS_KEEP + 3):  # older programs of the same name
     path = tmp_path / f"prog-old{i}.jaxexport"
     path.write_bytes(b"x")
     os.utime(path, (1000 + i, 1000 + i))
   (tmp_path / "other-old.jaxexport").write_bytes(b"x")  # another program: left alone
   _stored(str(tmp_path), key="new")(*_args())
   kept = sorted(p.name for p in tmp_path.iterdir())
-  newest_old = [f"prog-old{i}.jaxexport" for i in range(4, runtime.STORED_PROGRAMS_KEEP + 3)]
+  newest_old = [f"prog-old{i}.jaxexport" for i in range(4, compilation.STORED_PROGRAMS_KEEP + 3)]
   assert kept == sorted(["other-old.jaxexport", "prog-new.jaxexport", *newest_old]), kept

@@ -16,7 +16,7 @@ from conftest import (TWO_DEVICE_STEPS, assert_trees_equal, load_data, restored_
                       state_tree, tiny_config, train_run, two_device_config)
 from input_pipeline import data as data_lib
 from mopoe_jax import checkpointing, evaluate, fingerprint, model as model_lib, sharding
-from mopoe_jax import step as step_lib, train
+from mopoe_jax import programs, step as step_lib, train
 
 
 
@@ -85,7 +85,8 @@ def test_checkpoint_round_trip(straight_run):
 
 def test_a_second_run_in_the_same_process_compiles_nothing(straight_run, tmp_path):
   """A resumed run in the process that ran the straight run traces, lowers and compiles none of
-  the loop's programs again (runtime.jitted_once), and still ends where the straight run ended."""
+  the loop's programs again (compilation.jitted_once), and still ends where the straight run
+  ended."""
   config, workdir, straight = straight_run
   shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
                   os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"))
@@ -208,7 +209,7 @@ def test_two_devices_match_one_device(two_device_run, synthetic_tiny_dir, tmp_pa
   # The initial state, as train_and_evaluate makes it (the same program, already compiled).
   model = model_lib.create_model(config, len(data.vocab))
   init_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))[0]
-  init = jax.device_get(train.init_program(config, model, sharding.make_data_mesh())(init_rng))
+  init = jax.device_get(programs.init_program(config, model, sharding.make_data_mesh())(init_rng))
   one, two = (restored_state_tree(config, d, TWO_DEVICE_STEPS) for d in (one_dir, two_dir))
   assert jax.tree.structure(one) == jax.tree.structure(two)
 
@@ -272,6 +273,36 @@ def test_evaluate_mode_restores_without_optimizer_state(straight_run, tmp_path):
   with pytest.raises(fingerprint.MismatchError,
                      match="model.latent_dim: 16 in the checkpoint, 8 now"):
     evaluate.evaluate(other, workdir, data)
+
+
+def test_the_stored_steps_key_follows_the_config_with_only_loop_fields_left_out(tmp_path):
+  """A field added to the optimizer (or any other not known to steer only the loop) changes the
+  key of the stored train step, so a restart traces it again instead of loading a stale one."""
+  base = tiny_config("/nowhere")
+  loop_only = tiny_config("/elsewhere", num_steps=7, log_every_steps=3, seed=5)
+  loop_only.eval.probe_repeats = 1
+  changed = tiny_config("/nowhere", b2=0.99)
+  added = tiny_config("/nowhere")
+  added.train.weight_decay = 1e-4  # a field the optimizer would read
+  settings = [programs.trace_settings(c) for c in (base, loop_only, changed, added)]
+  assert settings[1] == settings[0]
+  assert len({settings[0], settings[2], settings[3]}) == 3
+
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path))  # stored_programs_dir under it
+  try:
+    mesh = sharding.make_data_mesh()
+    paths = []
+    for config in (base, added):
+      model = model_lib.create_model(config, 40)
+      step_config = step_lib.StepConfig.from_config(config, model, pad_id=1)
+      init_jit = programs.init_program(config, model, mesh)
+      abstract = sharding.abstract(jax.eval_shape(init_jit, jax.random.PRNGKey(0)),
+                                   sharding.replicated(mesh))
+      batch = sharding.abstract(model_lib.dummy_batch(config, 32), sharding.batch_sharded(mesh))
+      paths.append(programs.train_program(config, model, step_config, mesh, abstract, batch).path)
+  finally:
+    jax.config.update("jax_compilation_cache_dir", os.environ["MOPOE_TEST_XLA_CACHE"])
+  assert paths[0] != paths[1] and all(p.startswith(str(tmp_path)) for p in paths)
 
 
 def test_plateau_lowers_the_learning_rate_after_patience_evaluations():
