@@ -31,8 +31,10 @@ CHANGES = (
 
 
 def get_config() -> ml_collections.ConfigDict:
+  """configs/default.py with every change of `CHANGES` applied (values parsed as the field's
+  type: "0.5" becomes 0.5 for a float field)."""
   config = default.get_config()
-  config.model.prior_expert = "full_set"
-  config.train.plateau_factor = 0.5
-  config.data.finding_rule = "any_positive"
+  for field, _, value, _ in CHANGES:
+    section, key = field.split(".")
+    config[section][key] = type(config[section][key])(value)
   return config

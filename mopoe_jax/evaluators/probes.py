@@ -246,7 +246,6 @@ def linear_probes(train_codes: np.ndarray, train_valid: np.ndarray, train_target
   if draws is None:
     draws = probe_draws(train_codes.shape[1], num_train_examples, repeats, seed)
   draws = np.asarray(draws)
-  repeats = draws.shape[0]
   rows = [subset_rows(draw, train_valid) for draw in draws]  # [R][K]
   values = {m: {} for m in METRICS}  # metric -> subset -> label -> [value or None per draw]
   result = {"random": {l: float(test_targets[:, j].mean()) for j, l in enumerate(label_names)},
@@ -257,52 +256,16 @@ def linear_probes(train_codes: np.ndarray, train_valid: np.ndarray, train_target
   for k, name in enumerate(subset_names):
     test_rows = np.flatnonzero(test_valid[:, k])
     counts = [int(r[k].size) for r in rows]
-    if max(counts) == 0:
-      raise ValueError(f"No drawn {train_split!r} study has all modalities of subset {name!r}; "
-                       "the probes need some (check data.require_complete and the dataset's "
-                       "missing-modality rates, or raise eval.probe_train_examples).")
-    if test_rows.size < min_test_examples:
-      raise ValueError(
-          f"The {test_split!r} split has {test_rows.size} studies with all modalities of subset "
-          f"{name!r}, fewer than the {min_test_examples} the probes need "
-          "(eval.probe_min_test_examples); evaluate on a larger split.")
-    if HEADLINE_LABEL in label_names:
-      y = test_targets[test_rows, list(label_names).index(HEADLINE_LABEL)]
-      if class_problem(y, test_split):
-        raise ValueError(
-            f"The {test_split!r} split has {int(y.sum())} positive and {int(y.size - y.sum())} "
-            f"negative studies of {HEADLINE_LABEL!r} for subset {name!r}; the probes need at "
-            f"least {MIN_CLASS_EXAMPLES} of each. Evaluate on a larger split.")
-    skipped, prevalence = {}, {}
+    _check_subset(name, counts, test_rows, test_targets, label_names, min_test_examples,
+                  train_split, test_split)
+    fitted = _fit_subset([r[k] for r in rows], train_codes[k], train_targets,
+                         test_codes[k, test_rows], test_targets[test_rows], label_names,
+                         max_iter=max_iter, test_split=test_split)
     for m in METRICS:
-      values[m][name] = {}
-    for j, label in enumerate(label_names):
-      y_test = test_targets[test_rows, j]
-      prevalence[label] = float(y_test.mean())
-      problem = class_problem(y_test, test_split)
-      standard, legacy = [None] * repeats, [None] * repeats
-      for r in range(repeats if problem is None else 0):
-        train_rows = rows[r][k]
-        y_train = train_targets[train_rows, j]
-        if y_train.size == 0 or y_train.min() == y_train.max():
-          continue
-        prob, hard, converged = fit_probe(train_codes[k, train_rows], y_train,
-                                          test_codes[k, test_rows], max_iter=max_iter)
-        not_converged += not converged
-        standard[r] = float(sklearn_metrics.average_precision_score(y_test, prob))
-        legacy[r] = legacy_average_precision(y_test, hard)
-      fitted = sum(v is not None for v in standard)
-      if problem is None and fitted == 0:
-        problem = _ONE_CLASS
-      elif problem is None and fitted < repeats:
-        skipped[label] = (f"{repeats - fitted} of {repeats} draws had one class and were "
-                          "left out")
-      if problem is not None:
-        skipped[label] = problem
-      values["standard"][name][label] = standard
-      values["legacy"][name][label] = legacy
-    result["skipped"][name] = skipped
-    result["random_per_subset"][name] = prevalence
+      values[m][name] = fitted[m]
+    not_converged += fitted["not_converged"]
+    result["skipped"][name] = fitted["skipped"]
+    result["random_per_subset"][name] = fitted["prevalence"]
     result["num_examples"]["train"][name] = counts
     result["num_examples"]["test"][name] = int(test_rows.size)
     headline = mean_interval(values["standard"][name].get(HEADLINE_LABEL, []))
@@ -311,7 +274,86 @@ def linear_probes(train_codes: np.ndarray, train_valid: np.ndarray, train_target
                  fmt(headline["mean"], headline["std"]))
   if not_converged:
     logging.warning("%d probe fits did not converge within max_iter=%d.", not_converged, max_iter)
+  result.update(summarise(values, subset_names, label_names))
+  result["settings"] = {
+      "metric": _METRIC_NOTES["standard"], "legacy": _METRIC_NOTES["legacy"],
+      "targets": targets_note(finding_rule), "finding_rule": finding_rule,
+      "representation": "posterior mean of q_subset",
+      "train_examples": int(draws.shape[1]), "repeats": int(draws.shape[0]), "seed": seed,
+      "draws": ("shared by all subsets: draw r takes train_examples studies of the whole "
+                f"{train_split} split with replacement (numpy default_rng([seed, r])), and "
+                "every subset trains on the drawn studies for which it is valid"),
+      "interval": (f"{INTERVAL_LEVEL:.0%} t-interval of the mean over the draws: mean ± "
+                   "t_{0.975, R-1} * std / sqrt(R), std with ddof=1"),
+      "max_iter": max_iter, "not_converged": not_converged,
+      "random": f"prevalence of the label in the whole {test_split} split",
+      "train_split": train_split, "test_split": test_split}
+  return result
 
+
+def _check_subset(name: str, counts: list[int], test_rows: np.ndarray, test_targets: np.ndarray,
+                  label_names: Sequence[str], min_test_examples: int, train_split: str,
+                  test_split: str) -> None:
+  """Raises ValueError when subset ``name`` cannot be probed (see `linear_probes`)."""
+  if max(counts) == 0:
+    raise ValueError(f"No drawn {train_split!r} study has all modalities of subset {name!r}; "
+                     "the probes need some (check data.require_complete and the dataset's "
+                     "missing-modality rates, or raise eval.probe_train_examples).")
+  if test_rows.size < min_test_examples:
+    raise ValueError(
+        f"The {test_split!r} split has {test_rows.size} studies with all modalities of subset "
+        f"{name!r}, fewer than the {min_test_examples} the probes need "
+        "(eval.probe_min_test_examples); evaluate on a larger split.")
+  if HEADLINE_LABEL in label_names:
+    y = test_targets[test_rows, list(label_names).index(HEADLINE_LABEL)]
+    if class_problem(y, test_split):
+      raise ValueError(
+          f"The {test_split!r} split has {int(y.sum())} positive and {int(y.size - y.sum())} "
+          f"negative studies of {HEADLINE_LABEL!r} for subset {name!r}; the probes need at "
+          f"least {MIN_CLASS_EXAMPLES} of each. Evaluate on a larger split.")
+
+
+def _fit_subset(draw_rows: list[np.ndarray], train_codes: np.ndarray, train_targets: np.ndarray,
+                test_codes: np.ndarray, test_targets: np.ndarray, label_names: Sequence[str], *,
+                max_iter: int, test_split: str) -> dict:
+  """One subset's probes: per label, a fit on each draw's rows, scored on the test rows.
+
+  Returns {"standard" | "legacy": {label: [value or None per draw]}, "skipped": {label: why},
+  "prevalence": {label: share of positives among the test rows}, "not_converged": count}.
+  """
+  repeats = len(draw_rows)
+  out = {"standard": {}, "legacy": {}, "skipped": {}, "prevalence": {}, "not_converged": 0}
+  for j, label in enumerate(label_names):
+    y_test = test_targets[:, j]
+    out["prevalence"][label] = float(y_test.mean())
+    problem = class_problem(y_test, test_split)
+    standard, legacy = [None] * repeats, [None] * repeats
+    for r in range(repeats if problem is None else 0):
+      y_train = train_targets[draw_rows[r], j]
+      if y_train.size == 0 or y_train.min() == y_train.max():
+        continue
+      prob, hard, converged = fit_probe(train_codes[draw_rows[r]], y_train, test_codes,
+                                        max_iter=max_iter)
+      out["not_converged"] += not converged
+      standard[r] = float(sklearn_metrics.average_precision_score(y_test, prob))
+      legacy[r] = legacy_average_precision(y_test, hard)
+    fitted = sum(v is not None for v in standard)
+    if problem is None and fitted == 0:
+      problem = _ONE_CLASS
+    elif problem is None and fitted < repeats:
+      out["skipped"][label] = (f"{repeats - fitted} of {repeats} draws had one class and were "
+                               "left out")
+    if problem is not None:
+      out["skipped"][label] = problem
+    out["standard"][label], out["legacy"][label] = standard, legacy
+  return out
+
+
+def summarise(values: dict, subset_names: Sequence[str], label_names: Sequence[str]) -> dict:
+  """Means, standard deviations and intervals over the draws of both metrics, and the paired
+  differences: the "subsets", "std", "interval", "draws", "legacy" and "difference" entries of
+  `linear_probes`' result, from ``values`` (metric -> subset -> label -> per-draw values)."""
+  result = {}
   for m in METRICS:
     summary = {n: {l: mean_interval(v) for l, v in per_label.items()}
                for n, per_label in values[m].items()}
@@ -326,19 +368,6 @@ def linear_probes(train_codes: np.ndarray, train_valid: np.ndarray, train_target
       result["legacy"] = section
   result["difference"] = {m: {l: full_minus_best_single(values[m], l, subset_names)
                               for l in label_names} for m in METRICS}
-  result["settings"] = {
-      "metric": _METRIC_NOTES["standard"], "legacy": _METRIC_NOTES["legacy"],
-      "targets": targets_note(finding_rule), "finding_rule": finding_rule,
-      "representation": "posterior mean of q_subset",
-      "train_examples": int(draws.shape[1]), "repeats": repeats, "seed": seed,
-      "draws": ("shared by all subsets: draw r takes train_examples studies of the whole "
-                f"{train_split} split with replacement (numpy default_rng([seed, r])), and "
-                "every subset trains on the drawn studies for which it is valid"),
-      "interval": (f"{INTERVAL_LEVEL:.0%} t-interval of the mean over the draws: mean ± "
-                   "t_{0.975, R-1} * std / sqrt(R), std with ddof=1"),
-      "max_iter": max_iter, "not_converged": not_converged,
-      "random": f"prevalence of the label in the whole {test_split} split",
-      "train_split": train_split, "test_split": test_split}
   return result
 
 
