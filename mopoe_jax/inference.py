@@ -267,6 +267,9 @@ class TrainedModel:
     Returns {"mu": float32 [N, D], "logvar": float32 [N, D], "subset": [N] subset names}.
     """
     index = np.asarray([self._subset_of(st, subset) for st in studies], np.int32)
+    if not len(studies):
+      empty = np.zeros((0, self.model.latent_dim), np.float32)
+      return {"mu": empty, "logvar": empty, "subset": []}
     mus, logvars = [], []
     for rows in _progress(list(self._chunks(len(studies))), "encoding", progress, "batch"):
       batch = {k: self._padded(v) for k, v in self.batch(studies[rows]).items()}
@@ -320,6 +323,8 @@ class TrainedModel:
     unknown = [m for m in targets if m not in self.modalities]
     if unknown:
       raise ValueError(f"targets {unknown}: each must be one of {self.modalities}")
+    if not encoded["subset"]:
+      return []
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
         jnp.arange(len(encoded["subset"])))
     z = np.asarray(_latents(encoded["mu"], encoded["logvar"], keys, num_samples, latent))

@@ -213,6 +213,8 @@ def test_encode_is_batch_size_free_and_follows_each_studys_modalities(trained, s
                                  model.step, workdir, batch_size=3)
   again = other.encode(studies)
   np.testing.assert_allclose(again["mu"], encoded["mu"], rtol=1e-5, atol=1e-6)
+  assert model.encode([])["mu"].shape == (0, config.model.latent_dim)
+  assert not model.generate([])
   # A subset posterior that a study cannot give is refused, naming study and modality.
   with pytest.raises(inference.StudyError, match="study study0 has no text for the subset "
                                                  "frontal\\+text"):
