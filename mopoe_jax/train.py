@@ -245,7 +245,7 @@ class _Loop:
   plateau: Plateau
   keep_best: checkpointing.KeepStep
   history: list = dataclasses.field(default_factory=list)
-  tic: float = dataclasses.field(default_factory=time.time)  # start of the logged interval
+  tic: float = 0.0  # time.time() at the start of the logged interval (set when training starts)
   last_eval: dict | None = None
 
   def meta(self, step: int, eval_due: bool) -> dict:
