@@ -63,7 +63,7 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from input_pipeline import data as data_lib  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
   from mopoe_jax import evaluate, train  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
@@ -75,7 +75,7 @@ def main(argv):
   if config.train.compilation_cache:
     runtime.enable_compilation_cache(config.train.compilation_cache_dir or
                                      os.path.join(workdir, "xla_cache"))
-  data = data_lib.load(config.data)
+  data = tfds_source.load(config.data)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if FLAGS.mode in ("train", "train_and_evaluate"):
     try:

@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 import ml_collections
 
-from input_pipeline import pipeline
+from input_pipeline import batching
 
 _DATASET = flags.DEFINE_string("dataset", "synthetic_cxr/small", "tfds name of the dataset.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (None: the tfds default).")
@@ -36,15 +36,15 @@ def main(argv):
       "name": _DATASET.value, "data_dir": _DATA_DIR.value, "manual_dir": _MANUAL_DIR.value,
       "require_complete": _REQUIRE_COMPLETE.value,
       "shuffle_buffer_size": _SHUFFLE_BUFFER_SIZE.value, "prefetch": 2})
-  builder = pipeline.get_builder(data_config)
-  n = pipeline.num_examples(builder, "train", require_complete=_REQUIRE_COMPLETE.value)
+  builder = batching.get_builder(data_config)
+  n = batching.num_examples(builder, "train", require_complete=_REQUIRE_COMPLETE.value)
   steps_per_epoch = n // _BATCH_SIZE.value
   print(f"{_DATASET.value}: {n} training studies, batch {_BATCH_SIZE.value}, "
         f"{steps_per_epoch} steps per epoch")
 
   def first_batch_seconds(start_step):
     start = time.perf_counter()
-    iterator = pipeline.train_iterator(builder, data_config, global_batch_size=_BATCH_SIZE.value,
+    iterator = batching.train_iterator(builder, data_config, global_batch_size=_BATCH_SIZE.value,
                                        seed=_SEED.value, start_step=start_step)
     next(iterator)
     return time.perf_counter() - start, iterator

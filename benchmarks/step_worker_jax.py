@@ -30,7 +30,7 @@ class JaxWorker:
     from mopoe_jax import model as model_lib  # pylint: disable=g-import-not-at-top
     from mopoe_jax import compilation, step  # pylint: disable=g-import-not-at-top
     self.args, self.jax = args, jax
-    self.model_lib, self.compilation, self.train = model_lib, compilation, step
+    self.model_lib, self.compilation, self.step_lib = model_lib, compilation, step
     self.backend = jax.default_backend()
     self.setup = None            # (key, config, model, step_config, jitted init)
     self.state = self.compiled = self.batch = None
@@ -43,7 +43,7 @@ class JaxWorker:
             conv_impl: str | None, warmup: int, warmup_seconds: float, seed: int = 0) -> dict:
     """Initial state, lower, compile, then ``warmup`` untimed steps (fewer once they have
     taken ``warmup_seconds``)."""
-    jax, train = self.jax, self.train
+    jax, step_lib = self.jax, self.step_lib
     _common.maybe_simulate_crash("build", self.args.simulate_crash)
     self._release()
     self.sampler = _common.RssPeak().__enter__()
@@ -55,10 +55,10 @@ class JaxWorker:
       if conv_impl and "conv_impl" in config.model:
         config.model.conv_impl = conv_impl
       model = self.model_lib.create_model(config, vocab)
-      step_config = train.StepConfig.from_config(config, model, pad_id=_common.PAD_ID)
+      step_config = step_lib.StepConfig.from_config(config, model, pad_id=_common.PAD_ID)
       # As the training loop does: the init program runs once, compiled fast on CPU.
       init = self.compilation.compile_fast(
-          jax.jit(functools.partial(train.init_state, model, config)), jax.random.PRNGKey(0))
+          jax.jit(functools.partial(step_lib.init_state, model, config)), jax.random.PRNGKey(0))
       self.setup = (key, config, model, step_config, init)
     _, config, model, step_config, init = self.setup
     d = config.data
@@ -71,7 +71,7 @@ class JaxWorker:
     num_params = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
     self.batch = jax.device_put(data)
     self.key = jax.random.PRNGKey(1)
-    step = jax.jit(functools.partial(train.train_step, model=model, step_config=step_config),
+    step = jax.jit(functools.partial(step_lib.train_step, model=model, step_config=step_config),
                    donate_argnums=(0,))
     t = time.perf_counter()
     lowered = step.lower(self.state, self.batch, self.key)

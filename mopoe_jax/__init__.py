@@ -1,10 +1,16 @@
 """mopoe-jax: the MoPoE-VAE (generalized multimodal ELBO) for chest X-ray studies in JAX/Flax.
 
-Stable public names:
-  subset_mask(num_modalities) -> bool [K, M]
-  subset_posteriors(mu, logvar, mask, available=None, prior_expert="full_set") -> (mu_k, logvar_k)
-  mixture_assignment(batch_size, num_subsets) -> int [B]
-  kl_divergence_terms(mu_k, logvar_k, weights) -> [B]
+Stable public names (importable without TensorFlow; with `mopoe_jax.inference`):
+  subset_mask(num_modalities) -> bool [K, M]: the canonical order (by size, then combination
+    order: F, L, T, FL, FT, LT, FLT)
+  subset_names(modalities, mask) -> list[str]: "frontal+text" and so on, in the mask's order
+  variant_mask(variant, num_modalities) -> bool [K, M]: the subsets of 'mopoe', 'poe' or 'moe'
+  subset_posteriors(mu, logvar, mask, available=None, prior_expert="full_set")
+    -> (mu_k, logvar_k): mu, logvar [M, B, D]; mask [K, M]; available [B, M] or None; [K, B, D]
+  mixture_assignment(batch_size, num_subsets) -> int [B]: the reference's deterministic
+    slicing (B = 200, K = 7: 28 rows per subset, 32 for the full set)
+  kl_divergence_terms(mu_k, logvar_k, weights) -> [B]: sum_k weights[b, k] KL(q_k || N(0, I)),
+    summed over latent dimensions
 """
 
 from mopoe_jax.fusion import kl_divergence_terms, mixture_assignment, subset_posteriors

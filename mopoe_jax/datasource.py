@@ -1,6 +1,6 @@
 """What training and evaluation need from a dataset, and nothing about how it is stored.
 
-The entry point (main.py) builds the data source once (``input_pipeline.data.load``: the tfds
+The entry point (main.py) builds the data source once (``input_pipeline.tfds_source.load``: the tfds
 builder, its vocabulary, tf.data iterators) and hands it to `mopoe_jax.train` and
 `mopoe_jax.evaluate`; the library itself imports neither TensorFlow nor tfds. Any object with
 these members works, e.g. an in-memory one in a test.

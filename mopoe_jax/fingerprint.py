@@ -25,7 +25,7 @@ SHAPE_FIELDS = (
     "dataset", "vocab_size", "data.modalities", "data.image_size", "data.text_length",
     "model.latent_dim", "model.image_encoder_widths", "model.image_decoder_widths",
     "model.text_encoder_widths", "model.text_decoder_widths", "model.variant")
-# Settings that fix which studies make up each training batch (input_pipeline.pipeline).
+# Settings that fix which studies make up each training batch (input_pipeline.batching).
 DATA_ORDER_FIELDS = (
     "train.batch_size", "train.seed", "process_count", "data.train_split",
     "data.require_complete", "data.shuffle_buffer_size")

@@ -4,7 +4,7 @@ Transposed convolutions follow PyTorch's definition (kernel [*k, C_in, C_out], `
 ``output_padding`` per spatial dim): out[s*i - p + t] += x[i] * w[t].
 
 Every convolution runs in one of two exact implementations, chosen by the modules'
-``conv_impl`` attribute (``model.conv_impl`` in the config; ``model.model_from_config``
+``conv_impl`` attribute (``model.conv_impl`` in the config; ``model.create_model``
 resolves "auto" to "cpu" on the CPU backend and "xla" elsewhere):
 - "xla": the plain XLA forms below (:func:`conv`, :func:`conv_transpose`), which cuDNN and the
   TPU compiler run natively;
@@ -32,7 +32,7 @@ def check_conv_impl(impl: str) -> None:
   if impl not in CONV_IMPLS:
     raise ValueError(
         f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}. 'auto' is resolved per backend "
-        "by model.model_from_config (model.resolve_conv_impl); modules take the result.")
+        "by model.create_model (model.resolve_conv_impl); modules take the result.")
 
 
 def _dimension_numbers(nd: int):

@@ -58,7 +58,7 @@ class MoPoE(nn.Module):
   # nothing. Id 0 is <exc> (unknown word) in the reference's vocabulary, not <pad>.
   embedding_zero_id: int | None = 0
   dtype: jnp.dtype | None = None  # compute dtype; None: float32
-  conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers); model_from_config resolves "auto"
+  conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers); create_model resolves "auto"
 
   def setup(self):
     encoders, decoders = {}, {}
@@ -149,14 +149,15 @@ def resolve_compute_dtype(choice: str):
   return None if dtype == jnp.float32 else dtype
 
 
-def model_from_config(model_config: ml_collections.ConfigDict, *, modalities: Sequence[str],
-                      image_size: int, text_length: int, vocab_size: int) -> MoPoE:
-  """Builds the model after checking that the config's sizes fit together.
+def create_model(config: ml_collections.ConfigDict, vocab_size: int) -> MoPoE:
+  """The model of a run's config (``data``: modalities and sizes; ``model``), after checking
+  that the sizes fit together.
 
   The backend-dependent choices ``model.compute_dtype`` and ``model.conv_impl`` are resolved
   here ("auto" -> per ``jax.default_backend()``), so the module holds concrete values.
   """
-  c = model_config
+  c, d = config.model, config.data
+  modalities, image_size, text_length = d.modalities, d.image_size, d.text_length
   if any(not is_text(m) for m in modalities):
     networks.check_image_geometry(image_size, c.image_encoder_widths, c.image_decoder_widths)
   if any(is_text(m) for m in modalities):
@@ -199,13 +200,6 @@ def inputs_from_batch(batch: dict, modalities: Sequence[str]):
   columns = [DATA_MODALITIES.index(m) for m in modalities]
   available = jnp.asarray(batch["available"])[:, columns].astype(bool)
   return inputs, available
-
-
-def create_model(config: ml_collections.ConfigDict, vocab_size: int) -> MoPoE:
-  """The model of a run's config (``data`` sizes and modalities, ``model``)."""
-  d = config.data
-  return model_from_config(config.model, modalities=d.modalities, image_size=d.image_size,
-                           text_length=d.text_length, vocab_size=vocab_size)
 
 
 def dummy_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict:

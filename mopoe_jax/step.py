@@ -38,11 +38,6 @@ class StepConfig:
   beta: float
   image_scale: float
   text_pad_id: int | None  # left out of the text likelihood; None: every position counts
-  learning_rate: float
-  warmup_steps: int
-
-  def schedule(self) -> optax.Schedule:
-    return learning_rate_schedule(self.learning_rate, self.warmup_steps)
 
   @classmethod
   def from_config(cls, config, model: model_lib.MoPoE, pad_id: int) -> "StepConfig":
@@ -52,9 +47,7 @@ class StepConfig:
                subset_names=tuple(subsets.subset_names(config.data.modalities, model.mask)),
                rec_weights=tuple(float(w) for w in config.model.rec_weights),
                beta=float(config.model.beta), image_scale=float(config.model.image_scale),
-               text_pad_id=int(pad_id) if config.model.mask_text_padding else None,
-               learning_rate=float(config.train.learning_rate),
-               warmup_steps=int(config.train.warmup_steps))
+               text_pad_id=int(pad_id) if config.model.mask_text_padding else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,16 +113,25 @@ def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Sch
 def create_optimizer(config) -> optax.GradientTransformation:
   """Adam with a linear warm-up, then a plateau factor that the loop lowers.
 
-  The paper's settings: docs/model.md#training.
+  Both are injected hyperparameters: the optimizer state holds the learning rate of the last
+  update (`applied_learning_rate`) and the plateau factor (`set_plateau_scale`). The paper's
+  settings: docs/model.md#training.
   """
   t = config.train
+  adam = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2"))
   return optax.chain(
-      optax.adam(learning_rate_schedule(t.learning_rate, t.warmup_steps), b1=t.b1, b2=t.b2),
+      adam(learning_rate=learning_rate_schedule(t.learning_rate, t.warmup_steps), b1=t.b1,
+           b2=t.b2),
       optax.inject_hyperparams(optax.scale)(step_size=1.0))
 
 
 def plateau_scale(opt_state) -> jax.Array:
   return opt_state[1].hyperparams["step_size"]
+
+
+def applied_learning_rate(opt_state) -> jax.Array:
+  """The learning rate of the optimizer's last update, plateau factor included."""
+  return opt_state[0].hyperparams["learning_rate"] * plateau_scale(opt_state)
 
 
 def set_plateau_scale(state: TrainState, value: float) -> TrainState:
@@ -193,8 +195,8 @@ def train_step(state: TrainState, batch: dict, rng, *, model, step_config: StepC
       lambda s: s.replace(step=s.step + 1), state)
   bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
   new_state = new_state.replace(bad_step=bad_step.astype(jnp.int32))
-  learning_rate = step_config.schedule()(state.step) * plateau_scale(state.opt_state)
-  metrics = dict(metrics, grad_norm=grad_norm, learning_rate=learning_rate,
+  metrics = dict(metrics, grad_norm=grad_norm,
+                 learning_rate=applied_learning_rate(new_state.opt_state),
                  finite=finite.astype(jnp.float32))
   return new_state, metrics
 

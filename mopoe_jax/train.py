@@ -32,8 +32,7 @@ from mopoe_jax import checkpointing, fingerprint, model as model_lib, model_file
 from mopoe_jax import programs as programs_lib, sharding
 from mopoe_jax.datasource import MODEL_KEYS, DataSource
 from mopoe_jax.training_grids import TrainingGrids
-from mopoe_jax.step import (StepConfig, TrainState, eval_step, init_state, set_plateau_scale,
-                            train_step, validate_config)
+from mopoe_jax.step import StepConfig, TrainState, set_plateau_scale, validate_config
 
 
 class NonFiniteError(RuntimeError):
@@ -318,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
   Args:
     config: the run's config.
     workdir: checkpoints go to ``<workdir>/checkpoints``.
-    data: the prepared dataset (`input_pipeline.data.load`); on several hosts,
+    data: the prepared dataset (`input_pipeline.tfds_source.load`); on several hosts,
       ``jax.distributed`` must be initialised before it is built.
     writer: a clu ``MetricWriter`` (write_scalars, write_images, write_hparams), e.g.
       ``metric_writers.create_default_writer(workdir)``; flushed, not closed, at the end.

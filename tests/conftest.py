@@ -91,11 +91,11 @@ _loaded = {}
 
 
 def load_data(config):
-  """The data source of ``config.data`` (`input_pipeline.data.load`), loaded once per session."""
-  from input_pipeline import data as data_lib  # pylint: disable=g-import-not-at-top
+  """The data source of ``config.data`` (`input_pipeline.tfds_source.load`), loaded once per session."""
+  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
   key = config.data.to_json()
   if key not in _loaded:
-    _loaded[key] = data_lib.load(config.data)
+    _loaded[key] = tfds_source.load(config.data)
   return _loaded[key]
 
 

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from conftest import assert_trees_equal, load_data, state_tree, tiny_config, train_run
-from input_pipeline import data as data_lib
+from input_pipeline import tfds_source
 from mopoe_jax import text as text_lib
 from mopoe_jax import checkpointing, evaluate, fingerprint, train
 
@@ -193,7 +193,7 @@ def test_metadata_without_fields_is_refused():
 def test_errors_inside_the_loop_lose_nothing(straight_run, tmp_path, monkeypatch, caplog):
   config, _, straight = straight_run
   work = str(tmp_path)
-  real_batches, real_eval = data_lib.TfdsData.train_batches, train.evaluate_loss
+  real_batches, real_eval = tfds_source.TfdsData.train_batches, train.evaluate_loss
 
   def batches_that_fail_after_7(self, **kwargs):
     for i, batch in enumerate(real_batches(self, **kwargs)):
@@ -202,13 +202,13 @@ def test_errors_inside_the_loop_lose_nothing(straight_run, tmp_path, monkeypatch
       yield batch
 
   # 1. A data error at the 8th batch: the state of step 7 is saved before the error propagates.
-  monkeypatch.setattr(data_lib.TfdsData, "train_batches", batches_that_fail_after_7)
+  monkeypatch.setattr(tfds_source.TfdsData, "train_batches", batches_that_fail_after_7)
   with caplog.at_level(logging.ERROR), pytest.raises(OSError, match="simulated read error"):
     train_run(config, work)
   assert checkpointing.create_manager(work, read_only=True).latest_step() == 7
   assert re.search(r"Stopping on OSError: simulated read error in a shard; saved the state of "
                    r"step 7 to \S+ first", caplog.text)
-  monkeypatch.setattr(data_lib.TfdsData, "train_batches", real_batches)
+  monkeypatch.setattr(tfds_source.TfdsData, "train_batches", real_batches)
 
   # 2. The evaluation at step 10 fails: the checkpoint of step 10 was written before it ran.
   def failing_eval(*args, **kwargs):

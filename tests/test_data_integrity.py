@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from conftest import tiny_config
-from input_pipeline import data as data_lib
+from input_pipeline import tfds_source
 from input_pipeline import integrity
 
 SHARD = "synthetic_cxr-{split}.tfrecord-00000-of-00001"
@@ -23,7 +23,7 @@ def damaged_copy(synthetic_tiny_dir, tmp_path):
 def _load_fails(data_dir, dataset_dir, path, what):
   """Loading raises one error that names ``path``, says ``what`` and how to rebuild."""
   with pytest.raises(integrity.DatasetFileError) as error:
-    data_lib.load(tiny_config(data_dir).data)
+    tfds_source.load(tiny_config(data_dir).data)
   message = str(error.value)
   assert message.startswith("Dataset synthetic_cxr/tiny"), message
   assert path in message and what in message, message

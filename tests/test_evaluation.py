@@ -53,9 +53,7 @@ def evaluated(synthetic_tiny_dir, tmp_path_factory):
   config.eval.probe_max_iter = 100  # random codes are often separable: lbfgs would run long
   data = load_data(config)
   vocab = data.vocab
-  model = model_lib.model_from_config(
-      config.model, modalities=config.data.modalities, image_size=config.data.image_size,
-      text_length=config.data.text_length, vocab_size=len(vocab))
+  model = model_lib.create_model(config, len(vocab))
   batch = next(data.eval_batches("train", batch_size=8))
   inputs, available = model_lib.inputs_from_batch(batch, model.modalities)
   rngs = {name: jax.random.key(i) for i, name in enumerate(("params", "sample", "dropout"))}

@@ -260,10 +260,7 @@ def test_xla_runs_native_convolutions_only(network):
 
 def _model(config, vocab_size, conv_impl):
   config.model.conv_impl = conv_impl
-  return model_lib.model_from_config(config.model, modalities=config.data.modalities,
-                                     image_size=config.data.image_size,
-                                     text_length=config.data.text_length,
-                                     vocab_size=vocab_size)
+  return model_lib.create_model(config, vocab_size)
 
 
 def _inputs(config, batch, seed=0):

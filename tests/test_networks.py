@@ -20,9 +20,7 @@ def _count(tree):
 
 def _abstract_init(config, vocab_size, batch=8):
   c = config
-  m = model_lib.model_from_config(c.model, modalities=c.data.modalities,
-                                  image_size=c.data.image_size,
-                                  text_length=c.data.text_length, vocab_size=vocab_size)
+  m = model_lib.create_model(c, vocab_size)
   s, t = c.data.image_size, c.data.text_length
   inputs = {"frontal": jnp.zeros((batch, s, s, 1)), "lateral": jnp.zeros((batch, s, s, 1)),
             "text": jnp.zeros((batch, t), jnp.int32)}
@@ -64,9 +62,7 @@ def test_geometry_errors_say_what_to_change():
 @pytest.fixture(scope="module")
 def tiny_setup():
   c = small_config()
-  m = model_lib.model_from_config(c.model, modalities=c.data.modalities,
-                                  image_size=c.data.image_size,
-                                  text_length=c.data.text_length, vocab_size=50)
+  m = model_lib.create_model(c, 50)
   rng = np.random.default_rng(0)
   b, s, t = 16, c.data.image_size, c.data.text_length
   inputs = {"frontal": jnp.asarray(rng.uniform(size=(b, s, s, 1)), jnp.float32),

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from input_pipeline import features as features_lib
-from input_pipeline import pipeline
+from input_pipeline import batching
 from mopoe_jax import text as text_lib
 import input_pipeline.synthetic_cxr as synthetic_cxr
 from input_pipeline.synthetic_cxr import render
@@ -266,7 +266,7 @@ def test_built_dataset_shapes_metadata_and_contents(synthetic_tiny_dir):
       studies.split_reports(TINY.seed, "train", TINY.num_train, TINY.p_missing_lateral,
                             TINY.p_missing_text), min_count=TINY.vocabulary_min_count)
   assert list(words) == expected.words
-  vocabulary = pipeline.load_vocabulary(builder)
+  vocabulary = batching.load_vocabulary(builder)
   assert vocabulary == expected
 
   examples = list(tfds.as_numpy(builder.as_dataset(split="validation")))
@@ -303,4 +303,4 @@ def test_load_vocabulary_says_what_is_missing():
   class Unprepared:
     info = type("Info", (), {"metadata": None, "full_name": "x/y/1.0.0"})()
   with pytest.raises(ValueError, match="has no vocabulary in its metadata"):
-    pipeline.load_vocabulary(Unprepared())
+    batching.load_vocabulary(Unprepared())

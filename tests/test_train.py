@@ -14,7 +14,7 @@ import tensorflow as tf
 from clu import metric_writers
 from conftest import (TWO_DEVICE_STEPS, assert_trees_equal, load_data, restored_state_tree,
                       state_tree, tiny_config, train_run, two_device_config)
-from input_pipeline import data as data_lib
+from input_pipeline import tfds_source
 from mopoe_jax import checkpointing, evaluate, fingerprint, model as model_lib, sharding
 from mopoe_jax import programs, step as step_lib, train
 
@@ -57,6 +57,14 @@ def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path
               "train_learning_rate", "train_steps_per_second", "eval_nll/lateral"):
     assert _scalars(str(tmp_path), tag), tag
   assert {"generation/frontal", "generation/lateral"} <= _tags(str(tmp_path))
+  # The logged learning rate is the one the optimizer applied: the warm-up's mean over each
+  # logged interval (the first includes the 5 warm-up steps).
+  schedule = step_lib.learning_rate_schedule(config.train.learning_rate,
+                                             config.train.warmup_steps)
+  logged = _scalars(str(tmp_path), "train_learning_rate")
+  expected = [np.mean([float(schedule(t)) for t in range(s - 20, s)]) for s, _ in logged]
+  np.testing.assert_allclose([v for _, v in logged], expected, rtol=1e-5)
+  assert logged[0][1] < logged[1][1]
 
 
 def test_checkpoint_round_trip(straight_run):
@@ -181,7 +189,7 @@ def test_bad_configs_fail_before_compiling(synthetic_tiny_dir, tmp_path):
   config.model.image_decoder_widths = (16, 16, 16, 16, 8)
   config.data.image_size = 64
   with pytest.raises(ValueError, match="has 32 px images and 32-token texts"):
-    data_lib.load(config.data)
+    tfds_source.load(config.data)
   with pytest.raises(AttributeError):
     tiny_config(synthetic_tiny_dir).lock().train.batch_sise = 3  # unknown field
 
@@ -228,7 +236,7 @@ def test_two_devices_match_one_device(two_device_run, synthetic_tiny_dir, tmp_pa
   schedule = step_lib.learning_rate_schedule(config.train.learning_rate,
                                              config.train.warmup_steps)
   noise_atol = 2 * sum(float(schedule(t)) for t in range(TWO_DEVICE_STEPS))
-  adam_mu = _by_path(one["opt_state"][0][0].mu)
+  adam_mu = _by_path(one["opt_state"][0].inner_state[0].mu)
   mu_scale = max(np.abs(m).max() for m in adam_mu.values())
   noise = {p for p, m in adam_mu.items() if np.abs(m).max() < 1e-6 * mu_scale}
   params0, params1, params2 = (_by_path(t) for t in (init.params, one["params"],

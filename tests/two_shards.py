@@ -1,7 +1,7 @@
 """One process that reads the train and eval data as two processes would (for the multi-host test).
 
 `TwoShards` wraps a data source: each batch is the concatenation of what processes 0 and 1 of
-two would read (`input_pipeline.pipeline` shards by process), so one process with two devices
+two would read (`input_pipeline.batching` shards by process), so one process with two devices
 sees exactly the global batches of a two-process run. Run as a script, it trains like main.py
 --mode=train on such a source:
 
@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from input_pipeline import pipeline  # noqa: E402
+from input_pipeline import batching  # noqa: E402
 
 NUM_SHARDS = 2
 
@@ -35,7 +35,7 @@ class TwoShards:
     return getattr(self._data, name)
 
   def train_batches(self, *, global_batch_size, seed, start_step=0):
-    return _concat([pipeline.train_iterator(
+    return _concat([batching.train_iterator(
         self._data.builder, self._data.config, global_batch_size=global_batch_size, seed=seed,
         start_step=start_step, process_index=p, process_count=NUM_SHARDS)
         for p in range(NUM_SHARDS)])
@@ -53,14 +53,14 @@ def main(argv):
   del argv
   from absl import logging  # pylint: disable=g-import-not-at-top
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from input_pipeline import data as data_lib  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
   from mopoe_jax import runtime, train  # pylint: disable=g-import-not-at-top
   logging.info("XLA_FLAGS=%s", runtime.apply_defaults())  # as main.py
   config = FLAGS.config
   if config.train.compilation_cache_dir:
     runtime.enable_compilation_cache(config.train.compilation_cache_dir)
   writer = metric_writers.create_default_writer(FLAGS.workdir)
-  train.train_and_evaluate(config, FLAGS.workdir, TwoShards(data_lib.load(config.data)), writer)
+  train.train_and_evaluate(config, FLAGS.workdir, TwoShards(tfds_source.load(config.data)), writer)
   writer.close()
 
 

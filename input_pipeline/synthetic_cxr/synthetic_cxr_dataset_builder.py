@@ -10,10 +10,10 @@ Configs (image size, text length, studies per split train / validation / test):
 
   import tensorflow_datasets as tfds
   import input_pipeline.synthetic_cxr  # registers the builder
-  from input_pipeline import pipeline
+  from input_pipeline import batching
   builder = tfds.builder("synthetic_cxr/small", data_dir=DATA_DIR)
   builder.download_and_prepare()
-  vocab = pipeline.load_vocabulary(builder)
+  vocab = batching.load_vocabulary(builder)
 
 The report vocabulary is built from the train split's reports only (words seen more than
 ``vocabulary_min_count`` times) and stored in the dataset's metadata under "vocabulary".

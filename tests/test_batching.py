@@ -1,4 +1,4 @@
-"""Tests of input_pipeline/pipeline.py against a tiny builder defined here (FakeCxr).
+"""Tests of input_pipeline/batching.py against a tiny builder defined here (FakeCxr).
 
 Each FakeCxr study carries its id in `finding` and in the pixels of its images, so the tests can
 tell exactly which studies a batch holds and that the images were decoded for the right rows.
@@ -19,7 +19,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from input_pipeline import features
-from input_pipeline import pipeline
+from input_pipeline import batching
 from mopoe_jax import text
 from mopoe_jax import sharding
 
@@ -86,7 +86,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def builder(data_dir):
-  return pipeline.get_builder(_config(data_dir))
+  return batching.get_builder(_config(data_dir))
 
 
 def _ids(batch) -> list[int]:
@@ -99,35 +99,35 @@ def _take(iterator, n):
 
 def _train(builder, data_dir, n, **kwargs):
   config = _config(data_dir, require_complete=kwargs.pop("require_complete", False))
-  return _take(pipeline.train_iterator(builder, config, **kwargs), n)
+  return _take(batching.train_iterator(builder, config, **kwargs), n)
 
 
 def _eval_ids(builder, config, split, **kwargs):
   """Ids of the valid rows of one eval pass, and the number of batches."""
-  batches = list(pipeline.eval_iterator(builder, config, split, **kwargs))
+  batches = list(batching.eval_iterator(builder, config, split, **kwargs))
   ids = [i for b in batches for i, v in zip(_ids(b), b["valid"]) if v]
   return ids, batches
 
 
 def test_get_builder_prepares_once_and_loads_vocabulary(builder, data_dir):
   assert builder.is_prepared()
-  assert pipeline.num_examples(builder, "train") == NUM_TRAIN
-  assert pipeline.num_examples(builder, "test") == NUM_TEST
-  assert pipeline.num_examples(builder, "train", require_complete=True) == len(COMPLETE_TRAIN)
-  assert pipeline.load_vocabulary(builder) == text.Vocabulary(VOCAB)
-  again = pipeline.get_builder(_config(data_dir))  # already prepared: only loads
+  assert batching.num_examples(builder, "train") == NUM_TRAIN
+  assert batching.num_examples(builder, "test") == NUM_TEST
+  assert batching.num_examples(builder, "train", require_complete=True) == len(COMPLETE_TRAIN)
+  assert batching.load_vocabulary(builder) == text.Vocabulary(VOCAB)
+  again = batching.get_builder(_config(data_dir))  # already prepared: only loads
   assert again.info.splits["train"].num_examples == NUM_TRAIN
 
 
 def test_get_builder_names_a_missing_builder_package(monkeypatch, data_dir):
-  monkeypatch.setitem(pipeline._BUILDER_MODULES, "absent_cxr", "input_pipeline.absent_cxr")
+  monkeypatch.setitem(batching._BUILDER_MODULES, "absent_cxr", "input_pipeline.absent_cxr")
   with pytest.raises(ModuleNotFoundError, match="input_pipeline.absent_cxr"):
-    pipeline.get_builder(_config(data_dir, name="absent_cxr/small"))
+    batching.get_builder(_config(data_dir, name="absent_cxr/small"))
 
 
 def test_train_batch_keys_shapes_and_dtypes(builder, data_dir):
   (batch,) = _train(builder, data_dir, 1, global_batch_size=8, seed=0)
-  assert sorted(batch) == sorted(pipeline.BATCH_KEYS)
+  assert sorted(batch) == sorted(batching.BATCH_KEYS)
   expected = {
       "frontal": ((8, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8),
       "lateral": ((8, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8),
@@ -151,7 +151,7 @@ def test_train_epochs_are_permutations_and_seeds_matter(builder, data_dir):
   assert order[:5] != order[5:], "each epoch must be shuffled anew"
   again = _train(builder, data_dir, 10, global_batch_size=8, seed=1)
   for a, b in zip(batches, again):
-    for key in pipeline.BATCH_KEYS:
+    for key in batching.BATCH_KEYS:
       np.testing.assert_array_equal(a[key], b[key])
   other = _train(builder, data_dir, 10, global_batch_size=8, seed=2)
   assert [_ids(b) for b in other] != order
@@ -165,7 +165,7 @@ def test_resume_matches_fresh_iterator(builder, data_dir, require_complete):
   for start_step in (1, 3, 5, 7, 11):
     resumed = _train(builder, data_dir, 12 - start_step, start_step=start_step, **kwargs)
     for step, (a, b) in enumerate(zip(fresh[start_step:], resumed), start=start_step):
-      for key in pipeline.BATCH_KEYS:
+      for key in batching.BATCH_KEYS:
         np.testing.assert_array_equal(a[key], b[key], err_msg=f"step {step}, key {key}")
 
 
@@ -227,13 +227,13 @@ def test_indivisible_batches_are_refused(builder, data_dir):
     sharding.check_batch_divisible(30, 4)
   sharding.check_batch_divisible(32, 4)
   with pytest.raises(ValueError, match="global batch 30 does not divide over 4 processes"):
-    pipeline.train_iterator(builder, _config(data_dir), global_batch_size=30, seed=0,
+    batching.train_iterator(builder, _config(data_dir), global_batch_size=30, seed=0,
                             process_index=0, process_count=4)
   with pytest.raises(ValueError, match="global batch 9 does not divide over 2 processes"):
-    pipeline.eval_iterator(builder, _config(data_dir), "test", batch_size=9, process_index=0,
+    batching.eval_iterator(builder, _config(data_dir), "test", batch_size=9, process_index=0,
                            process_count=2)
   with pytest.raises(ValueError, match="fewer than one batch"):
-    pipeline.train_iterator(builder, _config(data_dir), global_batch_size=64, seed=0)
+    batching.train_iterator(builder, _config(data_dir), global_batch_size=64, seed=0)
 
 
 def test_to_global_batch_on_a_one_device_mesh(builder, data_dir):
@@ -286,7 +286,7 @@ def test_to_global_batch_splits_rows_over_four_devices():
 
 def test_train_batches_come_from_the_configured_split(builder, data_dir):
   config = _config(data_dir, train_split="test")
-  (batch,) = _take(pipeline.train_iterator(builder, config, global_batch_size=8, seed=0), 1)
+  (batch,) = _take(batching.train_iterator(builder, config, global_batch_size=8, seed=0), 1)
   assert all(i >= TEST_ID_OFFSET for i in _ids(batch))
 
 
@@ -299,7 +299,7 @@ def test_the_locked_default_config_sets_every_pipeline_knob(builder, data_dir):
   for key in ("shuffle_buffer_size", "prefetch", "train_split", "require_complete"):
     assert key in config.data, key
     data_config[key] = config.data[key]
-  epoch = sum((_ids(b) for b in _take(pipeline.train_iterator(
+  epoch = sum((_ids(b) for b in _take(batching.train_iterator(
       builder, data_config, global_batch_size=8, seed=0), 3)), [])
   # require_complete (the paper's): one epoch is 3 batches of distinct complete studies.
   assert len(set(epoch)) == 24 and set(epoch) <= set(COMPLETE_TRAIN)

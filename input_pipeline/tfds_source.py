@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import integrity
-from input_pipeline import pipeline
+from input_pipeline import batching
 from mopoe_jax import text as text_lib
 
 ATTRIBUTES_FEATURE = "attributes"
@@ -64,23 +64,23 @@ class TfdsData:
     return dataset_attribute_names(self.builder)
 
   def num_examples(self, split: str) -> int:
-    return pipeline.num_examples(self.builder, split,
+    return batching.num_examples(self.builder, split,
                                  require_complete=bool(self.config.require_complete))
 
   def train_batches(self, *, global_batch_size: int, seed: int,
-                    start_step: int = 0) -> Iterator[pipeline.Batch]:
-    return pipeline.train_iterator(self.builder, self.config,
+                    start_step: int = 0) -> Iterator[batching.Batch]:
+    return batching.train_iterator(self.builder, self.config,
                                    global_batch_size=global_batch_size, seed=seed,
                                    start_step=start_step)
 
   def eval_batches(self, split: str, *, batch_size: int, process_index: int | None = None,
-                   process_count: int | None = None) -> Iterator[pipeline.Batch]:
-    return pipeline.eval_iterator(self.builder, self.config, split, batch_size=batch_size,
+                   process_count: int | None = None) -> Iterator[batching.Batch]:
+    return batching.eval_iterator(self.builder, self.config, split, batch_size=batch_size,
                                   process_index=process_index, process_count=process_count)
 
   def selected_batches(self, split: str, indices: np.ndarray, *,
-                       batch_size: int) -> Iterator[pipeline.Batch]:
-    return pipeline.selected_iterator(self.builder, self.config, split, indices,
+                       batch_size: int) -> Iterator[batching.Batch]:
+    return batching.selected_iterator(self.builder, self.config, split, indices,
                                       batch_size=batch_size)
 
   def attributes(self, split: str,
@@ -93,7 +93,7 @@ class TfdsData:
     names = self.attribute_names
     ds = self.builder.as_dataset(
         split=split, shuffle_files=False,
-        decoders={k: tfds.decode.SkipDecoding() for k in pipeline.IMAGE_KEYS},
+        decoders={k: tfds.decode.SkipDecoding() for k in batching.IMAGE_KEYS},
         read_config=tfds.ReadConfig(try_autocache=False))
     if self.config.require_complete:
       ds = ds.filter(lambda ex: tf.reduce_all(ex["available"]))
@@ -107,8 +107,8 @@ class TfdsData:
             np.concatenate([p[1] for p in parts]).astype(np.float32))
 
   def classifier_batches(self, *, batch_size: int, seed: int,
-                         shuffle_buffer_size: int) -> Iterator[pipeline.Batch]:
-    """Endless shuffled batches of the train split with the attributes that `pipeline` drops."""
+                         shuffle_buffer_size: int) -> Iterator[batching.Batch]:
+    """Endless shuffled batches of the train split with the attributes that `batching` drops."""
     names = self.attribute_names
     ds = self.builder.as_dataset(
         split=self.config.train_split, shuffle_files=True,
@@ -133,8 +133,8 @@ def load(data_config: ml_collections.ConfigDict) -> TfdsData:
   prepared file is unreadable, missing or truncated (`integrity.check_prepared`: a stat and one
   record per shard).
   """
-  builder = pipeline.get_builder(data_config)
+  builder = batching.get_builder(data_config)
   integrity.check_prepared(builder, data_config.get("data_dir"))
   check_dataset_matches(data_config, builder)
   return TfdsData(config=data_config, builder=builder,
-                  vocab=pipeline.load_vocabulary(builder))
+                  vocab=batching.load_vocabulary(builder))
