@@ -8,8 +8,9 @@
 dataset, no TensorFlow): every folder of --input is a study (frontal.png, lateral.png and/or
 report.txt); README, "Use a trained model".
 
-On several hosts, the same command on each with --config.train.multihost=true
-(docs/training.md#training-on-several-hosts). Every config field can be overridden, e.g.
+On several hosts, the same command on each: under SLURM, Open MPI or on a Cloud TPU slice
+jax.distributed starts by itself; elsewhere add the coordinator's address, the number of
+processes and each one's id (docs/training.md#training-on-several-hosts). Every config field can be overridden, e.g.
 --config.train.batch_size=128.
 """
 
@@ -67,8 +68,7 @@ def main(argv):
   from mopoe_jax import evaluate, train  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
-  if config.train.multihost:
-    runtime.initialize_distributed(config.train)
+  runtime.start_processes(config.train)  # jax.distributed when several processes make the run
   workdir = os.path.abspath(FLAGS.workdir)
   os.makedirs(workdir, exist_ok=True)
   logging.info("Workdir: %s", workdir)

@@ -146,6 +146,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = train = ml_collections.ConfigDict()
   train.seed = 0
   train.batch_size = 200                  # global batch, split over all devices
+  # Set, it decides the global batch instead: per device x the devices of all processes.
+  train.per_device_batch_size = config_dict.placeholder(int)
   train.num_epochs = 150.0
   train.num_steps = config_dict.placeholder(int)  # overrides num_epochs when set
   train.learning_rate = 5e-4
@@ -162,17 +164,21 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_batches = config_dict.placeholder(int)  # None: the whole eval split
   train.checkpoint_every_steps = 1000
   train.keep_checkpoints = 3              # plus the best by eval loss
-  # Several hosts (docs/training.md): jax.distributed.initialize() with the
-  # three fields below; None leaves a field to JAX (JAX_COORDINATOR_ADDRESS, or SLURM, Open MPI,
-  # Cloud TPU detection).
-  train.multihost = False
+  # Several processes (docs/training.md#training-on-several-hosts): 'auto' starts
+  # jax.distributed when a field below is set or the environment names several processes
+  # (SLURM, Open MPI, Cloud TPU, JAX_COORDINATOR_ADDRESS); true always; false never. A field
+  # left None is found by JAX in the same environment.
+  train.multihost = "auto"
   train.coordinator_address = config_dict.placeholder(str)  # 'host:port' of process 0
   train.num_processes = config_dict.placeholder(int)
   train.process_id = config_dict.placeholder(int)          # 0 .. num_processes - 1
   # Resume although the batch size, seed, number of processes or data selection changed (the
   # batches then differ from those of an uninterrupted run); otherwise such a resume is refused.
   train.allow_data_order_change = False
-  train.image_grid_studies = 8            # studies in the TensorBoard image grids; 0: none
+  train.profile_steps = 0                 # > 0: a jax.profiler trace of that many steps from
+                                          # the third of each start (<workdir>/plugins/profile)
+  train.image_grid_studies = 8            # studies in the TensorBoard image grids (rounded up
+                                          # to a multiple of the devices); 0: none
   train.compilation_cache = True          # JAX's persistent compilation cache: a resumed or
                                           # re-evaluated run does not compile the step again,
                                           # nor trace it (<dir>/lowered, compilation.StoredProgram)

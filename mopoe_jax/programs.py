@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mopoe_jax import compilation, model as model_lib, sharding
+from mopoe_jax import compilation, model as model_lib, sharding, speed
 from mopoe_jax.step import StepConfig, eval_step, init_state, train_step
 
 
@@ -38,8 +38,8 @@ _LOOP_ONLY_FIELDS = (
     "data.name", "data.data_dir", "data.manual_dir", "data.finding_rule", "data.train_split",
     "data.eval_split", "data.test_split", "data.shuffle_buffer_size", "data.prefetch",
     "data.require_complete",
-    "train.seed", "train.num_epochs", "train.num_steps", "train.log_every_steps",
-    "train.eval_every_steps", "train.eval_batches", "train.checkpoint_every_steps",
+    "train.seed", "train.per_device_batch_size", "train.num_epochs", "train.num_steps",
+    "train.log_every_steps", "train.eval_every_steps", "train.eval_batches", "train.checkpoint_every_steps",
     "train.keep_checkpoints", "train.plateau_factor", "train.plateau_patience",
     "train.plateau_min_scale", "train.multihost", "train.coordinator_address",
     "train.num_processes", "train.process_id", "train.allow_data_order_change",
@@ -151,6 +151,10 @@ class Programs:
   def train_step(self):
     """``(state, batch, rng) -> (state, metrics)``; waits for `compile_step`'s compile."""
     return _tree_step(self._compile.result(), jax.tree.structure(self.abstract))
+
+  def train_step_flops(self) -> float | None:
+    """FLOPs of one train step per device (XLA's cost analysis of the compiled step)."""
+    return speed.program_flops(self._compile.result())
 
   def eval_step(self, state, batch_size: int):
     """The compiled eval step: ``(state, batch with 'valid') -> sums``."""

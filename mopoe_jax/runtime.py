@@ -14,7 +14,8 @@ background compiles, traced programs kept on disk) are in `mopoe_jax.compilation
   so `apply_defaults` decides from the environment (`planned_backend`).
 - `enable_compilation_cache`: JAX's persistent compilation cache, so that a resumed or
   re-evaluated run loads the compiled step instead of compiling it again.
-- `initialize_distributed`: ``jax.distributed`` for a run on several processes.
+- `start_processes`: ``jax.distributed`` when the config or the environment (SLURM, Open MPI,
+  Cloud TPU, JAX_COORDINATOR_ADDRESS) says the run is one of several processes.
 """
 
 from __future__ import annotations
@@ -75,8 +76,93 @@ def enable_compilation_cache(directory: str) -> str:
   return directory
 
 
+_SLURM = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+_PROCESS_FIELDS = ("coordinator_address", "num_processes", "process_id")
+
+
+def _count(value) -> int:
+  try:
+    return int(value)
+  except (TypeError, ValueError):
+    return 0
+
+
+def _tpu_chips_present(pci="/sys/bus/pci/devices") -> bool:
+  """True on a Cloud TPU VM: a PCI device of Google's vendor id, as JAX's own TPU check."""
+  try:
+    return any(open(os.path.join(pci, d, "vendor")).read().strip() == "0x1ae0"
+               for d in os.listdir(pci))
+  except OSError:
+    return False
+
+
+def multihost_setting(value) -> str:
+  """``train.multihost`` as 'auto', 'on' or 'off' (True/False and their spellings accepted)."""
+  text = str(value).strip().lower()
+  for setting, spellings in (("auto", ("auto",)), ("on", ("true", "1", "yes", "on")),
+                             ("off", ("false", "0", "no", "off"))):
+    if text in spellings:
+      return setting
+  raise ValueError(f"config.train.multihost must be 'auto', true or false, got {value!r}.")
+
+
+def detect_processes(environ=os.environ, tpu_chips_present=_tpu_chips_present) -> str | None:
+  """What in the environment says this process is one of several (a line for the log), or None.
+
+  Checked in this order, as JAX's own detection (`jax.distributed.initialize` then finds the
+  coordinator, the number of processes and this process's id in the same variables):
+  JAX_COORDINATOR_ADDRESS; a SLURM step of more than one task (srun); an Open MPI job of more
+  than one rank (mpirun); a Cloud TPU slice of more than one host (TPU_WORKER_HOSTNAMES or
+  TPU_PROCESS_ADDRESSES on GKE, MEGASCALE_NUM_SLICES); any Cloud TPU VM, whose slice's hosts
+  only its metadata server knows (JAX asks it; one host is a run of one process).
+  """
+  if environ.get("JAX_COORDINATOR_ADDRESS"):
+    return f"JAX_COORDINATOR_ADDRESS={environ['JAX_COORDINATOR_ADDRESS']}"
+  if all(k in environ for k in _SLURM) and _count(environ["SLURM_NTASKS"]) > 1:
+    return (f"SLURM job {environ['SLURM_JOB_ID']}: task {environ['SLURM_PROCID']} of "
+            f"{environ['SLURM_NTASKS']} on {environ['SLURM_STEP_NODELIST']}")
+  if "OMPI_MCA_orte_hnp_uri" in environ and _count(environ.get("OMPI_COMM_WORLD_SIZE")) > 1:
+    return (f"Open MPI: rank {environ.get('OMPI_COMM_WORLD_RANK')} of "
+            f"{environ['OMPI_COMM_WORLD_SIZE']}")
+  hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES") or ""
+  if len(hosts.split(",")) > 1 or _count(environ.get("MEGASCALE_NUM_SLICES")) > 1:
+    return (f"Cloud TPU: {len(hosts.split(','))} host(s) per slice, "
+            f"{max(_count(environ.get('MEGASCALE_NUM_SLICES')), 1)} slice(s)")
+  if planned_backend(environ) == "tpu" and tpu_chips_present():
+    return "Cloud TPU VM (JAX asks the TPU metadata server for the slice's hosts)"
+  return None
+
+
+def start_processes(train_config, environ=os.environ) -> bool:
+  """Starts ``jax.distributed`` when this run is one of several processes; True if it did.
+
+  ``train.multihost``: 'auto' (the default) starts it when any of ``train.coordinator_address``,
+  ``num_processes``, ``process_id`` is set or `detect_processes` finds a cluster; true always
+  (JAX must then find what the config leaves unset); false never. Logs what decided. Call
+  before any other JAX call.
+  """
+  setting = multihost_setting(train_config.multihost)
+  given = [f"train.{k}" for k in _PROCESS_FIELDS if train_config.get(k) is not None]
+  if setting == "off":
+    logging.info("One process (config.train.multihost=false).")
+    return False
+  if setting == "on":
+    reason = "config.train.multihost=true"
+  elif given:
+    reason = "config." + ", config.".join(given)
+  else:
+    reason = detect_processes(environ)
+    if reason is None:
+      logging.info("One process: nothing in the environment names several (set "
+                   "--config.train.multihost=true to start jax.distributed anyway).")
+      return False
+  logging.info("Several processes (%s): starting jax.distributed.", reason)
+  initialize_distributed(train_config)
+  return True
+
+
 def initialize_distributed(train_config) -> None:
-  """``jax.distributed.initialize`` for a run on several processes (``train.multihost``).
+  """``jax.distributed.initialize`` for a run on several processes (`start_processes`).
 
   ``train.coordinator_address`` ('host:port' of process 0), ``train.num_processes`` and
   ``train.process_id`` are passed when set; a field left None is found by JAX
@@ -85,8 +171,7 @@ def initialize_distributed(train_config) -> None:
   """
   if planned_backend() == "cpu":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  kwargs = {k: train_config.get(k) for k in ("coordinator_address", "num_processes",
-                                             "process_id")}
+  kwargs = {k: train_config.get(k) for k in _PROCESS_FIELDS}
   kwargs = {k: v for k, v in kwargs.items() if v is not None}
   try:
     jax.distributed.initialize(**kwargs)

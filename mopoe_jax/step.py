@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from absl import logging
 from flax.training import train_state as flax_train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mopoe_jax import model as model_lib, objective, sharding, subsets
+from mopoe_jax import model as model_lib, objective, runtime, sharding, subsets
 
 
 class TrainState(flax_train_state.TrainState):
@@ -52,6 +53,33 @@ class StepConfig:
 
 # ---------------------------------------------------------------------------------------------
 # Config checks: everything that can be wrong is reported before anything compiles.
+
+
+def for_devices(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose sizes fit ``num_devices`` devices (all processes' together).
+
+  ``train.per_device_batch_size``, when set, decides the global batch (per device x devices);
+  ``train.image_grid_studies`` rounds up to a multiple of the devices (the grid's studies are
+  split over them like a batch). Each change is logged. The global ``train.batch_size`` itself
+  is never rounded: it is the optimisation's batch, so one that does not divide is an error
+  (`validate_config`), with a suggestion.
+  """
+  config = config.copy_and_resolve_references()
+  t = config.train
+  if t.per_device_batch_size is not None:
+    if t.per_device_batch_size < 1:
+      raise ValueError(f"config.train.per_device_batch_size must be >= 1, got "
+                       f"{t.per_device_batch_size}.")
+    logging.info("Global batch %d = %d per device x %d devices (train.per_device_batch_size; "
+                 "train.batch_size=%s is not used).", t.per_device_batch_size * num_devices,
+                 t.per_device_batch_size, num_devices, t.batch_size)
+    t.batch_size = t.per_device_batch_size * num_devices
+  if t.image_grid_studies > 0 and t.image_grid_studies % num_devices:
+    rounded = -(-t.image_grid_studies // num_devices) * num_devices
+    logging.info("train.image_grid_studies %d -> %d (a multiple of the %d devices).",
+                 t.image_grid_studies, rounded, num_devices)
+    t.image_grid_studies = rounded
+  return config
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -92,9 +120,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         f"multiple of {num_devices}, e.g. --config.train.image_grid_studies={suggestion}.")
   given = [f"train.{k}" for k in ("coordinator_address", "num_processes", "process_id")
            if t.get(k) is not None]
-  if given and not t.multihost:
-    raise ValueError(f"config.{', '.join(given)} set but config.train.multihost is False; add "
-                     "--config.train.multihost=true to run on several processes.")
+  if given and runtime.multihost_setting(t.multihost) == "off":
+    raise ValueError(f"config.{', '.join(given)} set but config.train.multihost is false; "
+                     "leave it 'auto' (or true) to run on several processes.")
   # Geometry and the remaining choices are checked by building the model (no compilation).
   model_lib.create_model(config, vocab_size=8)
 

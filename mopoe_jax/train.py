@@ -29,10 +29,11 @@ import ml_collections
 import numpy as np
 
 from mopoe_jax import checkpointing, fingerprint, model as model_lib, model_file, objective
-from mopoe_jax import programs as programs_lib, sharding
+from mopoe_jax import programs as programs_lib, sharding, speed
 from mopoe_jax.datasource import MODEL_KEYS, DataSource
 from mopoe_jax.training_grids import TrainingGrids
-from mopoe_jax.step import StepConfig, TrainState, set_plateau_scale, validate_config
+from mopoe_jax.step import (StepConfig, TrainState, for_devices, set_plateau_scale,
+                            validate_config)
 
 
 class NonFiniteError(RuntimeError):
@@ -245,7 +246,17 @@ class _Loop:
   keep_best: checkpointing.KeepStep
   history: list = dataclasses.field(default_factory=list)
   tic: float = 0.0  # time.time() at the start of the logged interval (set when training starts)
+  data_seconds: float = 0.0  # of the logged interval, spent waiting for the next batch
+  step_flops: float | None = None  # per device and step (XLA's cost analysis)
   last_eval: dict | None = None
+
+  def next_batch(self, train_iter) -> dict:
+    """The next global batch of the model's keys; the wait counts as waiting for data."""
+    tic = time.time()
+    batch = sharding.to_global_batch({k: v for k, v in next(train_iter).items()
+                                      if k in MODEL_KEYS}, self.mesh)
+    self.data_seconds += time.time() - tic
+    return batch
 
   def meta(self, step: int, eval_due: bool) -> dict:
     """A checkpoint's metadata at ``step``."""
@@ -279,12 +290,16 @@ class _Loop:
     """Checks the state is finite, writes and logs the mean metrics since the last call."""
     _check_finite(state, self.manager)
     summary = _mean_metrics(self.history)
-    summary["steps_per_second"] = len(self.history) / max(time.time() - self.tic, 1e-9)
-    self.history, self.tic = [], time.time()
+    device_kind = jax.local_devices()[0].device_kind
+    summary.update(speed.interval_figures(
+        steps=len(self.history), seconds=time.time() - self.tic, data_seconds=self.data_seconds,
+        global_batch=self.config.train.batch_size, step_flops=self.step_flops,
+        device_kind=device_kind, memory=speed.device_memory()))
+    self.history, self.tic, self.data_seconds = [], time.time(), 0.0
     self.writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
-    logging.info("step %d/%d: loss %.2f (rec %.2f, kl %.2f), %.2f steps/s, lr %.2e, ETA %s",
-                 step, self.total_steps, summary["loss"], summary["rec"], summary["kl"],
-                 summary["steps_per_second"], summary["learning_rate"],
+    logging.info("step %d/%d: loss %.2f (rec %.2f, kl %.2f), %s, lr %.2e, ETA %s", step,
+                 self.total_steps, summary["loss"], summary["rec"], summary["kl"],
+                 speed.describe(summary, device_kind), summary["learning_rate"],
                  _duration((self.total_steps - step) / summary["steps_per_second"]))
 
 
@@ -329,8 +344,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
       allowed) another data order.
     checkpointing.NoRestorableCheckpointError: when checkpoints exist but none restores.
   """
-  started, t = time.perf_counter(), config.train
+  started = time.perf_counter()
+  config = for_devices(config, jax.device_count())
   validate_config(config, jax.device_count())
+  t = config.train
   model = model_lib.create_model(config, len(data.vocab))
   step_config = StepConfig.from_config(config, model, pad_id=data.vocab.pad_id)
   mesh = sharding.make_data_mesh()
@@ -355,6 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
   train_iter = data.train_batches(global_batch_size=t.batch_size, seed=t.seed,
                                   start_step=start_step)
   train_step_fn = programs.train_step()
+  loop.step_flops = programs.train_step_flops()
+  profile = speed.StepProfile(workdir, start_step, t.profile_steps) if t.profile_steps else None
   # XLA:CPU collectives have dead-locked when tiny sharded steps run back to back: on CPU, wait
   # for each step's result (the CPU is busy computing it anyway).
   sync_each_step = jax.default_backend() == "cpu"
@@ -368,9 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
         logging.info("Running the evaluation of step %d, which had not finished.", step)
         state, eval_pending = loop.evaluate(state, step), False
       while step < total_steps and not stop:
-        batch = sharding.to_global_batch({k: v for k, v in next(train_iter).items()
-                                          if k in MODEL_KEYS}, mesh)
-        state, metrics = train_step_fn(state, batch, step_rng)
+        state, metrics = train_step_fn(state, loop.next_batch(train_iter), step_rng)
         if sync_each_step or step == start_step:
           jax.block_until_ready(metrics["loss"])
         loop.history.append(metrics)
@@ -378,6 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
         if step == start_step + 1:
           logging.info("First step done %.1f s after training started (state, compiles, data).",
                        time.perf_counter() - started)
+        if profile is not None:
+          profile(step)
         stop = preemption.requested or manager.reached_preemption(step)
         if step % t.log_every_steps == 0 or step == total_steps or stop:
           loop.log(state, step)
@@ -391,6 +410,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: Da
     except (Exception, KeyboardInterrupt) as error:
       _save_after_error(manager, state, loop.meta(step, eval_pending), step, saved_step, error)
       raise
+    finally:
+      if profile is not None:
+        profile.close()
   manager.wait_until_finished()
   manager.close()
   writer.flush()

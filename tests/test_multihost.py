@@ -35,18 +35,28 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_processes(base_command, log_prefix, started=lambda: None) -> list[str]:
+def _run_processes(base_command, log_prefix, started=lambda: None, as_slurm=False) -> list[str]:
   """Runs the command as processes 0 .. NUM_PROCESSES-1 of one job, calls ``started()`` once
-  they are started, waits for them; returns their logs."""
+  they are started, waits for them; returns their logs.
+
+  Neither way sets ``train.multihost``: ``as_slurm`` gives each process the variables of a
+  SLURM step (``srun``) and nothing else, so that the run detects it is one of several and JAX
+  finds the coordinator, the count and the id there; otherwise the command line names them.
+  """
   port = _free_port()
   procs, logs = [], [f"{log_prefix}.process{i}.log" for i in range(NUM_PROCESSES)]
   for i, log in enumerate(logs):
+    env, flags = subprocess_env(), []
+    if as_slurm:
+      env.update(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="127.0.0.1",
+                 SLURM_NTASKS=str(NUM_PROCESSES), SLURM_PROCID=str(i), SLURM_LOCALID=str(i),
+                 JAX_COORDINATOR_PORT=str(port))
+    else:
+      flags = [f"--config.train.coordinator_address=127.0.0.1:{port}",
+               f"--config.train.num_processes={NUM_PROCESSES}", f"--config.train.process_id={i}"]
     with open(log, "w") as f:
-      procs.append(subprocess.Popen(
-          [*base_command, "--config.train.multihost=true",
-           f"--config.train.coordinator_address=127.0.0.1:{port}",
-           f"--config.train.num_processes={NUM_PROCESSES}", f"--config.train.process_id={i}"],
-          env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT))
+      procs.append(subprocess.Popen([*base_command, *flags], env=env, stdout=f,
+                                    stderr=subprocess.STDOUT))
   try:
     started()
     codes = [p.wait(timeout=PHASE_TIMEOUT_S) for p in procs]
@@ -67,8 +77,11 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
   assert TWO_DEVICE_STEPS == 4
   workdir = str(tmp_path / "multihost")
   command = main_command(synthetic_tiny_dir, workdir, subprocess_cache_dir, *COMMON)
-  # 1. Train 2 steps on two processes, checkpoint, stop.
-  _run_processes([*command, "--mode=train", "--config.train.num_steps=2"], tmp_path / "train")
+  # 1. Train 2 steps on two processes of a SLURM step, checkpoint, stop.
+  logs = _run_processes([*command, "--mode=train", "--config.train.num_steps=2"],
+                        tmp_path / "train", as_slurm=True)
+  for i, log in enumerate(logs):
+    assert f"Several processes (SLURM job 4242: task {i} of 2 on 127.0.0.1)" in log
   manager = checkpointing.create_manager(workdir, read_only=True)
   assert manager.latest_step() == 2
   assert checkpointing.read_meta(manager, 2)["fields"]["process_count"] == NUM_PROCESSES
@@ -79,6 +92,8 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
   # both processes compile everything and a third process would only slow them down.
   logs = _run_processes([*command, "--mode=train_and_evaluate", "--config.train.num_steps=4",
                          *EVALUATION], tmp_path / "resume", started=two_device_run.start)
+  assert all("Several processes (config.train.coordinator_address, config.train.num_processes, "
+             "config.train.process_id)" in log for log in logs)
   assert all("Resumed from step 2" in log for log in logs)
   # Both processes load the step that phase 1 traced and stored, and still match (below).
   assert all("Loaded the traced train_step" in log for log in logs)

@@ -217,3 +217,52 @@ def test_storing_a_program_keeps_the_newest_few_of_its_name(tmp_path):
   kept = sorted(p.name for p in tmp_path.iterdir())
   newest_old = [f"prog-old{i}.jaxexport" for i in range(4, compilation.STORED_PROGRAMS_KEEP + 3)]
   assert kept == sorted(["other-old.jaxexport", "prog-new.jaxexport", *newest_old]), kept
+
+
+_SLURM_TWO_TASKS = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[001-002]",
+                    "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
+                    "JAX_PLATFORMS": "cpu"}
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"JAX_PLATFORMS": "cpu"}, None),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "JAX_COORDINATOR_ADDRESS=10.0.0.1:1234"),
+    (_SLURM_TWO_TASKS, "SLURM job 77: task 1 of 2 on node[001-002]"),
+    (dict(_SLURM_TWO_TASKS, SLURM_NTASKS="1"), None),  # a one-task job (sbatch alone)
+    ({k: v for k, v in _SLURM_TWO_TASKS.items() if k != "SLURM_STEP_NODELIST"}, None),
+    ({"OMPI_MCA_orte_hnp_uri": "1234.0;tcp://10.0.0.1:5555", "OMPI_COMM_WORLD_SIZE": "4",
+      "OMPI_COMM_WORLD_RANK": "3"}, "Open MPI: rank 3 of 4"),
+    ({"OMPI_MCA_orte_hnp_uri": "x", "OMPI_COMM_WORLD_SIZE": "1"}, None),
+    ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, "Cloud TPU: 4 host(s) per slice, 1 slice(s)"),
+    ({"TPU_WORKER_HOSTNAMES": "t0"}, None),
+])
+def test_several_processes_are_detected_from_the_environment(environ, expected):
+  assert runtime.detect_processes(environ, tpu_chips_present=lambda: False) == expected
+
+
+def test_a_cloud_tpu_vm_leaves_the_hosts_to_jax_and_a_cpu_with_libtpu_does_not():
+  tpu = {"JAX_PLATFORMS": "tpu"}
+  assert "Cloud TPU VM" in runtime.detect_processes(tpu, tpu_chips_present=lambda: True)
+  # libtpu installed on a machine without TPU chips (e.g. to compile for a topology): one process.
+  assert runtime.detect_processes(tpu, tpu_chips_present=lambda: False) is None
+
+
+def test_start_processes_follows_the_setting_the_fields_and_the_environment(monkeypatch):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  started = []
+  monkeypatch.setattr(runtime, "initialize_distributed", started.append)
+
+  def train(**fields):
+    return ml_collections.ConfigDict(dict(dict(multihost="auto", coordinator_address=None,
+                                               num_processes=None, process_id=None), **fields))
+
+  assert not runtime.start_processes(train(), {"JAX_PLATFORMS": "cpu"})
+  assert runtime.start_processes(train(), _SLURM_TWO_TASKS)
+  assert not runtime.start_processes(train(multihost="false"), _SLURM_TWO_TASKS)
+  assert runtime.start_processes(train(multihost="true"), {"JAX_PLATFORMS": "cpu"})
+  assert runtime.start_processes(train(num_processes=2, process_id=0), {"JAX_PLATFORMS": "cpu"})
+  assert len(started) == 3
+  with pytest.raises(ValueError, match="must be 'auto', true or false, got 'sometimes'"):
+    runtime.start_processes(train(multihost="sometimes"), {})
+  assert [runtime.multihost_setting(v) for v in (True, False, "True", "auto")] == [
+      "on", "off", "on", "auto"]

@@ -46,7 +46,7 @@ def _scalars(workdir, tag):
 @pytest.mark.slow  # 160 steps through the loop
 def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path):
   config = tiny_config(synthetic_tiny_dir, num_steps=160, log_every_steps=20,
-                       eval_every_steps=80, checkpoint_every_steps=160)
+                       eval_every_steps=80, checkpoint_every_steps=160, profile_steps=2)
   train_run(config, str(tmp_path))
   losses = [v for _, v in _scalars(str(tmp_path), "train_loss")]
   assert len(losses) == 8
@@ -54,8 +54,19 @@ def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path
   evals = _scalars(str(tmp_path), "eval_loss")
   assert [s for s, _ in evals] == [80, 160] and evals[1][1] < evals[0][1]
   for tag in ("train_nll/frontal", "train_nll/text", "train_kl_subset/frontal+lateral+text",
-              "train_learning_rate", "train_steps_per_second", "eval_nll/lateral"):
+              "train_learning_rate", "train_steps_per_second", "eval_nll/lateral",
+              "train_examples_per_second", "train_data_wait_share",
+              "train_model_tflops_per_device"):
     assert _scalars(str(tmp_path), tag), tag
+  # The CPU reports no memory and has no peak FLOP/s: those figures are left out, not invented.
+  assert not {"train_mfu", "train_device_memory_gib"} & _tags(str(tmp_path))
+  rates = dict(_scalars(str(tmp_path), "train_steps_per_second"))
+  examples = dict(_scalars(str(tmp_path), "train_examples_per_second"))
+  assert all(examples[s] == pytest.approx(32 * rates[s], rel=1e-5) for s in rates)
+  assert all(0 <= v <= 1 for _, v in _scalars(str(tmp_path), "train_data_wait_share"))
+  # The profile of steps 3-4 (profile_steps=2), where TensorBoard's Profile tab looks for it.
+  traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0, traces
   assert {"generation/frontal", "generation/lateral"} <= _tags(str(tmp_path))
   # The logged learning rate is the one the optimizer applied: the warm-up's mean over each
   # logged interval (the first includes the 5 warm-up steps).
@@ -176,9 +187,9 @@ def test_bad_configs_fail_before_compiling(synthetic_tiny_dir, tmp_path):
   config = tiny_config(synthetic_tiny_dir, image_grid_studies=-1)
   with pytest.raises(ValueError, match=r"image_grid_studies must be >= 0 \(0: no image grids\)"):
     step_lib.validate_config(config, 1)
-  config = tiny_config(synthetic_tiny_dir, process_id=1)
+  config = tiny_config(synthetic_tiny_dir, process_id=1, multihost="false")
   with pytest.raises(ValueError, match=r"config.train.process_id set but config.train.multihost "
-                     r"is False; add --config.train.multihost=true"):
+                     r"is false; leave it 'auto'"):
     step_lib.validate_config(config, 1)
   config = tiny_config(synthetic_tiny_dir)
   config.data.image_size = 64
