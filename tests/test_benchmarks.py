@@ -152,6 +152,7 @@ def test_gpu_summary_and_markdown(tmp_path):
   """The GPU-only branches of the parent (MFU, device memory, Markdown), on made-up numbers."""
   sys.path.insert(0, REPO)
   from benchmarks import step_throughput as st  # pylint: disable=g-import-not-at-top
+  from benchmarks import step_throughput_report as sr  # pylint: disable=g-import-not-at-top
   args = st.parse_args(["--sizes", "tiny", "--device", "gpu", "--no-peak"])
   run = st.Run(args, "gpu", "--device")
   # Every JAX variant the issue asks for on a GPU: both dtypes with both convolution forms.
@@ -180,7 +181,7 @@ def test_gpu_summary_and_markdown(tmp_path):
   assert jax_v["mfu"] == pytest.approx(2.2e13 / 0.05 / 989e12)
   assert jax_v["peak_memory"]["bytes"] == 2 ** 33
   assert case["ratio"] == pytest.approx(1.0)
-  st.print_case(case, gpu=True)
+  sr.print_case(case, gpu=True)
   report = dict(run.report, cases=[case], total_s=60.0, settings={
       "command": "python benchmarks/step_throughput.py", "device": "gpu",
       "device_reason": "--device", "omp_wait_policy": "PASSIVE", "threads": 2})
