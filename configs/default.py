@@ -76,7 +76,8 @@ DEVIATIONS = (
     ("model.compute_dtype",
      "float32 throughout",
      "auto: bfloat16 activations and matmuls on GPU/TPU, float32 on CPU; parameters, optimizer "
-     "state, BatchNorm statistics, the PoE/KL math and the loss stay float32",
+     "state, BatchNorm statistics, the text logits (model.float32_text_logits), the PoE/KL "
+     "math and the loss stay float32",
      "the accelerators' matrix units are built for bfloat16; "
      "--config.model.compute_dtype=float32 is the reference's arithmetic (whether bfloat16 "
      "moves Table 1 has not been measured)"),
@@ -135,6 +136,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 'auto': bfloat16 on GPU/TPU, float32 on CPU; or 'float32' | 'bfloat16'. Parameters,
   # optimizer state, BatchNorm statistics, the PoE/KL math and the loss stay float32.
   model.compute_dtype = "auto"
+  model.float32_text_logits = True        # the text logits (and so the softmax) in float32
+                                          # whatever compute_dtype says
   # Convolutions, same parameters and sums either way: 'xla' (native; cuDNN/TPU), 'cpu' (the
   # rewrites XLA:CPU runs faster, mopoe_jax/cpu_conv.py) or 'auto' (cpu on CPU, else xla).
   model.conv_impl = "auto"

@@ -58,6 +58,7 @@ class MoPoE(nn.Module):
   # nothing. Id 0 is <exc> (unknown word) in the reference's vocabulary, not <pad>.
   embedding_zero_id: int | None = 0
   dtype: jnp.dtype | None = None  # compute dtype; None: float32
+  float32_text_logits: bool = True  # the text decoder's logits in float32 whatever ``dtype``
   conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers); create_model resolves "auto"
 
   def setup(self):
@@ -68,7 +69,8 @@ class MoPoE(nn.Module):
         encoders[m] = networks.TextEncoder(self.text_encoder_widths, self.latent_dim,
                                            self.vocab_size,
                                            padding_index=self.embedding_zero_id, **shared)
-        decoders[m] = networks.TextDecoder(self.text_decoder_widths, self.vocab_size, **shared)
+        decoders[m] = networks.TextDecoder(self.text_decoder_widths, self.vocab_size,
+                                           float32_logits=self.float32_text_logits, **shared)
       else:
         encoders[m] = networks.ImageEncoder(self.image_encoder_widths, self.latent_dim,
                                             **shared)
@@ -126,35 +128,42 @@ class MoPoE(nn.Module):
                        assignment=assignment, z=z, outputs=self.decode(z, train))
 
 
-def resolve_conv_impl(choice: str) -> str:
-  """``model.conv_impl`` -> "xla" | "cpu": "auto" is "cpu" on the CPU backend, else "xla"."""
+def resolve_conv_impl(choice: str, platform: str | None = None) -> str:
+  """``model.conv_impl`` -> "xla" | "cpu": "auto" is "cpu" for the CPU, else "xla".
+
+  ``platform``: the platform the program is for ('cpu', 'cuda', 'rocm', 'tpu'); None: the
+  backend this process runs (``jax.default_backend()``).
+  """
   if choice not in CONV_IMPLS:
     raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {choice!r}.")
   if choice == "auto":
-    return "cpu" if jax.default_backend() == "cpu" else "xla"
+    return "cpu" if (platform or jax.default_backend()) == "cpu" else "xla"
   return choice
 
 
-def resolve_compute_dtype(choice: str):
+def resolve_compute_dtype(choice: str, platform: str | None = None):
   """``model.compute_dtype`` -> jnp.bfloat16, or None for float32.
 
-  "auto" is bfloat16 on accelerators (any backend but "cpu") and float32 on the CPU.
+  "auto" is bfloat16 on accelerators (any platform but "cpu") and float32 on the CPU;
+  ``platform`` as in `resolve_conv_impl`.
   """
   choices = ("auto", *COMPUTE_DTYPES)
   if choice not in choices:
     raise ValueError(f"model.compute_dtype must be one of {choices}, got {choice!r}.")
   if choice == "auto":
-    choice = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    choice = "float32" if (platform or jax.default_backend()) == "cpu" else "bfloat16"
   dtype = COMPUTE_DTYPES[choice]
   return None if dtype == jnp.float32 else dtype
 
 
-def create_model(config: ml_collections.ConfigDict, vocab_size: int) -> MoPoE:
+def create_model(config: ml_collections.ConfigDict, vocab_size: int,
+                 platform: str | None = None) -> MoPoE:
   """The model of a run's config (``data``: modalities and sizes; ``model``), after checking
   that the sizes fit together.
 
-  The backend-dependent choices ``model.compute_dtype`` and ``model.conv_impl`` are resolved
-  here ("auto" -> per ``jax.default_backend()``), so the module holds concrete values.
+  The platform-dependent choices ``model.compute_dtype`` and ``model.conv_impl`` are resolved
+  here ("auto" -> per ``platform``, the platform the programs are for: 'cpu', 'cuda', 'tpu';
+  None: this process's backend), so the module holds concrete values.
   """
   c, d = config.model, config.data
   modalities, image_size, text_length = d.modalities, d.image_size, d.text_length
@@ -177,8 +186,9 @@ def create_model(config: ml_collections.ConfigDict, vocab_size: int) -> MoPoE:
       text_decoder_widths=tuple(c.text_decoder_widths),
       dropout=c.dropout, prior_expert=c.prior_expert, assignment=c.assignment,
       logvar_bound=c.logvar_bound, embedding_zero_id=c.embedding_zero_id,
-      dtype=resolve_compute_dtype(c.compute_dtype),
-      conv_impl=resolve_conv_impl(c.conv_impl))
+      dtype=resolve_compute_dtype(c.compute_dtype, platform),
+      float32_text_logits=bool(c.float32_text_logits),
+      conv_impl=resolve_conv_impl(c.conv_impl, platform))
 
 
 # The order of a batch's `available` columns.

@@ -158,6 +158,7 @@ class TextDecoder(nn.Module):
   dropout: float = 0.5
   dtype: jnp.dtype | None = None
   conv_impl: str = "xla"  # "xla" | "cpu" (mopoe_jax.layers)
+  float32_logits: bool = True  # the last layer (logits over the vocabulary) in float32
 
   @nn.compact
   def __call__(self, z, train: bool):  # z: [B, D] -> logits [B, T, V]
@@ -169,5 +170,6 @@ class TextDecoder(nn.Module):
       h = ResidualBlock(width, 4, 2, 1, spatial_dims=1, transpose=True,
                         dropout=self.dropout, dtype=self.dtype,
                         conv_impl=self.conv_impl)(h, train)
-    return ConvTranspose(self.vocab_size, (1,), (1,), (0,), dtype=self.dtype,
+    logits_dtype = jnp.float32 if self.float32_logits else self.dtype
+    return ConvTranspose(self.vocab_size, (1,), (1,), (0,), dtype=logits_dtype,
                          conv_impl=self.conv_impl)(h)
