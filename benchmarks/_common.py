@@ -20,18 +20,6 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 
-# Dense bf16 peak (TFLOP/s, no sparsity) by the start of the device kind that JAX
-# (`device.device_kind`) or torch (`torch.cuda.get_device_name()`) reports; vendor data sheets.
-# PCIe and NVL variants of the H100/H200 have lower clocks than the SXM parts listed here.
-GPU_PEAK_BF16_TFLOPS = (
-    ("NVIDIA H200", 989.0),   # SXM
-    ("NVIDIA H100 PCIe", 756.0),
-    ("NVIDIA H100", 989.0),   # SXM
-    ("NVIDIA A100", 312.0),
-    ("NVIDIA L4", 121.0),
-    ("NVIDIA A10G", 70.0),
-)
-
 # /proc/cpuinfo flags worth recording: the vector extensions that decide the matmul speed.
 CPU_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
                   "amx_tile", "amx_bf16", "amx_int8")
@@ -43,11 +31,10 @@ def load() -> float:
 
 
 def gpu_peak_bf16(device_kind: str | None) -> float | None:
-  """Dense bf16 FLOP/s of a GPU by its name, or None ('unknown') if not in the table."""
-  for prefix, tflops in GPU_PEAK_BF16_TFLOPS:
-    if device_kind and device_kind.startswith(prefix):
-      return tflops * 1e12
-  return None
+  """Dense bf16 FLOP/s of a GPU by its name (JAX's device_kind or torch's device name), or None
+  ('unknown') if not in the table (`mopoe_jax.speed.PEAK_FLOPS`)."""
+  from mopoe_jax import speed  # pylint: disable=g-import-not-at-top
+  return speed.peak_flops(device_kind or "")
 
 
 def cpu_info() -> dict:

@@ -15,17 +15,21 @@ tab opens (`StepProfile`).
 from __future__ import annotations
 
 import os
+import re
 
 from absl import logging
 import jax
 
-# Dense bfloat16 FLOP/s per chip (one JAX device), from the vendors' data sheets; the first
-# entry whose name is in the device's ``device_kind`` applies (so the more specific go first).
+# Dense bfloat16 FLOP/s per chip (one JAX device; no sparsity), from the vendors' data sheets;
+# the first entry whose name is a word of the device's ``device_kind`` (or torch's device name)
+# applies, so the more specific go first. The PCIe and NVL parts of the H100/H200 clock lower.
 PEAK_FLOPS = (
     ("H100 PCIe", 756e12),   # NVIDIA H100 PCIe
     ("H100", 989e12),        # NVIDIA H100 SXM ("NVIDIA H100 80GB HBM3")
     ("H200", 989e12),        # NVIDIA H200 (the H100's compute, more memory)
     ("A100", 312e12),        # NVIDIA A100 (SXM and PCIe)
+    ("L4", 121e12),          # NVIDIA L4
+    ("A10G", 70e12),         # NVIDIA A10G
     ("TPU v4", 275e12),      # TPU v4
     ("TPU v5 lite", 197e12),  # TPU v5e
     ("TPU v5e", 197e12),
@@ -39,7 +43,7 @@ PEAK_FLOPS = (
 def peak_flops(device_kind: str) -> float | None:
   """The device's peak dense bfloat16 FLOP/s, or None where the table has none (the CPU)."""
   for name, flops in PEAK_FLOPS:
-    if name.lower() in device_kind.lower():
+    if re.search(rf"(?<!\w){re.escape(name)}(?!\w)", device_kind or "", re.IGNORECASE):
       return flops
   return None
 

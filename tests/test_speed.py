@@ -10,7 +10,8 @@ from mopoe_jax import speed
 @pytest.mark.parametrize("kind, peak", [
     ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
     ("NVIDIA A100-SXM4-80GB", 312e12), ("TPU v4", 275e12), ("TPU v5 lite", 197e12),
-    ("TPU v5", 459e12), ("TPU v5p", 459e12), ("TPU v6 lite", 918e12), ("cpu", None),
+    ("TPU v5", 459e12), ("TPU v5p", 459e12), ("TPU v6 lite", 918e12), ("NVIDIA L4", 121e12),
+    ("NVIDIA L40S", None), ("cpu", None),
 ])
 def test_peaks_by_device_kind(kind, peak):
   assert speed.peak_flops(kind) == peak
