@@ -15,7 +15,6 @@ processes and each one's id (docs/training.md#training-on-several-hosts). Every 
 """
 
 import logging as logging_std
-import os
 import sys
 
 from absl import app
@@ -65,16 +64,15 @@ def main(argv):
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
-  from mopoe_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+  from mopoe_jax import evaluate, paths, train  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
   runtime.start_processes(config.train)  # jax.distributed when several processes make the run
-  workdir = os.path.abspath(FLAGS.workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.makedirs(FLAGS.workdir)  # a local folder or a URI (gs://bucket/run)
   logging.info("Workdir: %s", workdir)
   if config.train.compilation_cache:
     runtime.enable_compilation_cache(config.train.compilation_cache_dir or
-                                     os.path.join(workdir, "xla_cache"))
+                                     paths.join(workdir, "xla_cache"))
   data = tfds_source.load(config.data)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if FLAGS.mode in ("train", "train_and_evaluate"):
@@ -83,7 +81,7 @@ def main(argv):
     except train.Preempted as e:
       logging.warning("%s", e)
       sys.exit(143)  # 128 + SIGTERM: the scheduler sees a terminated job
-    logging.info("Checkpoints: %s", os.path.join(workdir, "checkpoints"))
+    logging.info("Checkpoints: %s", paths.join(workdir, "checkpoints"))
     logging.info("TensorBoard logs: %s (tensorboard --logdir %s)", workdir, workdir)
   if FLAGS.mode in ("evaluate", "train_and_evaluate"):
     evaluate.evaluate(config, workdir, data, writer)
@@ -94,9 +92,9 @@ def _use_trained_model():
   """--mode=generate / --mode=encode: no TensorFlow, no dataset, the workdir alone."""
   if not FLAGS.input or not FLAGS.output:
     raise app.UsageError(f"--mode={FLAGS.mode} needs --input=FOLDER and --output=FOLDER.")
-  from mopoe_jax import inference, runtime  # pylint: disable=g-import-not-at-top
-  cache = os.path.join(FLAGS.workdir, "xla_cache")
-  if os.path.isdir(cache):  # the run's compilation cache: a second call compiles nothing
+  from mopoe_jax import inference, paths, runtime  # pylint: disable=g-import-not-at-top
+  cache = paths.join(paths.resolve(FLAGS.workdir), "xla_cache")
+  if paths.exists(cache):  # the run's compilation cache: a second call compiles nothing
     runtime.enable_compilation_cache(cache)
   try:
     inference.check_output_folder(FLAGS.output)  # before anything is loaded

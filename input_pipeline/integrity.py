@@ -15,7 +15,6 @@ names the file and says how to rebuild the dataset (`rebuild_hint`).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -67,16 +66,16 @@ def check_json_files(name: str, data_dir: str | None) -> None:
   """Raises `DatasetFileError` naming the first unreadable JSON file of ``name``'s prepared
   versions (call when tfds cannot open the builder)."""
   parts = name.split(":")[0].split("/")
-  pattern = os.path.join(default_data_dir(data_dir), *parts, "*")
-  for dataset_dir in sorted(glob.glob(pattern)):
+  pattern = "/".join([default_data_dir(data_dir).rstrip("/"), *parts, "*"])
+  for dataset_dir in sorted(tf.io.gfile.glob(pattern)):  # local or gs://
     for file_name in _JSON_FILES:
-      path = os.path.join(dataset_dir, file_name)
-      if not os.path.exists(path):
+      path = f"{dataset_dir}/{file_name}"
+      if not tf.io.gfile.exists(path):
         continue
       try:
-        with open(path) as f:
+        with tf.io.gfile.GFile(path) as f:
           json.load(f)
-      except (ValueError, OSError) as e:
+      except (ValueError, OSError, tf.errors.OpError) as e:
         raise _error(f"{path} is not valid JSON ({e})", name, dataset_dir, data_dir) from e
 
 
@@ -86,13 +85,13 @@ def check_prepared(builder, data_dir: str | None) -> None:
   name, dataset_dir = builder.info.full_name, str(builder.data_dir)
   for split_name, split in builder.info.splits.items():
     paths = [str(p) for p in split.filepaths]
-    missing = [p for p in paths if not os.path.exists(p)]
+    missing = [p for p in paths if not tf.io.gfile.exists(p)]
     if missing:
       raise _error(f"split {split_name!r} lacks the file(s) {missing}", name, dataset_dir,
                    data_dir)
     if str(builder.info.file_format).lower().endswith("tfrecord") and int(split.num_bytes):
       expected = int(split.num_bytes) + _TFRECORD_FRAMING_BYTES * int(split.num_examples)
-      found = sum(os.path.getsize(p) for p in paths)
+      found = sum(tf.io.gfile.stat(p).length for p in paths)
       if found != expected:
         raise _error(f"the {len(paths)} file(s) of split {split_name!r} ({paths}) hold {found} "
                      f"bytes where dataset_info.json says {expected} (truncated or "

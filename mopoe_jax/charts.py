@@ -7,12 +7,13 @@ interval, and the random baseline.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
+
+from mopoe_jax import paths
 
 CHART_SIZE = (1200, 500)  # pixels (width, height) of `interval_bar_chart`
 _DPI = 100
@@ -103,5 +104,4 @@ def interval_bar_chart(path: str, names: Sequence[str], *, means: Sequence[float
   fig.suptitle(title, fontsize=11)
   if note:
     fig.supxlabel(note, fontsize=10)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=_DPI)
+  paths.save_figure(path, lambda f: fig.savefig(f, format="png", dpi=_DPI))

@@ -22,15 +22,17 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging as logging_std
-import os
 import sys
 from typing import Any, Callable, Sequence
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+from mopoe_jax import paths
 
 MODEL, TRAIN, META = "model", "train", "meta"
 DAMAGED_DIR = "checkpoints_damaged"
@@ -42,7 +44,7 @@ class NoRestorableCheckpointError(RuntimeError):
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  return paths.join(paths.resolve(workdir), "checkpoints")
 
 
 @dataclasses.dataclass
@@ -71,8 +73,8 @@ def create_manager(workdir: str, keep: int = 3, read_only: bool = False,
   step of ``keep_step``. ``this_process_only``: the manager is used by this process alone (e.g.
   evaluation on process 0 while the others wait), not by all of them."""
   directory = checkpoint_dir(workdir)
-  if not read_only and os.path.isdir(directory):
-    leftovers = sorted(n for n in os.listdir(directory) if _TMP_MARK in n)
+  if not read_only and epath.Path(directory).is_dir():
+    leftovers = sorted(p.name for p in epath.Path(directory).iterdir() if _TMP_MARK in p.name)
     if leftovers and jax.process_index() == 0:
       logging.warning("Removing %d incomplete checkpoint write(s) left by an interrupted save "
                       "(never a listed checkpoint): %s", len(leftovers), leftovers)
@@ -251,15 +253,14 @@ def set_aside(manager: ocp.CheckpointManager, steps: Sequence[int], workdir: str
   every process calls this) so that training can save those steps again; nothing is deleted."""
   if not steps:
     return
-  target_root = os.path.join(os.path.abspath(workdir), DAMAGED_DIR)
   if jax.process_index() == 0:
-    os.makedirs(target_root, exist_ok=True)
+    target_root = paths.makedirs(paths.join(paths.resolve(workdir), DAMAGED_DIR))
     for step in steps:
-      source = os.path.join(str(manager.directory), str(step))
-      target, n = os.path.join(target_root, str(step)), 1
-      while os.path.exists(target):
-        target, n = os.path.join(target_root, f"{step}.{n}"), n + 1
-      os.rename(source, target)
+      source = epath.Path(manager.directory) / str(step)
+      target, n = epath.Path(target_root) / str(step), 1
+      while target.exists():
+        target, n = epath.Path(target_root) / f"{step}.{n}", n + 1
+      source.rename(target)  # on an object store: copied, then the source deleted
       logging.warning("Moved the unreadable checkpoint of step %d to %s (kept for inspection; "
                       "delete it when done).", step, target)
   if jax.process_count() > 1:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from typing import Any, Mapping, Sequence
 
@@ -33,7 +32,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from mopoe_jax import checkpointing
+from mopoe_jax import checkpointing, paths
 from mopoe_jax.datasource import LABELS, MODALITIES, PROBE_LABELS, DataSource
 from mopoe_jax.model import is_text
 
@@ -229,8 +228,8 @@ def _settings(config: ml_collections.ConfigDict, data: DataSource, modalities: S
 
 def classifier_dir_from_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   """``config.classifier.checkpoint_dir`` if set, else ``<workdir>/classifiers``."""
-  directory = config.classifier.get("checkpoint_dir") or os.path.join(workdir, "classifiers")
-  return os.path.abspath(directory)
+  return paths.resolve(config.classifier.get("checkpoint_dir") or
+                       paths.join(workdir, "classifiers"))
 
 
 def get_classifiers(config: ml_collections.ConfigDict, data: DataSource, *,
@@ -250,7 +249,7 @@ def get_classifiers(config: ml_collections.ConfigDict, data: DataSource, *,
   attribute_names = data.attribute_names if use_attributes else ()
   settings = _settings(config, data, modalities, vocab_size, attribute_names)
   modules = build_modules(config.classifier, modalities, vocab_size, len(attribute_names))
-  classifier_dir = os.path.abspath(classifier_dir)
+  classifier_dir = paths.resolve(classifier_dir)
   # Evaluation runs on process 0 alone: so does this manager.
   manager = ocp.CheckpointManager(
       classifier_dir, item_names=("params", "meta"), options=ocp.CheckpointManagerOptions(

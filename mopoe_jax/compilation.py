@@ -28,8 +28,11 @@ import threading
 import time
 
 from absl import logging
+from etils import epath
 import jax
 from jax import export as jax_export
+
+from mopoe_jax import paths
 
 # XLA:CPU options for programs that run a handful of times (init, eval, image grids).
 FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 1,
@@ -168,7 +171,7 @@ def stored_programs_dir(enabled: bool = True) -> str | None:
   """``<compilation cache>/lowered``, or None when ``enabled`` is False or JAX's persistent
   compilation cache is off (no directory set)."""
   cache = jax.config.jax_compilation_cache_dir
-  return os.path.join(cache, STORED_PROGRAMS_SUBDIR) if enabled and cache else None
+  return paths.join(cache, STORED_PROGRAMS_SUBDIR) if enabled and cache else None
 
 
 def _avals(args) -> list:
@@ -193,18 +196,17 @@ class StoredProgram:
 
   def __init__(self, fun, *, name: str, key: str, directory: str | None, **jit_kwargs):
     self.name, self.fun = name, fun
-    self.path = (os.path.join(directory, f"{name}-{key}.jaxexport") if directory else None)
+    self.path = paths.join(directory, f"{name}-{key}.jaxexport") if directory else None
     self._jit_kwargs = jit_kwargs  # in_shardings, out_shardings, donate_argnums
     self._jitted = None
     self._lock = threading.Lock()
     self.loaded = False  # True: the program came from the file, nothing was traced
 
   def _load(self, args):
-    if self.path is None or not os.path.exists(self.path):
+    if self.path is None or not paths.exists(self.path):
       return None
     try:
-      with open(self.path, "rb") as f:
-        exported = jax_export.deserialize(bytearray(f.read()))
+      exported = jax_export.deserialize(bytearray(paths.read_bytes(self.path)))
       wanted = _avals(args)
       found = [(tuple(a.shape), str(a.dtype)) for a in exported.in_avals]
       if found != wanted:
@@ -216,30 +218,23 @@ class StoredProgram:
     return exported
 
   def _store(self, blob: bytes) -> None:
-    directory = os.path.dirname(self.path)
-    tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-      os.makedirs(directory, exist_ok=True)
-      with open(tmp, "wb") as f:
-        f.write(blob)
-      os.replace(tmp, self.path)  # atomic: a reader sees the old file or the whole new one
+      # Atomic where local: a reader sees the old file or the whole new one.
+      paths.write_bytes(self.path, blob)
     except OSError as e:
       logging.warning("Could not store the traced %s in %s (%s); the next start traces it "
                       "again.", self.name, self.path, e)
-      if os.path.exists(tmp):
-        os.remove(tmp)
       return
     # Every code or config change stores another program under a new key: keep the newest few.
     stored = []
-    for entry in os.scandir(directory):
-      if entry.name.startswith(f"{self.name}-") and entry.name.endswith(".jaxexport"):
-        try:
-          stored.append((entry.stat().st_mtime, entry.path))
-        except OSError:  # removed meanwhile by another process
-          pass
-    for _, path in sorted(stored, reverse=True)[STORED_PROGRAMS_KEEP:]:
+    for entry in epath.Path(self.path).parent.glob(f"{self.name}-*.jaxexport"):
       try:
-        os.remove(path)
+        stored.append((entry.stat().mtime, entry))
+      except OSError:  # removed meanwhile by another process
+        pass
+    for _, path in sorted(stored, key=lambda x: x[0], reverse=True)[STORED_PROGRAMS_KEEP:]:
+      try:
+        path.unlink()
       except OSError:
         pass
 

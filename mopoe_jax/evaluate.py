@@ -16,7 +16,6 @@ evaluates while the others wait for it (`evaluate`).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -32,6 +31,7 @@ from mopoe_jax import classifiers
 from mopoe_jax import fingerprint
 from mopoe_jax import model as model_lib
 from mopoe_jax import model_file
+from mopoe_jax import paths
 from mopoe_jax import sharding
 from mopoe_jax.datasource import DataSource
 from mopoe_jax.evaluators import EVALUATORS
@@ -78,8 +78,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, model: model
   """
   check_eval_config(config)
   ev = config.eval
-  eval_dir = os.path.join(workdir, EVAL_DIR)
-  os.makedirs(eval_dir, exist_ok=True)
+  eval_dir = paths.makedirs(paths.join(paths.resolve(workdir), EVAL_DIR))
   ctx = Context(config=config, model=model, variables=variables, data=data, eval_dir=eval_dir,
                 workdir=workdir, rng=jax.random.key(ev.seed), step=step)
   results: dict[str, Any] = {"settings": {
@@ -93,9 +92,8 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str, model: model
     logging.info("Evaluator %s done (%.0f s).", name, time.perf_counter() - tic)
 
   results["settings"]["seconds"] = time.perf_counter() - start
-  write_json(os.path.join(eval_dir, "results.json"), results)
-  with open(os.path.join(eval_dir, "report.md"), "w") as f:
-    f.write(report_markdown(results))
+  write_json(paths.join(eval_dir, "results.json"), results)
+  paths.write_text(paths.join(eval_dir, "report.md"), report_markdown(results))
   if writer is not None:
     writer.write_scalars(step, summary_scalars(results))
     if ctx.images:
@@ -237,7 +235,7 @@ def _evaluate_here(config, workdir: str, data: DataSource, writer, step: int | N
                                          vocab_size=len(data.vocab), step=step)
   model_file.write(workdir, config, data.vocab.words, data.name, missing_only=True)
   results = run_evaluation(config, workdir, model, variables, data, writer, step=step)
-  eval_dir = os.path.join(os.path.abspath(workdir), EVAL_DIR)
+  eval_dir = paths.join(paths.resolve(workdir), EVAL_DIR)
   logging.info("Tables: %s (report.md, probes.md); JSON: results.json, probes.json; images and "
-               "generated reports: %s", eval_dir, os.path.join(eval_dir, GENERATION_DIR))
+               "generated reports: %s", eval_dir, paths.join(eval_dir, GENERATION_DIR))
   return results

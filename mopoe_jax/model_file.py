@@ -10,11 +10,12 @@ on, and the preprocessing the inputs need.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Sequence
 
 import jax
 import ml_collections
+
+from mopoe_jax import paths
 
 FILE_NAME = "model.json"
 FORMAT = 1
@@ -30,7 +31,7 @@ PREPROCESSING = {
 
 
 def path(workdir: str) -> str:
-  return os.path.join(workdir, FILE_NAME)
+  return paths.join(paths.resolve(workdir), FILE_NAME)
 
 
 def _tuples(value: Any) -> Any:
@@ -47,7 +48,7 @@ def write(workdir: str, config: ml_collections.ConfigDict, vocabulary: Sequence[
   """Writes ``<workdir>/model.json`` (process 0 only; atomically). Returns its path, or None
   where nothing was written (another process, or ``missing_only`` and the file exists)."""
   target = path(workdir)
-  if jax.process_index() != 0 or (missing_only and os.path.exists(target)):
+  if jax.process_index() != 0 or (missing_only and paths.exists(target)):
     return None
   content = {
       "format": FORMAT,
@@ -59,25 +60,20 @@ def write(workdir: str, config: ml_collections.ConfigDict, vocabulary: Sequence[
       "preprocessing": PREPROCESSING,
       "config": json.loads(config.to_json_best_effort()),
   }
-  os.makedirs(workdir, exist_ok=True)
-  tmp = f"{target}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(content, f, indent=1)
-  os.replace(tmp, target)
+  paths.write_text(target, json.dumps(content, indent=1))  # atomic where local
   return target
 
 
 def read(workdir: str) -> tuple[ml_collections.ConfigDict, list[str], dict]:
   """(config, vocabulary words, the whole file's content) of ``<workdir>/model.json``."""
   target = path(workdir)
-  if not os.path.exists(target):
+  if not paths.exists(target):
     raise FileNotFoundError(
         f"{target} does not exist: {workdir} is not a training run's directory, or it was "
         "trained before runs kept their model file. Run the evaluation once "
         "(python main.py --config=CONFIG --workdir=WORKDIR --mode=evaluate), which writes it.")
   try:
-    with open(target) as f:
-      content = json.load(f)
+    content = json.loads(paths.read_text(target))
     if content.get("format") != FORMAT:
       raise ValueError(f"format {content.get('format')!r}, expected {FORMAT}")
     config = ml_collections.ConfigDict(_tuples(content["config"]))

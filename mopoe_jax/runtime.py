@@ -27,6 +27,8 @@ import os
 from absl import logging
 import jax
 
+from mopoe_jax import paths
+
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 
 
@@ -69,8 +71,7 @@ def apply_defaults(environ=os.environ) -> str:
 
 def enable_compilation_cache(directory: str) -> str:
   """Points JAX's persistent compilation cache at ``directory`` (created if missing)."""
-  directory = os.path.abspath(os.path.expanduser(directory))
-  os.makedirs(directory, exist_ok=True)
+  directory = paths.makedirs(directory)  # a local folder or a URI (gs://...)
   jax.config.update("jax_compilation_cache_dir", directory)
   logging.info("JAX compilation cache: %s", directory)
   return directory

@@ -14,11 +14,12 @@ tab opens (`StepProfile`).
 
 from __future__ import annotations
 
-import os
 import re
 
 from absl import logging
 import jax
+
+from mopoe_jax import paths
 
 # Dense bfloat16 FLOP/s per chip (one JAX device; no sparsity), from the vendors' data sheets;
 # the first entry whose name is a word of the device's ``device_kind`` (or torch's device name)
@@ -132,4 +133,4 @@ class StepProfile:
       jax.profiler.stop_trace()
       self._running = False
       logging.info("Profile written to %s (TensorBoard: the Profile tab of tensorboard --logdir "
-                   "%s).", os.path.join(self._workdir, "plugins", "profile"), self._workdir)
+                   "%s).", paths.join(self._workdir, "plugins", "profile"), self._workdir)

@@ -8,11 +8,12 @@ is gray with a dark diagonal. Grayscale images are repeated over the three colou
 
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+
+from mopoe_jax import paths
 
 PAD_RGB = (96, 96, 96)
 SEPARATOR_RGB = (230, 40, 40)
@@ -119,5 +120,5 @@ def save_png(path: str, image: np.ndarray) -> None:
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3):
     raise ValueError(f"save_png expects uint8 [H, W, 1 or 3], got {image.dtype} {image.shape}.")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  paths.save_figure(path, lambda f: pil.save(f, format="PNG"))

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from mopoe_jax import classifiers as classifiers_lib
-from mopoe_jax import fusion
+from mopoe_jax import fusion, paths
 from mopoe_jax import subsets as subsets_lib
 from mopoe_jax.datasource import DataSource
 from mopoe_jax.model import DATA_MODALITIES, MoPoE, inputs_from_batch
@@ -226,5 +226,5 @@ def jsonable(value):
 
 
 def write_json(path: str, value) -> None:
-  with open(path, "w") as f:
-    json.dump(jsonable(value), f, indent=1, allow_nan=False)
+  """Writes ``value`` as JSON to ``path`` (local or a URI: `mopoe_jax.paths`)."""
+  paths.write_text(path, json.dumps(jsonable(value), indent=1, allow_nan=False))

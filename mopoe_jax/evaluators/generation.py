@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mopoe_jax import fusion
+from mopoe_jax import fusion, paths
 from mopoe_jax import subsets as subsets_lib
 from mopoe_jax import visualize
 from mopoe_jax.datasource import Vocabulary
@@ -116,7 +116,7 @@ def write_generation(model: MoPoE, variables, test: EncodedSplit,
 
   Returns (a summary for results.json, name -> uint8 grid [H, W, 3] for TensorBoard).
   """
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   names = subsets_lib.subset_names(model.modalities, model.mask)
   text = next((m for m in model.modalities if is_text(m)), None)
   grids, files, reports = {}, {}, {}
@@ -136,7 +136,7 @@ def write_generation(model: MoPoE, variables, test: EncodedSplit,
     if _has_images(model):
       grids[name] = _subset_grid(model, row, studies, gen)
       png = f"from_{name}.png"
-      visualize.save_png(os.path.join(out_dir, png), grids[name])
+      visualize.save_png(paths.join(out_dir, png), grids[name])
     rows = []
     for i in range(num):
       real = vocab.decode(studies[text][i]) if text and vocab else ""
@@ -147,24 +147,22 @@ def write_generation(model: MoPoE, variables, test: EncodedSplit,
     if text and vocab:
       reports[name] = [r[-1] for r in rows]
     md = f"from_{name}.md"
-    with open(os.path.join(out_dir, md), "w") as f:
-      f.write(_reports_markdown(
-          f"Generated from {name} ({latent} of q_subset)", png, rows,
-          ["column", f"{test.split} study", "real report", "generated report"]))
+    paths.write_text(paths.join(out_dir, md), _reports_markdown(
+        f"Generated from {name} ({latent} of q_subset)", png, rows,
+        ["column", f"{test.split} study", "real report", "generated report"]))
     files[name] = {"png": png, "reports": md}
   prior = prior_samples(model, variables, prior_rng, num_prior)
   png = None
   if _has_images(model):
     grids["prior"] = visualize.samples_grid(prior)
     png = "prior.png"
-    visualize.save_png(os.path.join(out_dir, png), grids["prior"])
+    visualize.save_png(paths.join(out_dir, png), grids["prior"])
   rows = [[str(i + 1), vocab.decode(prior[text][i]) if text and vocab else ""]
           for i in range(num_prior)]
   if text and vocab:
     reports["prior"] = [r[-1] for r in rows]
-  with open(os.path.join(out_dir, "prior.md"), "w") as f:
-    f.write(_reports_markdown("Unconditional samples, z ~ N(0, I)", png, rows,
-                              ["column", "generated report"]))
+  paths.write_text(paths.join(out_dir, "prior.md"), _reports_markdown(
+      "Unconditional samples, z ~ N(0, I)", png, rows, ["column", "generated report"]))
   files["prior"] = {"png": png, "reports": "prior.md"}
   logging.info("Wrote generation grids and reports of %d subsets and the prior to %s.",
                len(names), out_dir)
@@ -181,7 +179,7 @@ def run(ctx: Context) -> dict:
   ev = ctx.config.eval
   result, grids = write_generation(
       ctx.model, ctx.variables, ctx.test(), ctx.data.vocab, ctx.rng_for("generation"),
-      os.path.join(ctx.eval_dir, GENERATION_DIR), batch_size=ev.batch_size,
+      paths.join(ctx.eval_dir, GENERATION_DIR), batch_size=ev.batch_size,
       latent=ev.generation_latent, num_prior=ev.prior_samples)
   ctx.images.update(grids)
   return result

@@ -19,7 +19,6 @@ Writes probes.json (every draw's AP), probes.md and the bar chart probes_table1.
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Sequence
 import warnings
@@ -31,6 +30,7 @@ from sklearn import exceptions as sklearn_exceptions
 from sklearn import linear_model
 from sklearn import metrics as sklearn_metrics
 
+from mopoe_jax import paths
 from mopoe_jax.evaluators.common import (HEADLINE_LABEL, LABEL_NAMES, MIN_CLASS_EXAMPLES,
                                          Context, class_problem, encode_split, fmt,
                                          targets_note, write_json)
@@ -390,10 +390,9 @@ def run(ctx: Context) -> dict:
       max_iter=ev.probe_max_iter, min_test_examples=ev.probe_min_test_examples,
       train_split=split, test_split=data_config.test_split,
       finding_rule=data_config.finding_rule)
-  write_json(os.path.join(ctx.eval_dir, "probes.json"), probes)
-  write_chart(probes, os.path.join(ctx.eval_dir, CHART_FILE))
-  with open(os.path.join(ctx.eval_dir, "probes.md"), "w") as f:
-    f.write(probes_markdown(probes))
+  write_json(paths.join(ctx.eval_dir, "probes.json"), probes)
+  write_chart(probes, paths.join(ctx.eval_dir, CHART_FILE))
+  paths.write_text(paths.join(ctx.eval_dir, "probes.md"), probes_markdown(probes))
   return probes
 
 
