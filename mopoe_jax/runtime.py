@@ -126,8 +126,10 @@ def detect_processes(environ=os.environ, tpu_chips_present=_tpu_chips_present) -
     return (f"Open MPI: rank {environ.get('OMPI_COMM_WORLD_RANK')} of "
             f"{environ['OMPI_COMM_WORLD_SIZE']}")
   hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES") or ""
-  if len(hosts.split(",")) > 1 or _count(environ.get("MEGASCALE_NUM_SLICES")) > 1:
-    return (f"Cloud TPU: {len(hosts.split(','))} host(s) per slice, "
+  # libtpu on a machine without TPUs fills TPU_WORKER_HOSTNAMES with a warning sentence.
+  hosts = [h for h in hosts.split(",") if h.strip() and not any(c.isspace() for c in h.strip())]
+  if len(hosts) > 1 or _count(environ.get("MEGASCALE_NUM_SLICES")) > 1:
+    return (f"Cloud TPU: {len(hosts)} host(s) per slice, "
             f"{max(_count(environ.get('MEGASCALE_NUM_SLICES')), 1)} slice(s)")
   if planned_backend(environ) == "tpu" and tpu_chips_present():
     return "Cloud TPU VM (JAX asks the TPU metadata server for the slice's hosts)"

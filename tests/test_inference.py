@@ -212,7 +212,9 @@ def test_encode_is_batch_size_free_and_follows_each_studys_modalities(trained, s
   other = inference.TrainedModel(model.model, model.variables, model.config, model.vocabulary,
                                  model.step, workdir, batch_size=3)
   again = other.encode(studies)
-  np.testing.assert_allclose(again["mu"], encoded["mu"], rtol=1e-5, atol=1e-6)
+  # Batches of 3 and of 64 are different XLA programs whose sums may round differently (seen:
+  # up to 3e-5 relative with jax 0.12 on Python 3.13); another study's data would differ by O(1).
+  np.testing.assert_allclose(again["mu"], encoded["mu"], rtol=1e-4, atol=1e-5)
   assert model.encode([])["mu"].shape == (0, config.model.latent_dim)
   assert not model.generate([])
   # A subset posterior that a study cannot give is refused, naming study and modality.

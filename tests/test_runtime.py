@@ -235,6 +235,10 @@ _SLURM_TWO_TASKS = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[001-002]"
     ({"OMPI_MCA_orte_hnp_uri": "x", "OMPI_COMM_WORLD_SIZE": "1"}, None),
     ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, "Cloud TPU: 4 host(s) per slice, 1 slice(s)"),
     ({"TPU_WORKER_HOSTNAMES": "t0"}, None),
+    # What libtpu leaves there on a machine without TPUs.
+    ({"TPU_WORKER_HOSTNAMES": "WARNING: could not determine TPU worker hostnames or IP "
+                              "addresses, please set env var `TPU_WORKER_HOSTNAMES` manually"},
+     None),
 ])
 def test_several_processes_are_detected_from_the_environment(environ, expected):
   assert runtime.detect_processes(environ, tpu_chips_present=lambda: False) == expected
