@@ -40,7 +40,9 @@ FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 1,
 
 
 _JITTED: dict = {}
-_JITTED_MAX = 16
+# A process keeps the newest 64 programs: a run has about ten (loop, evaluators, inference at
+# its batch sizes); the test suite, which makes many in one process, must not evict the loop's.
+_JITTED_MAX = 64
 _JITTED_LOCK = threading.Lock()
 
 
@@ -52,7 +54,7 @@ def jitted_once(key, make):
   ``lower().compile()`` included) for as long as the object lives; a fresh ``jax.jit`` of a fresh
   ``functools.partial`` starts from nothing each time. ``key`` must fix the program: the
   function and everything static it closes over (a Flax module and a frozen dataclass hash by
-  their fields, a mesh by its devices). The newest 16 are kept.
+  their fields, a mesh by its devices). The newest `_JITTED_MAX` are kept.
   """
   with _JITTED_LOCK:
     jitted = _JITTED.pop(key, None)
@@ -128,7 +130,10 @@ _KEY_IGNORED_CONFIG = re.compile(
     r"^jax_(compilation_cache|persistent_cache|explain_cache|log_compiles|logging_level|"
     r"raise_persistent_cache|disable_most_optimizations|pprint|debug_log_modules|dump_ir|"
     r"share_binary|cross_host|cpu_get_.*_timeout|distributed_debug|compiler_detailed_logging|"
-    r"include_debug_info_in_dumps|traceback_filtering|check_proxy_envs)")
+    r"include_debug_info_in_dumps|traceback_filtering|check_proxy_envs|"
+    # Set per process by jax.distributed (each process's local devices on GPUs): the same
+    # program on every process.
+    r"[a-z]+_visible_devices)")
 
 
 @functools.lru_cache(maxsize=None)

@@ -270,3 +270,16 @@ def test_start_processes_follows_the_setting_the_fields_and_the_environment(monk
     runtime.start_processes(train(multihost="sometimes"), {})
   assert [runtime.multihost_setting(v) for v in (True, False, "True", "auto")] == [
       "on", "off", "on", "auto"]
+
+
+def test_the_stored_programs_key_ignores_the_devices_each_process_sees():
+  """jax.distributed sets jax_cuda_visible_devices (and the like) to each process's own local
+  device: the processes' keys must still agree, or none loads the others' traced step."""
+  before = compilation.program_key("p", 1)
+  previous = jax.config.values["jax_cuda_visible_devices"]
+  jax.config.update("jax_cuda_visible_devices", "1")
+  try:
+    assert compilation.program_key("p", 1) == before
+  finally:
+    jax.config.update("jax_cuda_visible_devices", previous)
+  assert compilation.program_key("p", 2) != before
