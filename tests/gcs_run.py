@@ -1,7 +1,7 @@
 """Train, resume and evaluate with a ``gs://`` workdir, as main.py does (for tests/test_gcs.py).
 
   python tests/gcs_run.py --workdir=gs://bucket/run --tensorboard=DIR --data_dir=DIR \
-      --mode=train --num_steps=4 [--kill_after_checkpoint=2]
+      [--mode=train_and_evaluate] --num_steps=4 [--kill_after_checkpoint=2]
 
 Everything under the workdir (checkpoints, model.json, the compilation cache and the traced
 step, evaluation outputs) goes to the bucket; the TensorBoard writer and the prepared dataset
@@ -44,9 +44,8 @@ def main(argv):
     checkpointing.save = save_then_die
   data = tfds_source.load(config.data)
   writer = metric_writers.create_default_writer(FLAGS.tensorboard)
-  if FLAGS.mode == "train":
-    train.train_and_evaluate(config, workdir, data, writer)
-  else:
+  train.train_and_evaluate(config, workdir, data, writer)
+  if FLAGS.mode == "train_and_evaluate":  # as main.py: restores the newest checkpoint
     evaluate.evaluate(config, workdir, data, writer)
   writer.close()
 
@@ -57,7 +56,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "gs://bucket/run")
   flags.DEFINE_string("tensorboard", None, "A local folder for the metric writer.")
   flags.DEFINE_string("data_dir", None, "The tfds data dir of synthetic_cxr/tiny.")
-  flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "What to run.")
+  flags.DEFINE_enum("mode", "train", ["train", "train_and_evaluate"], "What to run.")
   flags.DEFINE_integer("num_steps", 4, "Steps to train to.")
   flags.DEFINE_integer("kill_after_checkpoint", None, "SIGKILL after this step's checkpoint.")
   app.run(main)

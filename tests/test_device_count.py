@@ -1,6 +1,6 @@
-"""Any device count: sizes that round to the devices, and the tiny step over 16 devices."""
+"""Any device count: sizes that round to the devices, and the tiny step (16 px, frontal and text)
+over 16 devices."""
 
-import os
 import subprocess
 import sys
 
@@ -26,11 +26,13 @@ def test_per_device_batch_decides_the_global_batch_and_grids_round_up():
 
 
 _SIXTEEN_DEVICES = """
+import sys
+sys.path.insert(0, "tests")
+from conftest import small_config  # also the suite's compile settings and cache
 import jax, numpy as np
-from configs import tiny
 from mopoe_jax import model as model_lib, programs, sharding, step as step_lib
 assert jax.device_count() == 16, jax.devices()
-config = tiny.get_config()
+config = small_config(modalities=("frontal", "text"))
 config.train.per_device_batch_size = 2
 config.train.compilation_cache = False
 config = step_lib.for_devices(config, jax.device_count())
@@ -60,4 +62,4 @@ def test_the_tiny_train_step_lowers_and_compiles_over_16_devices():
   assert out.returncode == 0, out.stderr[-4000:]
   assert "BATCH 32 GRID 16" in out.stdout
   assert "ALL_REDUCE True" in out.stdout  # gradients and BatchNorm statistics over 16 devices
-  assert "ROWS_PER_DEVICE (2, 32, 32, 1)" in out.stdout  # each device holds its 2 rows
+  assert "ROWS_PER_DEVICE (2, 16, 16, 1)" in out.stdout  # each device holds its 2 rows

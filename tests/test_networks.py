@@ -215,16 +215,16 @@ def test_text_logits_stay_float32_unless_asked_otherwise():
 
 
 def _losses_of_50_steps(compute_dtype: str) -> np.ndarray:
-  """50 train_step calls of the small three-modality model (16 px, 16 tokens), cycling over 5
+  """50 train_step calls of the small frontal + text model (16 px, 16 tokens), cycling over 5
   fixed random batches of 16, from the same initial state (parameters are float32 either way)."""
   from mopoe_jax import step as step_lib  # pylint: disable=g-import-not-at-top
-  c = small_config()
+  c = small_config(modalities=("frontal", "text"))
   c.model.update(compute_dtype=compute_dtype, conv_impl="xla")
   m = model_lib.create_model(c, vocab_size=50)
   rng = np.random.default_rng(0)
   b, s = 16, c.data.image_size
   batches = [{"frontal": rng.integers(0, 256, size=(b, s, s, 1)).astype(np.uint8),
-              "lateral": rng.integers(0, 256, size=(b, s, s, 1)).astype(np.uint8),
+              "lateral": np.zeros((b, s, s, 1), np.uint8),
               "text": rng.integers(0, 50, size=(b, s)).astype(np.int32),
               "available": np.ones((b, 3), bool)} for _ in range(5)]
   state = jax.jit(lambda r: step_lib.init_state(m, c, r))(jax.random.PRNGKey(0))
@@ -241,12 +241,15 @@ def _losses_of_50_steps(compute_dtype: str) -> np.ndarray:
 def test_50_bfloat16_steps_follow_the_float32_loss():
   """Tolerance: the relative difference of the two losses averages <= 0.5% over the 50 steps
   and is <= 10% at every step, and both fall by the same fraction within 1% (measured here, on
-  the CPU: mean 0.12%, at most 4.3% at one step, falls 0.575 vs 0.575)."""
+  the CPU: mean 0.04%, at most 0.36%, falls 0.555 vs 0.554; with all three modalities: mean
+  0.12%, 4.3% at one step)."""
   f32, bf16 = _losses_of_50_steps("float32"), _losses_of_50_steps("bfloat16")
   assert np.isfinite(bf16).all()
   relative = np.abs(bf16 - f32) / np.abs(f32)
   assert relative.mean() <= 0.005 and relative.max() <= 0.10, relative
   fall_f32, fall_bf16 = f32[-5:].mean() / f32[:5].mean(), bf16[-5:].mean() / bf16[:5].mean()
+  print(f"relative difference: mean {relative.mean():.5f}, max {relative.max():.4f}; "
+        f"falls {fall_f32:.4f} (float32), {fall_bf16:.4f} (bfloat16)")
   assert fall_f32 < 0.8 and abs(fall_bf16 - fall_f32) <= 0.01, (fall_f32, fall_bf16)
 
 
