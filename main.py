@@ -10,8 +10,8 @@ report.txt); README, "Use a trained model".
 
 On several hosts, the same command on each: under SLURM, Open MPI or on a Cloud TPU slice
 jax.distributed starts by itself; elsewhere add the coordinator's address, the number of
-processes and each one's id (docs/training.md#training-on-several-hosts). Every config field can be overridden, e.g.
---config.train.batch_size=128.
+processes and each one's id (docs/training.md#training-on-several-hosts). Every config field
+can be overridden, e.g. --config.train.batch_size=128.
 """
 
 import logging as logging_std

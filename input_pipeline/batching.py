@@ -14,8 +14,8 @@ into fixed-shape batches for a data-parallel jitted step:
 Strings (report, study_id) and builder-specific extras are dropped. ``b`` is the per-process
 batch: the global batch divided by the number of processes;
 `mopoe_jax.sharding.to_global_batch` assembles the processes' batches into one global array per
-key, sharded over the mesh axis ``'data'``. Nothing here touches devices: TensorFlow is kept off the accelerators by the entry point
-(main.py).
+key, sharded over the mesh axis ``'data'``. Nothing here touches devices: TensorFlow is kept off
+the accelerators by the entry point (main.py).
 
 Fields read from ``data_config`` (an ml_collections ConfigDict; configs/default.py documents
 them all):

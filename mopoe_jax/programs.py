@@ -39,11 +39,13 @@ _LOOP_ONLY_FIELDS = (
     "data.eval_split", "data.test_split", "data.shuffle_buffer_size", "data.prefetch",
     "data.require_complete",
     "train.seed", "train.per_device_batch_size", "train.num_epochs", "train.num_steps",
-    "train.log_every_steps", "train.eval_every_steps", "train.eval_batches", "train.checkpoint_every_steps",
-    "train.keep_checkpoints", "train.plateau_factor", "train.plateau_patience",
+    "train.log_every_steps", "train.eval_every_steps", "train.eval_batches",
+    "train.checkpoint_every_steps", "train.keep_checkpoints", "train.plateau_factor",
+    "train.plateau_patience",
     "train.plateau_min_scale", "train.multihost", "train.coordinator_address",
     "train.num_processes", "train.process_id", "train.allow_data_order_change",
-    "train.image_grid_studies", "train.compilation_cache", "train.compilation_cache_dir",
+    "train.image_grid_studies", "train.profile_steps", "train.compilation_cache",
+    "train.compilation_cache_dir",
 )
 
 

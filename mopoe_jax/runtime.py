@@ -91,10 +91,17 @@ def _count(value) -> int:
 def _tpu_chips_present(pci="/sys/bus/pci/devices") -> bool:
   """True on a Cloud TPU VM: a PCI device of Google's vendor id, as JAX's own TPU check."""
   try:
-    return any(open(os.path.join(pci, d, "vendor")).read().strip() == "0x1ae0"
-               for d in os.listdir(pci))
+    devices = os.listdir(pci)
   except OSError:
     return False
+  for device in devices:
+    try:
+      with open(os.path.join(pci, device, "vendor")) as f:
+        if f.read().strip() == "0x1ae0":
+          return True
+    except OSError:  # a device without a readable vendor file
+      continue
+  return False
 
 
 def multihost_setting(value) -> str:

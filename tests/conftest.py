@@ -91,7 +91,8 @@ _loaded = {}
 
 
 def load_data(config):
-  """The data source of ``config.data`` (`input_pipeline.tfds_source.load`), loaded once per session."""
+  """The data source of ``config.data`` (`input_pipeline.tfds_source.load`), loaded once per
+  session."""
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
   key = config.data.to_json()
   if key not in _loaded:

@@ -23,7 +23,8 @@ def main(argv):
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from conftest import two_device_config  # pylint: disable=g-import-not-at-top
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
-  from mopoe_jax import checkpointing, evaluate, paths, runtime, train  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from mopoe_jax import checkpointing, evaluate, paths, runtime, train
   logging.info("XLA_FLAGS=%s", runtime.apply_defaults())
   config = two_device_config(FLAGS.data_dir, num_steps=FLAGS.num_steps)
   config.train.compilation_cache_dir = paths.join(FLAGS.workdir, "xla_cache")

@@ -46,7 +46,8 @@ def emulator(tmp_path_factory):
   # Its log goes to a file: a pipe nobody reads fills up and stalls the server.
   log = open(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log", "wb")
   server = subprocess.Popen(
-      [str(_server._get_binary_path()), "-scheme", "http", "-backend", "memory",  # pylint: disable=protected-access
+      [str(_server._get_binary_path()),  # pylint: disable=protected-access
+       "-scheme", "http", "-backend", "memory",
        "-host", "127.0.0.1", "-port", str(port), "-external-url", url, "-log-level", "warn"],
       stdout=log, stderr=log)
   try:

@@ -303,7 +303,7 @@ def test_the_stored_steps_key_follows_the_config_with_only_loop_fields_left_out(
   """A field added to the optimizer (or any other not known to steer only the loop) changes the
   key of the stored train step, so a restart traces it again instead of loading a stale one."""
   base = tiny_config("/nowhere")
-  loop_only = tiny_config("/elsewhere", num_steps=7, log_every_steps=3, seed=5)
+  loop_only = tiny_config("/elsewhere", num_steps=7, log_every_steps=3, seed=5, profile_steps=4)
   loop_only.eval.probe_repeats = 1
   changed = tiny_config("/nowhere", b2=0.99)
   added = tiny_config("/nowhere")
