@@ -22,6 +22,7 @@ from jax import export as jax_export
 import ml_collections
 
 from mopoe_jax import model as model_lib, step as step_lib
+from mopoe_jax.datasource import MODEL_KEYS
 
 PROGRAMS = ("init", "train_step", "eval_step")
 
@@ -40,7 +41,7 @@ def export_programs(config: ml_collections.ConfigDict, vocab_size: int, platform
   init = jax.jit(functools.partial(step_lib.init_state, model, config))
   state = jax.eval_shape(init, rng)
   batch = _abstract({k: v for k, v in model_lib.dummy_batch(config, batch_size).items()
-                     if k in ("frontal", "lateral", "text", "available")})
+                     if k in MODEL_KEYS})
   eval_batch = dict(batch, valid=jax.ShapeDtypeStruct((batch_size,), jax.numpy.bool_))
   lower = functools.partial(jax_export.export, platforms=(platform,))
   return {

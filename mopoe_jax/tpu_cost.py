@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from mopoe_jax import model as model_lib, sharding, speed, step as step_lib
+from mopoe_jax.datasource import MODEL_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ def cost_step(config: ml_collections.ConfigDict, vocab_size: int, slice_name: st
                                            jax.random.PRNGKey(0)), replicated)
   global_batch = per_chip_batch * len(devices)
   batch = sharding.abstract({k: v for k, v in model_lib.dummy_batch(config, global_batch).items()
-                             if k in ("frontal", "lateral", "text", "available")}, sharded)
+                             if k in MODEL_KEYS}, sharded)
   rng = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=replicated)
   jitted = jax.jit(functools.partial(step_lib.train_step, model=model, step_config=step_config),
                    in_shardings=(replicated, sharded, replicated),
