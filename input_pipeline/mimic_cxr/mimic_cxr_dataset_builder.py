@@ -23,31 +23,22 @@ none). The text vocabulary (from the train split only) is stored in the dataset 
 Nothing vanishes silently: ``skip_report_<split>.csv`` beside the dataset's files lists every
 study of the split CSV that was not written and every file that could not be used (columns
 split, subject_id, study_id, dicom_id, reason, outcome; the reasons and outcomes are the
-constants of ``input_pipeline.mimic_cxr.selection``); the counts are logged at the end of each
+constants of ``input_pipeline.study_writer``); the counts are logged at the end of each
 split and kept in ``info.metadata["skipped"]``.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import csv
 import dataclasses
-import functools
-import io
-import os
-import time
-from typing import Callable, Iterable, Iterator
 
-import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
 from input_pipeline import features
 from mopoe_jax import text as text_lib
-from mopoe_jax import images
 from mopoe_jax import reports
+from input_pipeline import study_writer
 from input_pipeline.mimic_cxr import selection
 
 _DESCRIPTION = """\
@@ -134,7 +125,7 @@ class MimicCxrConfig(tfds.core.BuilderConfig):
   """
   image_size: int = 128
   text_length: int = 128
-  selection: str = selection.PAPER
+  selection: str = study_writer.PAPER
   label_source: str = "chexpert"
   section: str = reports.FINDINGS
   min_count: int = 3
@@ -148,9 +139,9 @@ class MimicCxrConfig(tfds.core.BuilderConfig):
     if self.text_length < 2:
       raise ValueError(
           f"text_length must be at least 2 (one word and <eos>), got {self.text_length}.")
-    if self.selection not in selection.SELECTIONS:
+    if self.selection not in study_writer.SELECTIONS:
       raise ValueError(
-          f"Unknown selection {self.selection!r}; expected one of {selection.SELECTIONS}.")
+          f"Unknown selection {self.selection!r}; expected one of {study_writer.SELECTIONS}.")
     if self.label_source not in selection.LABEL_CSVS:
       raise ValueError(f"Unknown label_source {self.label_source!r}; expected one of "
                        f"{tuple(selection.LABEL_CSVS)}.")
@@ -162,105 +153,9 @@ class MimicCxrConfig(tfds.core.BuilderConfig):
       raise ValueError(f"num_workers must be positive or None, got {self.num_workers}.")
 
 
-def default_num_workers() -> int:
-  return min(32, 2 * (os.cpu_count() or 1))
-
-
-def make_example(
-    study: selection.SelectedStudy,
-    split: str,
-    image_size: int,
-    text_length: int,
-    vocabulary: text_lib.Vocabulary,
-    require_all: bool,
-) -> tuple[dict | None, list[selection.SkipRow]]:
-  """Loads one selected study: (the example, or None where the study is skipped; its skip rows).
-
-  For each view the candidates are tried in order; the first that decodes is used. With
-  ``require_all`` (the paper selection) a study lacking any modality is skipped; otherwise the
-  missing modality is marked unavailable (zeros / all <pad>), and only a study left with no
-  modality at all is skipped.
-  """
-  def row(dicom_id: str, reason: str, outcome: str) -> selection.SkipRow:
-    return selection.SkipRow(split, study.subject_id, study.study_id, dicom_id, reason, outcome)
-
-  rows = []
-  loaded, used = {}, {}
-  for view, candidates in (("frontal", study.frontal), ("lateral", study.lateral)):
-    failures = []
-    for image in candidates:
-      try:
-        loaded[view] = images.load_image(image.path, image_size)
-      except FileNotFoundError:
-        failures.append((image.dicom_id, selection.IMAGE_MISSING))
-      except images.IMAGE_ERRORS as e:
-        logging.warning("Study %s: cannot decode %s (%s: %s).",
-                        study.study_id, image.path, type(e).__name__, e)
-        failures.append((image.dicom_id, selection.IMAGE_UNREADABLE))
-      else:
-        used[view] = image.dicom_id
-        break
-    outcome = (selection.OTHER_IMAGE_USED if view in loaded
-               else selection.MODALITY_UNAVAILABLE)
-    rows.extend(row(dicom_id, reason, outcome) for dicom_id, reason in failures)
-  if study.report_missing:
-    rows.append(row("", selection.REPORT_MISSING, selection.MODALITY_UNAVAILABLE))
-
-  available = np.asarray(["frontal" in loaded, "lateral" in loaded, bool(study.text)])
-  if not available.any() or (require_all and not available.all()):
-    rows = [dataclasses.replace(r, outcome=selection.STUDY_SKIPPED)
-            if r.outcome == selection.MODALITY_UNAVAILABLE else r for r in rows]
-    if not rows:  # all_studies: nothing was listed, nothing could be used.
-      rows.append(row("", selection.NO_MODALITY, selection.STUDY_SKIPPED))
-    return None, rows
-
-  if study.labels is None:
-    labels = np.full((len(features.LABELS),), np.nan, dtype=np.float32)
-    rows.append(row("", selection.LABELS_MISSING, selection.KEPT))
-  else:
-    labels = study.labels
-  blank = np.zeros((image_size, image_size, 1), dtype=np.uint8)
-  if study.text:
-    ids = vocabulary.encode(study.text, text_length)
-  else:
-    ids = np.full((text_length,), text_lib.PAD_ID, dtype=np.int32)
-  example = {
-      "frontal": loaded.get("frontal", blank),
-      "lateral": loaded.get("lateral", blank),
-      "text": ids,
-      "report": study.text,
-      "available": available,
-      "labels": labels,
-      "finding": features.finding_from_labels(labels),
-      "study_id": study.study_id,
-      "subject_id": study.subject_id,
-      "frontal_dicom_id": used.get("frontal", ""),
-      "lateral_dicom_id": used.get("lateral", ""),
-  }
-  return example, rows
-
-
-def _ordered_map(
-    pool: concurrent.futures.Executor, fn: Callable, items: Iterable, window: int,
-) -> Iterator:
-  """fn over items in the pool, results in input order, at most ``window`` in flight."""
-  pending = collections.deque()
-  for item in items:
-    pending.append(pool.submit(fn, item))
-    if len(pending) >= window:
-      yield pending.popleft().result()
-  while pending:
-    yield pending.popleft().result()
-
-
-def write_skip_report(path: epath.Path, rows: Iterable[selection.SkipRow]) -> None:
-  """Writes the skip report CSV (columns selection.SKIP_REPORT_COLUMNS)."""
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(selection.SKIP_REPORT_COLUMNS)
-  for r in rows:
-    writer.writerow([getattr(r, c) for c in selection.SKIP_REPORT_COLUMNS])
-  path.write_text(buffer.getvalue())
+def _extra_features(study: study_writer.SelectedStudy, used: dict[str, str]) -> dict:
+  return {"subject_id": study.subject_id, "frontal_dicom_id": used.get("frontal", ""),
+          "lateral_dicom_id": used.get("lateral", "")}
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -274,12 +169,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           name="paper",
           description="The paper's selection: PA + lateral + non-empty FINDINGS, 128 px, "
                       "128 tokens, CheXpert labels.",
-          image_size=128, text_length=128, selection=selection.PAPER),
+          image_size=128, text_length=128, selection=study_writer.PAPER),
       MimicCxrConfig(
           name="all_studies",
           description="Every study with at least one of a PA image, a lateral image and a "
                       "non-empty FINDINGS section, 128 px, 128 tokens; `available` says which.",
-          image_size=128, text_length=128, selection=selection.ALL_STUDIES),
+          image_size=128, text_length=128, selection=study_writer.ALL_STUDIES),
   ]
   DEFAULT_CONFIG_NAME = "paper"
 
@@ -302,7 +197,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     manual_dir = epath.Path(dl_manager.manual_dir)
     paths = selection.check_manual_dir(manual_dir, config.label_source)
-    num_workers = config.num_workers or default_num_workers()
+    num_workers = config.num_workers or study_writer.default_num_workers()
 
     split_of = selection.read_split(paths[selection.SPLIT_CSV])
     studies, view_counts = selection.read_studies(
@@ -335,76 +230,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         "frontal_views": list(config.frontal_views),
         "lateral_views": list(config.lateral_views),
     }
-    self.info.metadata["skipped"] = {}
-    self._summaries = {}
+    writer = study_writer.SplitWriter(
+        self, "mimic_cxr", selection.SKIP_REPORT_COLUMNS, extra_features=_extra_features)
     return {
-        split: self._generate_examples(
-            split=split, studies=selected[split], skipped=skipped[split],
-            listed=len(studies[split]), vocabulary=vocabulary, num_workers=num_workers)
+        split: self._generate_examples(writer.examples(
+            split, selected[split], skipped[split], listed=len(studies[split]),
+            vocabulary=vocabulary, num_workers=num_workers))
         for split in selection.SPLITS.values()
     }
 
-  def _generate_examples(
-      self,
-      split: str,
-      studies: list[selection.SelectedStudy],
-      skipped: list[selection.SkipRow],
-      listed: int,
-      vocabulary: text_lib.Vocabulary,
-      num_workers: int,
-  ):
-    """Yields (study_id, example) in study id order; images decode in a thread pool."""
-    config = self.builder_config
-    rows = list(skipped)
-    written = 0
-    available = np.zeros(len(features.MODALITIES), dtype=np.int64)
-    impression = 0
-    load = functools.partial(
-        make_example, split=split, image_size=config.image_size,
-        text_length=config.text_length, vocabulary=vocabulary,
-        require_all=config.selection == selection.PAPER)
-    start = last_log = time.monotonic()
-    try:
-      with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-        results = _ordered_map(pool, load, studies, window=4 * num_workers)
-        for done, (study, (example, study_rows)) in enumerate(zip(studies, results), start=1):
-          rows.extend(study_rows)
-          if example is not None:
-            written += 1
-            available += example["available"]
-            impression += study.text_source == "impression"
-            yield study.study_id, example
-          now = time.monotonic()
-          if now - last_log >= 30 or done == len(studies):
-            last_log = now
-            rate = done / max(now - start, 1e-9)
-            logging.info("mimic_cxr %s: %d/%d studies loaded (%.0f/s, ETA %.0f s).",
-                         split, done, len(studies), rate, (len(studies) - done) / rate)
-    finally:
-      self._finish_split(split, rows, listed, written, available, impression)
-
-  def _finish_split(self, split, rows, listed, written, available, impression) -> None:
-    """Writes the skip report, logs the counts, keeps them in the metadata."""
-    path = epath.Path(self.data_dir) / f"skip_report_{split}.csv"
-    write_skip_report(path, rows)
-    # While tfds writes, data_dir is a temporary sibling of the final version directory.
-    final_path = path.parent.parent / str(self.info.version) / path.name
-    counts = collections.Counter(f"{r.reason}/{r.outcome}" for r in rows)
-    skipped_studies = len({r.study_id for r in rows if r.outcome == selection.STUDY_SKIPPED})
-    self.info.metadata["skipped"][split] = {
-        "listed": listed, "written": written, "skipped_studies": skipped_studies,
-        "counts": dict(sorted(counts.items())),
-    }
-    logging.info(
-        "mimic_cxr/%s %s: wrote %d of %d studies (available: frontal %d, lateral %d, text %d; "
-        "text from IMPRESSION %d); skipped %d studies; skip report rows by reason/outcome: %s; "
-        "skip report: %s", self.builder_config.name, split, written, listed, *available.tolist(),
-        impression, skipped_studies, dict(sorted(counts.items())) or "none", final_path)
-    self._summaries[split] = (written, listed, counts)
-    if len(self._summaries) == len(selection.SPLITS):
-      total = sum((c for _, _, c in self._summaries.values()), collections.Counter())
-      logging.info(
-          "mimic_cxr/%s build done: wrote %s studies; skip report rows by reason/outcome: %s.",
-          self.builder_config.name,
-          ", ".join(f"{s} {w} of {n}" for s, (w, n, _) in self._summaries.items()),
-          dict(sorted(total.items())) or "none")
+  def _generate_examples(self, examples):
+    """(study_id, example) pairs of one split, in study id order (`SplitWriter.examples`)."""
+    yield from examples

@@ -38,6 +38,8 @@ from absl import logging
 from etils import epath
 
 from input_pipeline import features
+from input_pipeline import study_writer
+from input_pipeline.study_writer import ImageFile, SelectedStudy, SkipRow
 from mopoe_jax import reports
 
 # Files of the manual dir.
@@ -68,33 +70,8 @@ LABEL_COLUMNS = ("subject_id", "study_id") + features.LABELS
 # Split names of the split CSV -> tfds split names.
 SPLITS = {"train": "train", "validate": "validation", "test": "test"}
 
-# Selection modes.
-PAPER = "paper"
-ALL_STUDIES = "all_studies"
-SELECTIONS = (PAPER, ALL_STUDIES)
-
-# Reasons in the skip report.
-NO_FRONTAL = "no_frontal"              # no image of a frontal view position listed
-NO_LATERAL = "no_lateral"              # no image of a lateral view position listed
-REPORT_MISSING = "report_missing"      # no report file for the study
-SECTION_EMPTY = "section_empty"        # the report has no (non-empty) configured section
-NO_MODALITY = "no_modality"            # all_studies: nothing usable left
-IMAGE_MISSING = "image_missing"        # listed in the metadata, no file
-IMAGE_UNREADABLE = "image_unreadable"  # the file does not decode (truncated, corrupt)
-LABELS_MISSING = "labels_missing"      # not in the label CSV: labels all NaN
-# Outcomes in the skip report.
-STUDY_SKIPPED = "study_skipped"                # the study is not in the dataset
-MODALITY_UNAVAILABLE = "modality_unavailable"  # written with that modality marked unavailable
-OTHER_IMAGE_USED = "other_image_used"          # a later image of the same view was used
-KEPT = "kept"                                  # written as it is (labels_missing)
-
+# The skip report's columns: study_writer.SkipRow's fields, the image id named as in MIMIC.
 SKIP_REPORT_COLUMNS = ("split", "subject_id", "study_id", "dicom_id", "reason", "outcome")
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageFile:
-  dicom_id: str
-  path: str                        # files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg in the manual dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,29 +82,6 @@ class Study:
   split: str                       # tfds split name
   frontal: tuple[ImageFile, ...]
   lateral: tuple[ImageFile, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class SelectedStudy:
-  """A study that passed the selection; its images are loaded while the split is written."""
-  study_id: str
-  subject_id: str
-  frontal: tuple[ImageFile, ...]
-  lateral: tuple[ImageFile, ...]
-  text: str                        # the lower-cased section; "" where the text is unavailable
-  text_source: str                 # "findings", "impression" or ""
-  report_missing: bool             # no report file (all_studies; listed in the skip report)
-  labels: np.ndarray | None        # float32 [14]; None where the study is not in the label CSV
-
-
-@dataclasses.dataclass(frozen=True)
-class SkipRow:
-  split: str
-  subject_id: str
-  study_id: str
-  dicom_id: str                    # "" where the row is about the study or its report
-  reason: str
-  outcome: str
 
 
 def check_manual_dir(manual_dir: epath.Path, label_source: str) -> dict[str, epath.Path]:
@@ -358,23 +312,24 @@ def select_studies(
   Raises:
     FileNotFoundError: not one report was found (neither the zip nor the unpacked reports).
   """
-  if selection not in SELECTIONS:
-    raise ValueError(f"Unknown selection {selection!r}; expected one of {SELECTIONS}.")
+  if selection not in study_writer.SELECTIONS:
+    raise ValueError(
+        f"Unknown selection {selection!r}; expected one of {study_writer.SELECTIONS}.")
   selected, skipped = {}, {}
   reports_wanted = reports_found = 0
   for split, split_studies in studies.items():
     selected[split], skipped[split] = [], []
 
-    def skip(study: Study, reason: str, outcome: str = STUDY_SKIPPED) -> None:
+    def skip(study: Study, reason: str, outcome: str = study_writer.STUDY_SKIPPED) -> None:
       skipped[split].append(SkipRow(split, study.subject_id, study.study_id, "", reason, outcome))
 
-    if selection == PAPER:
+    if selection == study_writer.PAPER:
       with_images = []
       for study in split_studies:
         if not study.frontal:
-          skip(study, NO_FRONTAL)
+          skip(study, study_writer.NO_FRONTAL)
         elif not study.lateral:
-          skip(study, NO_LATERAL)
+          skip(study, study_writer.NO_LATERAL)
         else:
           with_images.append(study)
       split_studies = with_images
@@ -384,11 +339,12 @@ def select_studies(
 
     for study, found in zip(split_studies, texts):
       text, source = found if found is not None else ("", "")
-      if selection == PAPER and not text:
-        skip(study, REPORT_MISSING if found is None else SECTION_EMPTY)
+      if selection == study_writer.PAPER and not text:
+        skip(study, (study_writer.REPORT_MISSING if found is None
+                     else study_writer.SECTION_EMPTY))
         continue
-      if selection == ALL_STUDIES and not (study.frontal or study.lateral or text):
-        skip(study, NO_MODALITY)
+      if selection == study_writer.ALL_STUDIES and not (study.frontal or study.lateral or text):
+        skip(study, study_writer.NO_MODALITY)
         continue
       selected[split].append(SelectedStudy(
           study_id=study.study_id, subject_id=study.subject_id, frontal=study.frontal,
