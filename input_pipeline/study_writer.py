@@ -21,7 +21,7 @@ import functools
 import io
 import os
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from absl import logging
@@ -63,6 +63,15 @@ class ImageFile:
 
 
 @dataclasses.dataclass(frozen=True)
+class CandidateStudy:
+  """A study of the collection with its candidate images of each view, best first."""
+  study_id: str
+  subject_id: str
+  frontal: tuple[ImageFile, ...]
+  lateral: tuple[ImageFile, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class SelectedStudy:
   """A study that passed the selection; its images are loaded while the split is written."""
   study_id: str
@@ -83,6 +92,62 @@ class SkipRow:
   image_id: str                    # "" where the row is about the study or its report
   reason: str
   outcome: str
+
+
+def select_split(
+    split: str,
+    studies: Sequence[CandidateStudy],
+    read_texts: Callable[[Sequence[CandidateStudy]], list[tuple[str, str] | None]],
+    labels: Mapping[str, np.ndarray],
+    selection: str,
+) -> tuple[list[SelectedStudy], list[SkipRow], tuple[int, int]]:
+  """Applies the selection rule to the studies of one split.
+
+  Args:
+    split: the tfds split name (for the skip rows).
+    studies: the split's studies, in the order they are written.
+    read_texts: the (text, source) of each study's configured section (`reports.section_text`),
+      or None where the study has no report; called once, only for the studies that need it
+      (under the paper rule, those with a frontal and a lateral image).
+    labels: study_id -> float32 [14]; a study without an entry gets None (labels_missing).
+    selection: PAPER or ALL_STUDIES.
+
+  Returns:
+    (selected, skipped, (reports wanted, reports found)): the studies to write, in order; a
+    SkipRow for every study the rule excluded (a missing report of a selected study is listed
+    when the split is written, with its outcome).
+  """
+  if selection not in SELECTIONS:
+    raise ValueError(f"Unknown selection {selection!r}; expected one of {SELECTIONS}.")
+  selected, skipped = [], []
+
+  def skip(study: CandidateStudy, reason: str) -> None:
+    skipped.append(SkipRow(split, study.subject_id, study.study_id, "", reason, STUDY_SKIPPED))
+
+  if selection == PAPER:
+    with_images = []
+    for study in studies:
+      if not study.frontal:
+        skip(study, NO_FRONTAL)
+      elif not study.lateral:
+        skip(study, NO_LATERAL)
+      else:
+        with_images.append(study)
+    studies = with_images
+  texts = read_texts(studies)
+  for study, found in zip(studies, texts):
+    text, source = found if found is not None else ("", "")
+    if selection == PAPER and not text:
+      skip(study, REPORT_MISSING if found is None else SECTION_EMPTY)
+      continue
+    if selection == ALL_STUDIES and not (study.frontal or study.lateral or text):
+      skip(study, NO_MODALITY)
+      continue
+    selected.append(SelectedStudy(
+        study_id=study.study_id, subject_id=study.subject_id, frontal=study.frontal,
+        lateral=study.lateral, text=text, text_source=source, report_missing=found is None,
+        labels=labels.get(study.study_id)))
+  return selected, skipped, (len(studies), sum(t is not None for t in texts))
 
 
 def default_num_workers() -> int:

@@ -7,6 +7,7 @@ TensorFlow-free (PIL and numpy), so that a trained model can be used without it.
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import numpy as np
 from etils import epath
@@ -40,7 +41,18 @@ def _grayscale(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: os.PathLike | str, size: int) -> np.ndarray:
-  """Reads a radiograph: 8-bit grayscale, centre crop to square, antialiased resize.
+  """Reads a radiograph file (local or gs://): `decode_image` of its bytes.
+
+  Raises:
+    FileNotFoundError: no file at ``path``.
+    ImageTooLarge, or one of IMAGE_ERRORS: as `decode_image`.
+  """
+  with epath.Path(path).open("rb") as f:
+    return decode_image(f, size)
+
+
+def decode_image(file: BinaryIO, size: int) -> np.ndarray:
+  """Decodes a radiograph: 8-bit grayscale, centre crop to square, antialiased resize.
 
   The JPEG decoder first scales down in the DCT domain (``Image.draft``) to no less than twice
   ``size`` on the short side, which averages 8x8 blocks and so is itself antialiased and saves
@@ -48,25 +60,25 @@ def load_image(path: os.PathLike | str, size: int) -> np.ndarray:
   to ``size``.
 
   Args:
-    path: a JPEG or PNG (any format PIL reads), any size, 8 or 16 bits, any colour mode.
+    file: an open binary file (or a file-like object such as an archive member or
+      ``io.BytesIO``) of a JPEG or PNG (any format PIL reads), any size, 8 or 16 bits, any
+      colour mode.
     size: the side of the output.
 
   Returns:
     uint8 [size, size, 1].
 
   Raises:
-    FileNotFoundError: no file at ``path``.
     ImageTooLarge: more than MAX_PIXELS pixels (nothing decoded).
     One of IMAGE_ERRORS: the file is not a readable image (truncated, corrupt).
   """
-  with epath.Path(path).open("rb") as f:
-    image = Image.open(f)
-    width, height = image.size
-    if width * height > MAX_PIXELS:
-      raise ImageTooLarge(f"{width} x {height} pixels is more than the {MAX_PIXELS:,} this "
-                          "reader decodes (MAX_PIXELS); scale it down first")
-    image.draft("L", (2 * size, 2 * size))  # JPEG only: a no-op for other formats
-    image = _grayscale(image)  # Decodes the whole file: a truncated one raises OSError here.
+  image = Image.open(file)
+  width, height = image.size
+  if width * height > MAX_PIXELS:
+    raise ImageTooLarge(f"{width} x {height} pixels is more than the {MAX_PIXELS:,} this "
+                        "reader decodes (MAX_PIXELS); scale it down first")
+  image.draft("L", (2 * size, 2 * size))  # JPEG only: a no-op for other formats
+  image = _grayscale(image)  # Decodes the whole file: a truncated one raises OSError here.
   width, height = image.size
   side = min(width, height)
   left, top = (width - side) // 2, (height - side) // 2

@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import csv
-import dataclasses
 import gzip
 import io
 import math
@@ -39,7 +38,7 @@ from etils import epath
 
 from input_pipeline import features
 from input_pipeline import study_writer
-from input_pipeline.study_writer import ImageFile, SelectedStudy, SkipRow
+from input_pipeline.study_writer import CandidateStudy, ImageFile, SelectedStudy, SkipRow
 from mopoe_jax import reports
 
 # Files of the manual dir.
@@ -72,16 +71,6 @@ SPLITS = {"train": "train", "validate": "validation", "test": "test"}
 
 # The skip report's columns: study_writer.SkipRow's fields, the image id named as in MIMIC.
 SKIP_REPORT_COLUMNS = ("split", "subject_id", "study_id", "dicom_id", "reason", "outcome")
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-  """A study of the split CSV with its candidate images, best first."""
-  study_id: str
-  subject_id: str
-  split: str                       # tfds split name
-  frontal: tuple[ImageFile, ...]
-  lateral: tuple[ImageFile, ...]
 
 
 def check_manual_dir(manual_dir: epath.Path, label_source: str) -> dict[str, epath.Path]:
@@ -190,13 +179,13 @@ def read_studies(
     files_dir: epath.Path,
     frontal_views: Sequence[str],
     lateral_views: Sequence[str],
-) -> tuple[dict[str, list[Study]], collections.Counter]:
+) -> tuple[dict[str, list[CandidateStudy]], collections.Counter]:
   """The studies of each split with their frontal and lateral candidates, sorted by study id.
 
   Returns:
-    (studies, counts): studies[tfds split] -> list of Study; counts of metadata rows by view
-    ("frontal", "lateral", "other_view") and "not_in_split" (rows whose study is not in the
-    split CSV; ignored).
+    (studies, counts): studies[tfds split] -> list of CandidateStudy; counts of metadata rows by
+    view ("frontal", "lateral", "other_view") and "not_in_split" (rows whose study is not in
+    the split CSV; ignored).
   """
   candidates = collections.defaultdict(lambda: ([], []))  # study_id -> (frontal, lateral)
   counts = collections.Counter()
@@ -225,8 +214,8 @@ def read_studies(
   for study_id in sorted(split_of, key=lambda s: (len(s), s)):
     subject_id, split = split_of[study_id]
     frontal, lateral = candidates.get(study_id, ([], []))
-    studies[split].append(Study(
-        study_id=study_id, subject_id=subject_id, split=split,
+    studies[split].append(CandidateStudy(
+        study_id=study_id, subject_id=subject_id,
         frontal=tuple(image for _, image in sorted(frontal, key=lambda c: c[0])),
         lateral=tuple(image for _, image in sorted(lateral, key=lambda c: c[0]))))
   return studies, counts
@@ -283,10 +272,10 @@ class ReportReader:
 
 
 def _read_texts(
-    studies: Sequence[Study], reader: ReportReader, section: str, num_workers: int,
+    studies: Sequence[CandidateStudy], reader: ReportReader, section: str, num_workers: int,
 ) -> list[tuple[str, str] | None]:
   """(text, source) of each study's configured section; None where the report is missing."""
-  def read(study: Study) -> tuple[str, str] | None:
+  def read(study: CandidateStudy) -> tuple[str, str] | None:
     report = reader.read(study.subject_id, study.study_id)
     return None if report is None else reports.section_text(report, section)
 
@@ -295,7 +284,7 @@ def _read_texts(
 
 
 def select_studies(
-    studies: dict[str, list[Study]],
+    studies: dict[str, list[CandidateStudy]],
     reader: ReportReader,
     labels: dict[str, np.ndarray],
     selection: str,
@@ -318,38 +307,13 @@ def select_studies(
   selected, skipped = {}, {}
   reports_wanted = reports_found = 0
   for split, split_studies in studies.items():
-    selected[split], skipped[split] = [], []
+    def read_texts(candidates: Sequence[CandidateStudy]) -> list[tuple[str, str] | None]:
+      return _read_texts(candidates, reader, section, num_workers)
 
-    def skip(study: Study, reason: str, outcome: str = study_writer.STUDY_SKIPPED) -> None:
-      skipped[split].append(SkipRow(split, study.subject_id, study.study_id, "", reason, outcome))
-
-    if selection == study_writer.PAPER:
-      with_images = []
-      for study in split_studies:
-        if not study.frontal:
-          skip(study, study_writer.NO_FRONTAL)
-        elif not study.lateral:
-          skip(study, study_writer.NO_LATERAL)
-        else:
-          with_images.append(study)
-      split_studies = with_images
-    texts = _read_texts(split_studies, reader, section, num_workers)
-    reports_wanted += len(split_studies)
-    reports_found += sum(t is not None for t in texts)
-
-    for study, found in zip(split_studies, texts):
-      text, source = found if found is not None else ("", "")
-      if selection == study_writer.PAPER and not text:
-        skip(study, (study_writer.REPORT_MISSING if found is None
-                     else study_writer.SECTION_EMPTY))
-        continue
-      if selection == study_writer.ALL_STUDIES and not (study.frontal or study.lateral or text):
-        skip(study, study_writer.NO_MODALITY)
-        continue
-      selected[split].append(SelectedStudy(
-          study_id=study.study_id, subject_id=study.subject_id, frontal=study.frontal,
-          lateral=study.lateral, text=text, text_source=source, report_missing=found is None,
-          labels=labels.get(study.study_id)))
+    selected[split], skipped[split], (wanted, found) = study_writer.select_split(
+        split, split_studies, read_texts, labels, selection)
+    reports_wanted += wanted
+    reports_found += found
   if reports_wanted and not reports_found:
     raise FileNotFoundError(
         f"Found no report for any of the {reports_wanted} studies: neither "
