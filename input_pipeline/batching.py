@@ -70,6 +70,7 @@ IMAGE_KEYS = ("frontal", "lateral")
 _BUILDER_MODULES = {
     "synthetic_cxr": "input_pipeline.synthetic_cxr",
     "mimic_cxr": "input_pipeline.mimic_cxr",
+    "iu_xray": "input_pipeline.iu_xray",
 }
 
 Batch = dict[str, np.ndarray]

@@ -38,16 +38,18 @@ def default_data_dir(data_dir: str | None) -> str:
 
 
 def rebuild_hint(name: str, dataset_dir: str, data_dir: str | None) -> str:
-  """What to run to rebuild the dataset ``name`` ('synthetic_cxr/tiny', 'mimic_cxr/paper')."""
+  """What to run to rebuild the dataset ``name`` ('synthetic_cxr/tiny', 'mimic_cxr/paper',
+  'iu_xray/paper')."""
   family = name.split("/")[0].split(":")[0]
   config = name.split("/")[1].split(":")[0] if "/" in name else None
   if family == "synthetic_cxr":
     return (f"Delete it (rm -r '{dataset_dir}') and rerun the same command: the synthetic "
             "dataset is generated again (seconds to minutes).")
-  if family == "mimic_cxr":
+  manual_dirs = {"mimic_cxr": "/path/to/mimic-cxr-jpg/2.0.0", "iu_xray": "/path/to/iu_xray"}
+  if family in manual_dirs:
     return (f"Delete it (rm -r '{dataset_dir}') and prepare it again: python -m "
-            f"input_pipeline.mimic_cxr --config={config or 'paper'} "
-            f"--manual_dir=/path/to/mimic-cxr-jpg/2.0.0 --data_dir={default_data_dir(data_dir)}")
+            f"input_pipeline.{family} --config={config or 'paper'} "
+            f"--manual_dir={manual_dirs[family]} --data_dir={default_data_dir(data_dir)}")
   return f"Delete it (rm -r '{dataset_dir}') and prepare the dataset again."
 
 

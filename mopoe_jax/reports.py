@@ -55,36 +55,43 @@ def split_sections(report: str) -> list[tuple[str, str]]:
   return sections
 
 
-def find_section(report: str, headers: tuple[str, ...]) -> str:
-  """The body of the first non-empty section whose header is in ``headers``; "" if none."""
-  for header, body in split_sections(report):
+def find_section(sections: list[tuple[str, str]], headers: tuple[str, ...]) -> str:
+  """The body of the first non-empty (header, body) pair whose header is in ``headers``; ""
+  if none."""
+  for header, body in sections:
     if header in headers and body:
       return body
   return ""
 
 
-def section_text(report: str, section: str = FINDINGS) -> tuple[str, str]:
+def choose_section(sections: list[tuple[str, str]], section: str = FINDINGS) -> tuple[str, str]:
   """The lower-cased text of the configured section and which section it came from.
 
   Args:
-    report: the whole report file.
+    sections: (upper-case header, whitespace-normalised body) pairs in order, as
+      `split_sections` returns them (or as a builder reads them from structured reports).
     section: ``"findings"`` (the FINDINGS section only) or ``"findings_or_impression"``
       (FINDINGS, or IMPRESSION where FINDINGS is absent or empty).
 
   Returns:
-    (text, source): ``text`` lower-cased and whitespace-normalised, ``source`` one of
-    ``"findings"``, ``"impression"`` or ``""`` (then ``text`` is "" too).
+    (text, source): ``text`` lower-cased, ``source`` one of ``"findings"``, ``"impression"`` or
+    ``""`` (then ``text`` is "" too).
   """
   if section not in SECTIONS:
     raise ValueError(f"Unknown report section {section!r}; expected one of {SECTIONS}.")
-  text = find_section(report, FINDINGS_HEADERS)
+  text = find_section(sections, FINDINGS_HEADERS)
   if text:
     return text.lower(), "findings"
   if section == FINDINGS_OR_IMPRESSION:
-    text = find_section(report, IMPRESSION_HEADERS)
+    text = find_section(sections, IMPRESSION_HEADERS)
     if text:
       return text.lower(), "impression"
   return "", ""
+
+
+def section_text(report: str, section: str = FINDINGS) -> tuple[str, str]:
+  """`choose_section` of a plain-text report's sections (`split_sections`)."""
+  return choose_section(split_sections(report), section)
 
 
 def user_report_text(report: str) -> str:
