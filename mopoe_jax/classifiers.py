@@ -106,6 +106,8 @@ class ImageClassifier(nn.Module):
     for width in self.widths:
       x = nn.relu(nn.Conv(width, (3, 3), strides=(2, 2))(x))
     x = x.mean(axis=(1, 2))  # [B, C]
+    if not self.num_attributes:  # a dataset without attributes (MIMIC-CXR, IU): no head
+      return nn.Dense(self.num_labels)(x), jnp.zeros((x.shape[0], 0), x.dtype)
     return nn.Dense(self.num_labels)(x), nn.Dense(self.num_attributes)(x)
 
 

@@ -272,6 +272,17 @@ def test_finding_rules_on_hand_made_labels():
 # Likelihood math on hand-made arrays.
 
 
+def test_image_classifier_without_attributes_has_no_attribute_head():
+  """MIMIC-CXR and IU X-ray have no ground-truth attributes: the coherence classifiers still
+  build (a zero-width Dense head used to fail in its initializer)."""
+  module = classifiers.ImageClassifier(widths=(4, 4), num_attributes=0)
+  images = np.zeros((3, 16, 16, 1), np.float32)
+  params = module.init(jax.random.PRNGKey(0), images)["params"]
+  logits, attributes = module.apply({"params": params}, images)
+  assert logits.shape == (3, len(classifiers.LABEL_NAMES)) and attributes.shape == (3, 0)
+  assert len(params) == 3  # two convolutions and the label head
+
+
 def test_summarize_likelihood_masks_and_averages():
   s, m, k, n = 4, 2, 3, 5
   log_lik = np.full((s, m, k, n), -2.0)
