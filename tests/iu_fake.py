@@ -143,9 +143,10 @@ def bulk_studies(count: int, seed: int = 0):
   studies = []
   for i in range(count):
     study_id = str(100 + i)
-    major = list(_BULK_FINDINGS)[i % len(_BULK_FINDINGS)]
+    kind = 0 if i % 2 == 0 else 1 + (i // 2) % (len(_BULK_FINDINGS) - 1)  # half normal
+    major = list(_BULK_FINDINGS)[kind]
     words = ". ".join(rng.sample(_BULK_FINDINGS[major], 2)) + "."
-    value = 60 + 40 * (i % len(_BULK_FINDINGS)) + rng.randrange(20)
+    value = 60 + 40 * kind + rng.randrange(20)
     studies.append((study_id, [(f"CXR{study_id}_IM-{5000 + i:04d}-1001", "Frontal", value),
                                (f"CXR{study_id}_IM-{5000 + i:04d}-2001", "Lateral", 255 - value)],
                     words, "Made-up impression.", [major]))

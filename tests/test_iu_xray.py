@@ -334,3 +334,50 @@ def test_a_trained_model_reads_the_source_files_as_the_builder_stored_them(paper
   report = tmp_path / "report.txt"
   report.write_text(f"FINDINGS: {STUDY['1'][2]}\nIMPRESSION: {STUDY['1'][3]}\n")
   assert inference.read_report(str(report)) == e["1"]["report"].decode()
+
+
+# ----------------------------------------------------------------------------------------------
+# main.py --config=configs/iu_xray.py on the fake collection.
+
+# configs/iu_xray.py (the paper's model, 128 px, 128 tokens) at minimal widths and sizes.
+_TINY_RUN = (
+    "--config.model.latent_dim=8",
+    "--config.model.image_encoder_widths=(4,4,4,4,4,4)",
+    "--config.model.image_decoder_widths=(4,4,4,4,4,4)",
+    "--config.model.text_encoder_widths=(8,8,8,8,8,8,8)",
+    "--config.model.text_decoder_widths=(8,8,8,8,8,8,8)",
+    "--config.model.conv_impl=xla",
+    "--config.train.batch_size=16", "--config.train.num_steps=12",
+    "--config.train.warmup_steps=2", "--config.train.log_every_steps=6",
+    "--config.train.eval_every_steps=12", "--config.train.checkpoint_every_steps=12",
+    "--config.train.image_grid_studies=2",
+    "--config.eval.batch_size=16", "--config.eval.probe_train_examples=40",
+    "--config.eval.probe_repeats=2", "--config.eval.probe_min_test_examples=5",
+    "--config.eval.generation_studies=2", "--config.eval.prior_samples=2",
+    "--config.eval.likelihood_samples=2", "--config.eval.likelihood_examples=4",
+    "--config.eval.likelihood_batch_size=4",
+    "--config.classifier.image_widths=(4,4,4)", "--config.classifier.text_embed=4",
+    "--config.classifier.text_widths=(4,)", "--config.classifier.num_steps=4",
+    "--config.classifier.batch_size=8", "--config.classifier.shuffle_buffer_size=32",
+)
+
+
+@pytest.mark.slow  # main.py in a subprocess: prepares, trains, evaluates
+def test_main_trains_and_evaluates_on_the_collection(tmp_path, subprocess_cache_dir):
+  from conftest import subprocess_env  # pylint: disable=g-import-not-at-top
+  manual_dir = iu_fake.write_fake_iu(str(tmp_path / "manual"),
+                                     iu_fake.STUDIES + iu_fake.bulk_studies(80))
+  workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+  command = [sys.executable, os.path.join(REPO_ROOT, "main.py"),
+             "--config=" + os.path.join(REPO_ROOT, "configs", "iu_xray.py"),
+             f"--workdir={workdir}", f"--config.data.manual_dir={manual_dir}",
+             f"--config.data.data_dir={data_dir}",
+             f"--config.train.compilation_cache_dir={subprocess_cache_dir}", *_TINY_RUN]
+  result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert "iu_xray/paper build done" in result.stderr
+  assert os.path.isdir(workdir / "checkpoints" / "12")
+  probes = (workdir / "eval" / "probes.md").read_text()
+  assert "frontal" in probes and "Finding" in probes
+  assert (workdir / "model.json").exists()
