@@ -125,6 +125,18 @@ def test_every_label_of_the_rules_is_a_label_column():
   assert {label for label, _, _ in mesh_labels.RULES} == set(features.LABELS)
 
 
+def test_the_docs_show_the_rules_as_the_code_applies_them():
+  lines = open(os.path.join(REPO_ROOT, "docs", "iu_xray.md")).read().splitlines()
+  start = lines.index("| label | MeSH major term | qualifier |")
+  rows = []
+  for line in lines[start + 2:]:
+    if not line.startswith("|"):
+      break
+    cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+    rows.append((cells[0], cells[1], None if cells[2] == "—" else cells[2]))
+  assert rows == list(mesh_labels.RULES)
+
+
 def test_split_is_deterministic_follows_the_fractions_and_the_seed():
   ids = [str(i) for i in range(1, 20001)]
   counts = collections.Counter(collection.split_of(i, 0, (0.7, 0.1, 0.2)) for i in ids)

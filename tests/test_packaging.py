@@ -35,7 +35,9 @@ def _requirements(value: str) -> set[str]:
 
 
 def _third_party_imports(paths) -> set[str]:
-  local = {"mopoe_jax", "input_pipeline", "configs", "conftest", "two_shards", "benchmarks"}
+  # The repository's packages, and the helper modules of tests/ (conftest, two_shards, ...).
+  local = {"mopoe_jax", "input_pipeline", "configs", "benchmarks"} | {
+      p.stem for p in (REPO / "tests").glob("*.py")}
   names = set()
   for path in paths:
     tree = ast.parse(path.read_text(), filename=str(path))
