@@ -18,6 +18,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import functools
+import gzip
 import io
 import os
 import time
@@ -29,6 +30,7 @@ from etils import epath
 
 from input_pipeline import features
 from mopoe_jax import images
+from mopoe_jax import reports
 from mopoe_jax import text as text_lib
 
 # Reasons in the skip report.
@@ -148,6 +150,51 @@ def select_split(
         lateral=study.lateral, text=text, text_source=source, report_missing=found is None,
         labels=labels.get(study.study_id)))
   return selected, skipped, (len(studies), sum(t is not None for t in texts))
+
+
+def check_config(config) -> None:
+  """Raises ValueError for a builder config field (common to the manual-download builders) out
+  of range: image_size, text_length, selection, section, min_count, num_workers."""
+  if config.image_size < 1:
+    raise ValueError(f"image_size must be positive, got {config.image_size}.")
+  if config.text_length < 2:
+    raise ValueError(
+        f"text_length must be at least 2 (one word and <eos>), got {config.text_length}.")
+  if config.selection not in SELECTIONS:
+    raise ValueError(f"Unknown selection {config.selection!r}; expected one of {SELECTIONS}.")
+  if config.section not in reports.SECTIONS:
+    raise ValueError(f"Unknown section {config.section!r}; expected one of {reports.SECTIONS}.")
+  if config.min_count < 0:
+    raise ValueError(f"min_count must be >= 0, got {config.min_count}.")
+  if config.num_workers is not None and config.num_workers < 1:
+    raise ValueError(f"num_workers must be positive or None, got {config.num_workers}.")
+
+
+def read_csv(path: epath.Path, required: Sequence[str], fix: str) -> Iterator[dict[str, str]]:
+  """Rows of a CSV (gzipped where the name ends in .gz) as dicts.
+
+  Raises:
+    ValueError: a required column is missing (naming the file and the column), or the file is
+      not a readable (gzipped) CSV; the message ends with ``fix``, what the user should do.
+  """
+  with path.open("rb") as raw:
+    if path.name.endswith(".gz"):
+      stream = gzip.open(raw, "rt", encoding="utf-8-sig", newline="")
+    else:
+      stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+    with stream:
+      try:
+        reader = csv.DictReader(stream)
+        header = reader.fieldnames or []
+        for column in required:
+          if column not in header:
+            raise ValueError(
+                f"{path}: missing column {column!r} (columns found: {header}). {fix}")
+        yield from reader
+      except (OSError, EOFError, csv.Error, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path} is not a readable CSV{' (gzip)' if path.name.endswith('.gz') else ''}: "
+            f"{type(e).__name__}: {e}. {fix}") from e
 
 
 def default_num_workers() -> int:

@@ -62,6 +62,22 @@ def synthetic_tiny_dir(tmp_path_factory):
   return data_dir
 
 
+def prepare_from(builder, manual_dir):
+  """``builder.download_and_prepare`` from ``manual_dir`` (a manual-download builder)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  return builder
+
+
+def examples_by_study(builder) -> dict:
+  """split -> {study_id: numpy example} of a prepared builder."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return {split: {ex["study_id"].decode(): ex
+                  for ex in tfds.as_numpy(builder.as_dataset(split=split))}
+          for split in builder.info.splits}
+
+
 def tiny_config(data_dir: str, **train_overrides):
   """configs/tiny.py pointed at ``data_dir`` with train fields overridden."""
   from configs import tiny  # pylint: disable=g-import-not-at-top

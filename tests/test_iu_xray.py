@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import iu_fake
+from conftest import examples_by_study, prepare_from, subprocess_env
 from input_pipeline import features
 from input_pipeline import study_writer
 from input_pipeline.iu_xray import collection
@@ -34,17 +35,10 @@ def tiny_config(name, **kwargs):
 
 
 def build(manual_dir, data_dir, config):
-  builder = iub.Builder(config=config, data_dir=str(data_dir))
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-  return builder
+  return prepare_from(iub.Builder(config=config, data_dir=str(data_dir)), manual_dir)
 
 
-def examples(builder):
-  """split -> {study_id: numpy example}."""
-  return {split: {ex["study_id"].decode(): ex
-                  for ex in tfds.as_numpy(builder.as_dataset(split=split))}
-          for split in study_writer.SPLITS}
+examples = examples_by_study
 
 
 def skip_rows(builder):
@@ -376,7 +370,6 @@ _TINY_RUN = (
 
 @pytest.mark.slow  # main.py in a subprocess: prepares, trains, evaluates
 def test_main_trains_and_evaluates_on_the_collection(tmp_path, subprocess_cache_dir):
-  from conftest import subprocess_env  # pylint: disable=g-import-not-at-top
   manual_dir = iu_fake.write_fake_iu(str(tmp_path / "manual"),
                                      iu_fake.STUDIES + iu_fake.bulk_studies(80))
   workdir, data_dir = tmp_path / "run", tmp_path / "tfds"

@@ -13,6 +13,8 @@ import zipfile
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+
+from conftest import examples_by_study, prepare_from
 from PIL import Image
 
 from input_pipeline import features
@@ -215,19 +217,10 @@ def tiny_config(name, **kwargs):
 
 
 def build(manual_dir, data_dir, config):
-  builder = mcb.Builder(config=config, data_dir=str(data_dir))
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-  return builder
+  return prepare_from(mcb.Builder(config=config, data_dir=str(data_dir)), manual_dir)
 
 
-def examples(builder):
-  """split -> {study_id: numpy example}."""
-  out = {}
-  for split in ("train", "validation", "test"):
-    out[split] = {ex["study_id"].decode(): ex
-                  for ex in tfds.as_numpy(builder.as_dataset(split=split))}
-  return out
+examples = examples_by_study
 
 
 def skip_rows(builder, split):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import hashlib
 import io
@@ -218,22 +217,10 @@ def read_reports(sources: Sources) -> tuple[list[Report], list[tuple[str, str]]]
 
 def read_projections(path: epath.Path) -> dict[str, str]:
   """image_key -> projection, lower case ('frontal', 'lateral' or what the table says)."""
-  views = {}
-  with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
-    try:
-      reader = csv.DictReader(f)
-      header = reader.fieldnames or []
-      for column in PROJECTIONS_COLUMNS:
-        if column not in header:
-          raise ValueError(
-              f"{path}: missing column {column!r} (columns found: {header}); the projections "
-              "table needs a file name and a projection (Frontal / Lateral) per image, as "
-              f"indiana_projections.csv of {PROJECTIONS_URL}.")
-      for row in reader:
-        views[image_key(row["filename"])] = row["projection"].strip().lower()
-    except (csv.Error, UnicodeDecodeError) as e:
-      raise ValueError(f"{path} is not a readable CSV ({type(e).__name__}: {e}).") from e
-  return views
+  rows = study_writer.read_csv(
+      path, PROJECTIONS_COLUMNS, "The projections table needs a file name and a projection "
+      f"(Frontal / Lateral) per image, as indiana_projections.csv of {PROJECTIONS_URL}.")
+  return {image_key(row["filename"]): row["projection"].strip().lower() for row in rows}
 
 
 def split_of(study_id: str, seed: int, fractions: Sequence[float]) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import tensorflow_datasets as tfds
 from absl import logging
@@ -105,30 +106,48 @@ class IuXrayConfig(tfds.core.BuilderConfig):
   num_workers: int | None = None
 
   def __post_init__(self):
-    if self.image_size < 1:
-      raise ValueError(f"image_size must be positive, got {self.image_size}.")
-    if self.text_length < 2:
-      raise ValueError(
-          f"text_length must be at least 2 (one word and <eos>), got {self.text_length}.")
-    if self.selection not in study_writer.SELECTIONS:
-      raise ValueError(f"Unknown selection {self.selection!r}; expected one of "
-                       f"{study_writer.SELECTIONS}.")
-    if self.section not in reports.SECTIONS:
-      raise ValueError(f"Unknown section {self.section!r}; expected one of {reports.SECTIONS}.")
-    if self.min_count < 0:
-      raise ValueError(f"min_count must be >= 0, got {self.min_count}.")
+    study_writer.check_config(self)
     fractions = tuple(self.split_fractions)
     if (len(fractions) != 3 or any(f < 0 for f in fractions)
         or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)):
       raise ValueError(f"split_fractions must be three shares (train, validation, test) >= 0 "
                        f"that sum to 1, got {self.split_fractions}.")
-    if self.num_workers is not None and self.num_workers < 1:
-      raise ValueError(f"num_workers must be positive or None, got {self.num_workers}.")
 
 
 def _extra_features(study: study_writer.SelectedStudy, used: dict[str, str]) -> dict:
   del study
   return {"frontal_image": used.get("frontal", ""), "lateral_image": used.get("lateral", "")}
+
+
+def _image_path(sources: collection.Sources,
+                png_files: dict[str, str]) -> Callable[[str], str]:
+  """image id -> where the loader finds it: a name in the archive, or the unpacked file (a path
+  that does not exist where no PNG has the image's name)."""
+  if sources.images_archived:
+    return lambda image_id: f"{sources.images}:{image_id}.png"
+  return lambda image_id: png_files.get(collection.image_key(image_id),
+                                        str(sources.images / f"{image_id}.png"))
+
+
+def _select(parsed, unreadable, studies, view_rows, config):
+  """The selection rule on every split: (selected, skip rows, reports listed) per split."""
+  texts = {r.study_id: reports.choose_section(list(r.sections), config.section)
+           for r in parsed}
+  labels = {r.study_id: mesh_labels.labels_from_terms(r.majors) for r in parsed if r.has_mesh}
+  selected, skipped = {}, {}
+  for split in study_writer.SPLITS:
+    selected[split], rows, _ = study_writer.select_split(
+        split, studies[split], lambda some: [texts[s.study_id] for s in some], labels,
+        config.selection)
+    skipped[split] = view_rows[split] + rows
+  listed = {split: len(studies[split]) for split in study_writer.SPLITS}
+  for study_id, why in unreadable:
+    split = collection.split_of(study_id, config.split_seed, config.split_fractions)
+    skipped[split].append(study_writer.SkipRow(
+        split, study_id, study_id, "", collection.REPORT_UNREADABLE, study_writer.STUDY_SKIPPED))
+    listed[split] += 1
+    logging.info("iu_xray: report %s skipped: %s", study_id, why)
+  return selected, skipped, listed
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -164,41 +183,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
-    manual_dir = epath.Path(dl_manager.manual_dir)
-    sources = collection.find_sources(manual_dir, config.projections_csv)
+    sources = collection.find_sources(epath.Path(dl_manager.manual_dir), config.projections_csv)
     num_workers = config.num_workers or study_writer.default_num_workers()
 
     parsed, unreadable = collection.read_reports(sources)
     views = collection.read_projections(sources.projections)
-    if sources.images_archived:
-      png_files = {}
-      image_path = lambda image_id: f"{sources.images}:{image_id}.png"
-    else:
-      png_files = collection.index_png_files(sources.images)
-      image_path = lambda image_id: png_files.get(
-          collection.image_key(image_id), str(sources.images / f"{image_id}.png"))
+    png_files = {} if sources.images_archived else collection.index_png_files(sources.images)
     studies, view_rows, view_counts = collection.candidates(
-        parsed, views, image_path, config.split_seed, config.split_fractions)
+        parsed, views, _image_path(sources, png_files), config.split_seed,
+        config.split_fractions)
     logging.info("iu_xray: %d reports (%d unreadable), %d images listed in them (%s), %d rows "
-                 "in %s, %d PNG files.", len(parsed) + len(unreadable), len(unreadable),
-                 sum(view_counts.values()), dict(view_counts), len(views),
-                 sources.projections.name, len(png_files) if png_files else 0)
-
-    texts = {r.study_id: reports.choose_section(list(r.sections), config.section)
-             for r in parsed}
-    labels = {r.study_id: mesh_labels.labels_from_terms(r.majors) for r in parsed if r.has_mesh}
-    selected, skipped = {}, {}
-    for split in study_writer.SPLITS:
-      selected[split], rows, _ = study_writer.select_split(
-          split, studies[split], lambda studies_: [texts[s.study_id] for s in studies_],
-          labels, config.selection)
-      skipped[split] = view_rows[split] + rows
-    for study_id, why in unreadable:
-      split = collection.split_of(study_id, config.split_seed, config.split_fractions)
-      skipped[split].append(study_writer.SkipRow(
-          split, study_id, study_id, "", collection.REPORT_UNREADABLE,
-          study_writer.STUDY_SKIPPED))
-      logging.info("iu_xray: report %s skipped: %s", study_id, why)
+                 "in %s, %d unpacked PNG files.", len(parsed) + len(unreadable),
+                 len(unreadable), sum(view_counts.values()), dict(view_counts), len(views),
+                 sources.projections.name, len(png_files))
+    selected, skipped, listed = _select(parsed, unreadable, studies, view_rows, config)
 
     load_image = study_writer.load_from_path
     if sources.images_archived:
@@ -213,16 +211,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     logging.info("iu_xray: vocabulary of %d words from %d train reports (words seen more than "
                  "%d times).", len(vocabulary), sum(bool(s.text) for s in selected["train"]),
                  config.min_count)
-    unmapped = mesh_labels.unmapped_terms(r.majors for r in parsed)
+    self._set_metadata(vocabulary, listed, mesh_labels.unmapped_terms(r.majors for r in parsed))
+    writer = study_writer.SplitWriter(
+        self, "iu_xray", collection.SKIP_REPORT_COLUMNS, extra_features=_extra_features,
+        load_image=load_image)
+    return {
+        split: self._generate_examples(writer.examples(
+            split, selected[split], skipped[split], listed=listed[split],
+            vocabulary=vocabulary, num_workers=num_workers))
+        for split in study_writer.SPLITS
+    }
+
+  def _set_metadata(self, vocabulary, listed: dict[str, int], unmapped) -> None:
+    config = self.builder_config
     self.info.metadata["vocabulary"] = vocabulary.words
     self.info.metadata["config"] = {
         "image_size": config.image_size, "text_length": config.text_length,
         "selection": config.selection, "section": config.section,
         "min_count": config.min_count, "projections_csv": config.projections_csv,
     }
-    listed = {split: len(studies[split]) + sum(
-        collection.split_of(s, config.split_seed, config.split_fractions) == split
-        for s, _ in unreadable) for split in study_writer.SPLITS}
     self.info.metadata["split"] = {
         "unit": "report (the collection has no patient id; one report per patient)",
         "seed": config.split_seed, "fractions": list(config.split_fractions),
@@ -235,15 +242,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     logging.info("iu_xray: reports per split %s (seed %d, fractions %s); MeSH terms that set "
                  "no label, by reports: %s.", listed, config.split_seed,
                  config.split_fractions, dict(unmapped.most_common(10)) or "none")
-    writer = study_writer.SplitWriter(
-        self, "iu_xray", collection.SKIP_REPORT_COLUMNS, extra_features=_extra_features,
-        load_image=load_image)
-    return {
-        split: self._generate_examples(writer.examples(
-            split, selected[split], skipped[split], listed=listed[split],
-            vocabulary=vocabulary, num_workers=num_workers))
-        for split in study_writer.SPLITS
-    }
 
   def _generate_examples(self, examples):
     """(study_id, example) pairs of one split, in report id order (`SplitWriter.examples`)."""

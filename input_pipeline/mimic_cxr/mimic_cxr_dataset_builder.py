@@ -134,23 +134,10 @@ class MimicCxrConfig(tfds.core.BuilderConfig):
   num_workers: int | None = None
 
   def __post_init__(self):
-    if self.image_size < 1:
-      raise ValueError(f"image_size must be positive, got {self.image_size}.")
-    if self.text_length < 2:
-      raise ValueError(
-          f"text_length must be at least 2 (one word and <eos>), got {self.text_length}.")
-    if self.selection not in study_writer.SELECTIONS:
-      raise ValueError(
-          f"Unknown selection {self.selection!r}; expected one of {study_writer.SELECTIONS}.")
+    study_writer.check_config(self)
     if self.label_source not in selection.LABEL_CSVS:
       raise ValueError(f"Unknown label_source {self.label_source!r}; expected one of "
                        f"{tuple(selection.LABEL_CSVS)}.")
-    if self.section not in reports.SECTIONS:
-      raise ValueError(f"Unknown section {self.section!r}; expected one of {reports.SECTIONS}.")
-    if self.min_count < 0:
-      raise ValueError(f"min_count must be >= 0, got {self.min_count}.")
-    if self.num_workers is not None and self.num_workers < 1:
-      raise ValueError(f"num_workers must be positive or None, got {self.num_workers}.")
 
 
 def _extra_features(study: study_writer.SelectedStudy, used: dict[str, str]) -> dict:

@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import csv
-import gzip
-import io
 import math
 import zipfile
 from typing import Iterator, Sequence
@@ -91,33 +88,11 @@ def check_manual_dir(manual_dir: epath.Path, label_source: str) -> dict[str, epa
 
 
 def read_csv(path: epath.Path, required: Sequence[str]) -> Iterator[dict[str, str]]:
-  """Rows of a (gzipped) CSV as dicts.
-
-  Raises:
-    ValueError: a required column is missing (naming the file and the column), or the file is
-      not a readable (gzipped) CSV.
-  """
+  """Rows of a (gzipped) CSV of MIMIC-CXR-JPG as dicts (`study_writer.read_csv`)."""
   where = _WHERE.get(path.name, JPG_URL)
-  with path.open("rb") as raw:
-    if path.name.endswith(".gz"):
-      stream = gzip.open(raw, "rt", encoding="utf-8", newline="")
-    else:
-      stream = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-    with stream:
-      try:
-        reader = csv.DictReader(stream)
-        header = reader.fieldnames or []
-        for column in required:
-          if column not in header:
-            raise ValueError(
-                f"{path}: missing column {column!r} (columns found: {header}). The builder "
-                f"reads the files of MIMIC-CXR-JPG 2.0.0 unchanged; download {path.name} again "
-                f"from {where}.")
-        yield from reader
-      except (OSError, EOFError, csv.Error, UnicodeDecodeError) as e:
-        raise ValueError(
-            f"{path} is not a readable CSV{' (gzip)' if path.name.endswith('.gz') else ''}: "
-            f"{type(e).__name__}: {e}. Download it again from {where}.") from e
+  return study_writer.read_csv(
+      path, required, f"The builder reads the files of MIMIC-CXR-JPG 2.0.0 unchanged; download "
+      f"{path.name} again from {where}.")
 
 
 def read_split(path: epath.Path) -> dict[str, tuple[str, str]]:
