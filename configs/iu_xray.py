@@ -5,17 +5,18 @@ Put the collection's two archives and a projections table in MANUAL_DIR (docs/iu
 which files and where from), then
   python main.py --config=configs/iu_xray.py --workdir=runs/iu_xray \
       --config.data.manual_dir=MANUAL_DIR
-prepares `iu_xray/paper` once (minutes: reading the 1.3 GB PNG archive), trains and evaluates.
+prepares `iu_xray/paper` once, trains and evaluates.
 
 Sizes: the model, the selection rule (frontal + lateral + non-empty FINDINGS), 128 px and 128
-tokens are the paper's; the collection is ~20x smaller than MIMIC-CXR (3,955 reports; about
-2,000 training studies under the selection, by the 70/10/20 split of the builder), so the batch
-is 64 and training runs 100 epochs, about 3,300 steps or 210k studies seen (the paper: 46k steps,
-9.3M studies). Expected time, from this project's measurements of the paper's model
-(docs/performance.md; not measured on this collection, which cannot be downloaded where the
-project is built): on 2 CPU cores at ~4 studies/s, about 15 hours of training plus the
-evaluation's classifiers (hours), too long for a CPU; on one current GPU, by the step's
-roofline counts, minutes of training, and the whole run well under an hour (not measured yet).
+tokens are the paper's; the collection is ~20x smaller than MIMIC-CXR: 2,083 / 304 / 556
+studies under the selection (3,955 reports; docs/iu_xray.md), a vocabulary of 631 words. So the
+batch is 64 and training runs 100 epochs, 3,254 steps or 208k studies seen (the paper: 46k
+steps, 9.3M studies). Expected time, from this project's measurements of the paper's model
+(docs/performance.md; not measured on this collection, whose images cannot be downloaded where
+the project is built): on 2 CPU cores at ~4 studies/s (Intel Xeon), about 15 hours of training plus hours of
+evaluation (the coherence classifiers), too long for a CPU; on one current GPU, by the step's
+roofline counts, minutes of training and the whole run well under an hour (not measured yet).
+Preparing the dataset reads the 1.3 GB PNG archive once: under a minute on 2 cores.
 
 The labels of Table 1 are derived from the reports' MeSH terms (input_pipeline/iu_xray/
 mesh_labels.py), not MIMIC-CXR's CheXpert labels: its numbers are not comparable with the

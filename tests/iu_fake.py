@@ -12,6 +12,7 @@ import csv
 import io
 import os
 import random
+import re
 import tarfile
 from xml.sax import saxutils
 
@@ -41,8 +42,8 @@ STUDIES = [
     # A third image the projections table does not list: not used.
     ("7", [("CXR7_IM-2263-1001", "Frontal", 100), ("CXR7_IM-2263-2001", "Lateral", 20),
            ("CXR7_IM-2263-3001", None, 255)],
-     "Right pleural effusion. Pacemaker in place.", "Effusion.",
-     ["Pleural Effusion/right/small", "Pacemaker, Artificial"]),
+     "Right pleural effusion. A line is in place.", "Effusion.",
+     ["Pleural Effusion/right/small", "Catheters, Indwelling"]),
     ("8", "truncated", None, None, None),  # the XML does not parse
     ("9", [("CXR9_IM-2407-1001", "Frontal", "absent"), ("CXR9_IM-2407-2001", "Lateral", 80)],
      "Lungs are clear.", "Normal.", ["normal"]),  # the frontal PNG is missing
@@ -119,8 +120,13 @@ IMAGE_TEMPLATE = """   <parentImage id="{stem}">
 
 def report_xml(study_id, images, findings, impression, majors) -> str:
   esc = saxutils.escape
-  findings_xml = ("" if findings is None else
-                  f'            <AbstractText Label="FINDINGS">{esc(findings)}</AbstractText>\n')
+  if findings is None:
+    findings_xml = ""
+  elif not findings:  # the real files write an empty section as a self-closing element
+    findings_xml = '            <AbstractText Label="FINDINGS"/>\n'
+  else:
+    findings_xml = f'            <AbstractText Label="FINDINGS">{esc(findings)}</AbstractText>\n'
+
   mesh = ("" if majors is None else "   <MeSH>\n" + "".join(
       f"      <major>{esc(m)}</major>\n" for m in majors)
       + "      <automatic>Made-up automatic term</automatic>\n   </MeSH>\n")
@@ -179,7 +185,9 @@ def write_fake_iu(root: str, studies=STUDIES, reports_as: str = "tgz", images_as
       else:
         png_files[f"{stem}.png"] = png_bytes(content)
       if projection is not None:
-        table_name = stem[3:] + ".dcm.png" if kaggle_names else stem + ".png"
+        # The Kaggle copy drops "CXR", and report 1's repeated number ("CXR1_1_IM-...").
+        kaggle = re.sub(r"^CXR(\d+)_(\1_)?", r"\1_", stem) + ".dcm.png"
+        table_name = kaggle if kaggle_names else stem + ".png"
         table.append((study_id, table_name, projection))
 
   def add(tar, name, data: bytes):

@@ -13,8 +13,8 @@ columns ``uid, filename, projection``; file names as in the PNG archive or in th
 ``<N>_IM-....dcm.png`` form). An image that the table does not list, or lists with another
 projection, is not used ("view_unknown" in the skip report).
 
-The collection has no patient identifier: each report is one patient's study (the collection was
-made with one examination per patient), so the split is made per report. It is deterministic:
+The collection has one examination per patient (the DICOM headers' Patient ID is the report
+number), so the patient-level split is made per report. It is deterministic:
 a report goes to train, validation or test by a hash of the split seed and its id against the
 split fractions, so it stays in its split when other reports are added or removed.
 """
@@ -59,8 +59,8 @@ PROJECTION_VIEWS = {"frontal": "frontal", "lateral": "lateral"}
 REPORT_UNREADABLE = "report_unreadable"  # the XML does not parse: the study is skipped
 VIEW_UNKNOWN = "view_unknown"            # the projections table does not say frontal / lateral
 
-# The skip report's columns: study_writer.SkipRow's fields. The collection has no patient id:
-# subject_id is the report's id, the image id is the image's file name without ".png".
+# The skip report's columns: study_writer.SkipRow's fields. The patient (subject_id) is the
+# report number, as the study id; the image is the file name without ".png".
 SKIP_REPORT_COLUMNS = ("split", "subject_id", "study_id", "image", "reason", "outcome")
 
 _IMAGE_SUFFIXES = (".dcm.png", ".png")
@@ -68,6 +68,7 @@ _IMAGE_SUFFIXES = (".dcm.png", ".png")
 # images/images_normalized/).
 PNG_DEPTH = 2
 _CXR_PREFIX = re.compile(r"^CXR", re.IGNORECASE)
+_REPEATED_NUMBER = re.compile(r"^(\d+)_\1_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,15 +85,17 @@ def image_key(name: str) -> str:
   """The key that matches one image across the XML, the archive and the projections table:
   the file name without folder, ``.png`` / ``.dcm.png`` and the ``CXR`` prefix.
 
-  'CXR1_1_IM-0001-3001' (XML), 'NLMCXR_png/CXR1_1_IM-0001-3001.png' (archive) and
-  '1_1_IM-0001-3001.dcm.png' (table) all give '1_1_IM-0001-3001'.
+  'CXR2_IM-0652-1001' (XML), 'NLMCXR_png/CXR2_IM-0652-1001.png' (archive) and
+  '2_IM-0652-1001.dcm.png' (table, and the DICOM archive's name) all give '2_IM-0652-1001'.
+  Report 1's images alone carry the report number twice in the XML and the PNG archive
+  ('CXR1_1_IM-0001-3001') and once in the table: the repetition is dropped.
   """
   base = name.replace("\\", "/").rsplit("/", 1)[-1]
   for suffix in _IMAGE_SUFFIXES:
     if base.lower().endswith(suffix):
       base = base[: -len(suffix)]
       break
-  return _CXR_PREFIX.sub("", base)
+  return _REPEATED_NUMBER.sub(r"\1_", _CXR_PREFIX.sub("", base))
 
 
 # ------------------------------------------------------------------------------------------------

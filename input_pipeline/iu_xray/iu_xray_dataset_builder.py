@@ -231,7 +231,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         "min_count": config.min_count, "projections_csv": config.projections_csv,
     }
     self.info.metadata["split"] = {
-        "unit": "report (the collection has no patient id; one report per patient)",
+        "unit": "report (one examination per patient: the report number is the patient id)",
         "seed": config.split_seed, "fractions": list(config.split_fractions),
         "reports": listed,
     }

@@ -32,19 +32,17 @@ NO_INDEXING = "no indexing"  # the report was not indexed: sets nothing, counts 
 
 # (label, MeSH term, qualifier): a major term matches when its term (before the first "/") equals
 # the rule's term and, where the rule names a qualifier, one of its qualifiers equals it (both
-# compared in lower case). Rendered as the table in docs/iu_xray.md (a test compares them).
+# compared in lower case). Every row matches reports of the collection (checked against
+# NLMCXR_reports.tgz). Rendered as the table in docs/iu_xray.md (a test compares them).
 RULES: tuple[tuple[str, str, str | None], ...] = (
     ("Atelectasis", "Pulmonary Atelectasis", None),
-    ("Atelectasis", "Atelectasis", None),
     ("Cardiomegaly", "Cardiomegaly", None),
     ("Cardiomegaly", "Cardiac Shadow", "enlarged"),
-    ("Cardiomegaly", "Heart", "enlarged"),
     ("Consolidation", "Consolidation", None),
     ("Edema", "Pulmonary Edema", None),
-    ("Edema", "Edema", None),
     ("Edema", "Pulmonary Congestion", None),
     ("Enlarged Cardiomediastinum", "Mediastinum", "enlarged"),
-    ("Enlarged Cardiomediastinum", "Mediastinum", "widened"),
+    ("Enlarged Cardiomediastinum", "Mediastinum", "prominent"),
     ("Fracture", "Fractures, Bone", None),
     ("Lung Lesion", "Nodule", None),
     ("Lung Lesion", "Mass", None),
@@ -57,19 +55,16 @@ RULES: tuple[tuple[str, str, str | None], ...] = (
     ("Pleural Effusion", "Pleural Effusion", None),
     ("Pleural Effusion", "Costophrenic Angle", "blunted"),
     ("Pleural Effusion", "Hydropneumothorax", None),
-    ("Pleural Other", "Pleura", None),
     ("Pleural Other", "Thickening", "pleura"),
     ("Pneumonia", "Pneumonia", None),
     ("Pneumothorax", "Pneumothorax", None),
     ("Pneumothorax", "Hydropneumothorax", None),
     ("Support Devices", "Catheters, Indwelling", None),
-    ("Support Devices", "Medical Device", None),
     ("Support Devices", "Implanted Medical Device", None),
-    ("Support Devices", "Tube, Inserted", None),
+    ("Support Devices", "Medical Device", None),
     ("Support Devices", "Surgical Instruments", None),
-    ("Support Devices", "Pacemaker, Artificial", None),
-    ("Support Devices", "Stents", None),
-)
+    ("Support Devices", "Tube, Inserted", None),
+    ("Support Devices", "Stents", None))
 
 _RULES_BY_TERM: dict[str, list[tuple[str, str | None]]] = collections.defaultdict(list)
 for _label, _term, _qualifier in RULES:
