@@ -6,7 +6,7 @@
 
 --mode=generate and --mode=encode read the run's model from its workdir alone (no --config, no
 dataset, no TensorFlow): every folder of --input is a study (frontal.png, lateral.png and/or
-report.txt); README, "Use a trained model".
+report.txt or an Open-i report.xml); README, "Use a trained model".
 
 On several hosts, the same command on each: under SLURM, Open MPI or on a Cloud TPU slice
 jax.distributed starts by itself; elsewhere add the coordinator's address, the number of

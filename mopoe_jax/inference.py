@@ -44,6 +44,7 @@ from mopoe_jax.model import is_text
 IMAGE_MODALITIES = ("frontal", "lateral")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 REPORT_FILE = "report.txt"
+REPORT_SUFFIXES = (".txt", ".xml")  # report.xml: an Open-i (Indiana University) XML report
 MAX_REPORT_BYTES = 1_000_000
 LATENTS = ("sample", "mean")
 
@@ -99,10 +100,14 @@ def read_report(path: str) -> str:
     report = raw.decode("utf-8")
   except UnicodeDecodeError as e:
     raise StudyError(f"{path}: not UTF-8 text ({e})") from e
-  text = reports_lib.user_report_text(report)
+  try:
+    text = reports_lib.user_report_text(report)
+  except ValueError as e:  # an XML report that does not parse
+    raise StudyError(f"{path}: {e}") from e
   if not text_lib.tokenize(text):
-    why = ("it has section headers but no FINDINGS or IMPRESSION text"
-           if reports_lib.split_sections(report) else "it is empty")
+    has_sections = report.lstrip().startswith("<") or reports_lib.split_sections(report)
+    why = ("it has sections but no FINDINGS or IMPRESSION text" if has_sections
+           else "it is empty")
     raise StudyError(f"{path}: no report words ({why})")
   return text
 
@@ -115,13 +120,14 @@ def _one_file(directory: str, names: dict[str, str], stem: str, suffixes) -> str
 
 
 def read_study(directory: str, image_size: int) -> Study:
-  """A study folder: ``frontal.png`` (or .jpg/.jpeg), ``lateral.png``, ``report.txt``, any
-  non-empty subset of them (file names in any case; other files are ignored)."""
+  """A study folder: ``frontal.png`` (or .jpg/.jpeg), ``lateral.png``, ``report.txt`` (or an
+  Open-i ``report.xml``), any non-empty subset of them (file names in any case; other files are
+  ignored)."""
   if not os.path.isdir(directory):
     raise StudyError(f"{directory}: not a folder")
   names = {n.lower(): n for n in os.listdir(directory)}
   found = {m: _one_file(directory, names, m, IMAGE_SUFFIXES) for m in IMAGE_MODALITIES}
-  report = _one_file(directory, names, "report", (".txt",))
+  report = _one_file(directory, names, "report", REPORT_SUFFIXES)
   if not any(found.values()) and report is None:
     raise StudyError(f"{directory}: no modality: expected frontal.png/.jpg, lateral.png/.jpg "
                      f"or {REPORT_FILE}")

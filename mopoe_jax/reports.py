@@ -20,6 +20,7 @@ no section. Whitespace inside a section is collapsed to single spaces.
 from __future__ import annotations
 
 import re
+from xml.etree import ElementTree
 
 # Section choices of the builder configs.
 FINDINGS = "findings"
@@ -94,13 +95,34 @@ def section_text(report: str, section: str = FINDINGS) -> tuple[str, str]:
   return choose_section(split_sections(report), section)
 
 
+def xml_sections(root: ElementTree.Element) -> list[tuple[str, str]]:
+  """(upper-case label, whitespace-normalised text) of every ``<AbstractText Label="...">`` of
+  an Open-i (Indiana University collection) XML report, in order; an empty element gives ""."""
+  return [(normalize_whitespace(e.get("Label", "")).upper(), normalize_whitespace(
+      "".join(e.itertext()))) for e in root.iter("AbstractText")]
+
+
+def parse_xml(xml: bytes | str) -> ElementTree.Element:
+  """The root element of an XML report; ValueError where it is not well-formed XML."""
+  try:
+    return ElementTree.fromstring(xml)
+  except ElementTree.ParseError as e:
+    raise ValueError(f"not well-formed XML ({e})") from e
+
+
 def user_report_text(report: str) -> str:
   """The text a trained model reads of a user's report file, lower-cased.
 
   A report with section headers gives its FINDINGS section (IMPRESSION where FINDINGS is
-  absent or empty), as the dataset builders read MIMIC-CXR reports; a report without any
-  section header is taken whole (whitespace-normalised). "" when neither has words.
+  absent or empty), as the dataset builders read MIMIC-CXR reports, and so does an Open-i XML
+  report (its ``AbstractText`` sections, as the iu_xray builder reads them); a report without
+  any section header is taken whole (whitespace-normalised). "" when none has words.
+
+  Raises:
+    ValueError: the report starts like XML but is not well-formed.
   """
+  if report.lstrip().startswith("<"):  # an Open-i XML report (report.xml)
+    return choose_section(xml_sections(parse_xml(report)), FINDINGS_OR_IMPRESSION)[0]
   if split_sections(report):
     return section_text(report, FINDINGS_OR_IMPRESSION)[0]
   return normalize_whitespace(report).lower()

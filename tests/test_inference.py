@@ -95,7 +95,7 @@ def test_reports_are_read_as_the_builders_read_them(tmp_path):
       "lungs are clear. no effusion.")
   with pytest.raises(inference.StudyError, match=r"r\.txt: no report words \(it is empty\)"):
     inference.read_report(report(" \n\t"))
-  with pytest.raises(inference.StudyError, match="has section headers but no FINDINGS"):
+  with pytest.raises(inference.StudyError, match="has sections but no FINDINGS"):
     inference.read_report(report("INDICATION: cough\nCOMPARISON: none"))
   with pytest.raises(inference.StudyError, match=r"a binary file, not a plain-text report"):
     inference.read_report(report(b"PNG\x00\x01"))

@@ -347,6 +347,25 @@ def test_a_trained_model_reads_the_source_files_as_the_builder_stored_them(paper
   report = tmp_path / "report.txt"
   report.write_text(f"FINDINGS: {STUDY['1'][2]}\nIMPRESSION: {STUDY['1'][3]}\n")
   assert inference.read_report(str(report)) == e["1"]["report"].decode()
+  # The collection's own XML file, as report.xml of a study folder, reads the same.
+  folder = tmp_path / "study_7"
+  folder.mkdir()
+  (folder / "report.xml").write_text(iu_fake.report_xml(*STUDY["7"]))
+  study = inference.read_study(str(folder), IMAGE_SIZE)
+  assert study.present == ("text",) and study.report == e["7"]["report"].decode()
+
+
+def test_user_xml_reports_fall_back_to_the_impression_and_name_their_problems(tmp_path):
+  from mopoe_jax import inference  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "report.xml"
+  path.write_text(iu_fake.report_xml(*STUDY["5"]))  # empty FINDINGS: the IMPRESSION is read
+  assert inference.read_report(str(path)) == "old granuloma."
+  path.write_text(iu_fake.report_xml(*STUDY["2"])[:300])
+  with pytest.raises(inference.StudyError, match=r"report\.xml: not well-formed XML"):
+    inference.read_report(str(path))
+  path.write_text(iu_fake.report_xml("3", [], "", "", ["normal"]))
+  with pytest.raises(inference.StudyError, match="has sections but no FINDINGS or IMPRESSION"):
+    inference.read_report(str(path))
 
 
 # ----------------------------------------------------------------------------------------------

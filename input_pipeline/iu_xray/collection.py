@@ -30,7 +30,6 @@ import re
 import tarfile
 import time
 from typing import Callable, Iterator, Sequence
-from xml.etree import ElementTree
 
 import numpy as np
 from absl import logging
@@ -155,14 +154,8 @@ def find_sources(manual_dir: epath.Path, projections_csv: str = PROJECTIONS_CSV)
 
 def parse_report(study_id: str, xml: bytes) -> Report:
   """One XML report; raises ValueError where it does not parse."""
-  try:
-    root = ElementTree.fromstring(xml)
-  except ElementTree.ParseError as e:
-    raise ValueError(f"not well-formed XML ({e})") from e
-  sections = []
-  for element in root.iter("AbstractText"):
-    label = reports.normalize_whitespace(element.get("Label", "")).upper()
-    sections.append((label, reports.normalize_whitespace("".join(element.itertext()))))
+  root = reports.parse_xml(xml)
+  sections = reports.xml_sections(root)
   mesh = root.find("MeSH")
   majors = () if mesh is None else tuple(
       reports.normalize_whitespace(m.text or "") for m in mesh.findall("major") if m.text)
