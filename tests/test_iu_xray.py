@@ -305,6 +305,16 @@ def test_a_broken_archive_and_a_bad_table_are_named(fake_tree, tmp_path):
   (manual_dir / "NLMCXR_reports.tgz").write_bytes(data[: len(data) // 2])
   with pytest.raises(ValueError, match=r"NLMCXR_reports\.tgz is not a readable \.tgz"):
     build(manual_dir, tmp_path / "data2", tiny_config("tiny_paper"))
+  # Damage inside the image archive (not at its end): named too.
+  os.remove(manual_dir / "NLMCXR_reports.tgz")
+  os.symlink(os.path.join(fake_tree, "NLMCXR_reports.tgz"), manual_dir / "NLMCXR_reports.tgz")
+  os.remove(manual_dir / "NLMCXR_png.tgz")
+  data = bytearray(open(os.path.join(fake_tree, "NLMCXR_png.tgz"), "rb").read())
+  middle = len(data) // 2
+  data[middle:middle + 64] = bytes(64)
+  (manual_dir / "NLMCXR_png.tgz").write_bytes(bytes(data))
+  with pytest.raises(ValueError, match=r"NLMCXR_png\.tgz is not a readable \.tgz archive"):
+    build(manual_dir, tmp_path / "data3", tiny_config("tiny_paper"))
 
 
 def test_missing_manual_dir_shows_the_instructions(tmp_path):

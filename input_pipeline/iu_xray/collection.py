@@ -24,11 +24,13 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import gzip
 import hashlib
 import io
 import re
 import tarfile
 import time
+import zlib
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -61,6 +63,10 @@ VIEW_UNKNOWN = "view_unknown"            # the projections table does not say fr
 # The skip report's columns: study_writer.SkipRow's fields. The patient (subject_id) is the
 # report number, as the study id; the image is the file name without ".png".
 SKIP_REPORT_COLUMNS = ("split", "subject_id", "study_id", "image", "reason", "outcome")
+
+# What a damaged .tgz raises while it is read (truncated: EOFError; corrupt: zlib.error, or
+# gzip.BadGzipFile, an OSError).
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
 
 _IMAGE_SUFFIXES = (".dcm.png", ".png")
 # Unpacked PNGs are looked for this many folders deep in the manual dir (e.g. the Kaggle copy's
@@ -163,6 +169,23 @@ def parse_report(study_id: str, xml: bytes) -> Report:
   return Report(study_id, tuple(sections), majors, mesh is not None, image_ids)
 
 
+def tgz_files(path: epath.Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+  """(member name, a function that reads its bytes) of every file of a .tgz, front to back.
+
+  The whole archive is read to its end and gzip's checksum checked there: tarfile alone ends
+  its iteration quietly at a damaged header in the middle of a stream, which would drop the
+  rest of the archive without a word. Raises one of _ARCHIVE_ERRORS where the archive is
+  damaged.
+  """
+  with path.open("rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+    with tarfile.open(fileobj=unzipped, mode="r|") as tar:
+      for member in tar:
+        if member.isfile():
+          yield member.name, lambda m=member: tar.extractfile(m).read()
+    while unzipped.read(1 << 20):  # the rest, to gzip's end-of-stream checksum
+      pass
+
+
 def _study_id(member_name: str) -> str | None:
   """'ecgen-radiology/12.xml' -> '12'; None for anything that is not an XML report."""
   base = member_name.rsplit("/", 1)[-1]
@@ -172,11 +195,10 @@ def _study_id(member_name: str) -> str | None:
 def _xml_files(source: epath.Path, archived: bool) -> Iterator[tuple[str, bytes]]:
   """(study id, XML bytes) of every report of the archive or folder."""
   if archived:
-    with source.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-      for member in tar:
-        study_id = _study_id(member.name)
-        if member.isfile() and study_id is not None:
-          yield study_id, tar.extractfile(member).read()
+    for member, data in tgz_files(source):
+      study_id = _study_id(member)
+      if study_id is not None:
+        yield study_id, data()
   else:
     for path in sorted(source.glob("*.xml")):
       yield _study_id(path.name), path.read_bytes()
@@ -192,7 +214,7 @@ def read_reports(sources: Sources) -> tuple[list[Report], list[tuple[str, str]]]
       except ValueError as e:
         logging.warning("iu_xray: report %s cannot be read: %s.", study_id, e)
         unreadable.append((study_id, str(e)))
-  except (tarfile.TarError, EOFError, OSError) as e:
+  except _ARCHIVE_ERRORS as e:
     raise ValueError(
         f"{sources.reports} is not a readable .tgz archive ({type(e).__name__}: {e}). "
         f"Download it again from {REPORTS_URL}, or unpack it so that {REPORTS_DIR}/ lies in "
@@ -298,19 +320,18 @@ class ArchiveImages:
     start = last_log = time.monotonic()
     futures = {}
     try:
-      with archive.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar, \
-          concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-        for member in tar:
-          key = image_key(member.name)
-          if not member.isfile() or key not in wanted or key in futures:
+      with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+        for member, data in tgz_files(archive):
+          key = image_key(member)
+          if key not in wanted or key in futures:
             continue
-          futures[key] = pool.submit(self._decode, tar.extractfile(member).read())
+          futures[key] = pool.submit(self._decode, data())
           now = time.monotonic()
           if now - last_log >= 30:
             last_log = now
             logging.info("iu_xray: %d of %d images read from %s (%.0f s).", len(futures),
                          len(wanted), archive.name, now - start)
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except _ARCHIVE_ERRORS as e:
       raise ValueError(
           f"{archive} is not a readable .tgz archive ({type(e).__name__}: {e}). Download it "
           f"again from {PNG_URL}, or unpack it into the manual dir.") from e
