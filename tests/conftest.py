@@ -78,6 +78,20 @@ def examples_by_study(builder) -> dict:
           for split in builder.info.splits}
 
 
+def run_prepare_command(family: str, manual_dir, data_dir):
+  """``python -m input_pipeline.<family> --config=paper --manual_dir=... --data_dir=...`` as the
+  docs give it; returns (its stderr, the prepared builder, loaded in this process)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  result = subprocess.run(
+      [sys.executable, "-m", f"input_pipeline.{family}", "--config=paper",
+       f"--manual_dir={manual_dir}", f"--data_dir={data_dir}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  importlib.import_module(f"input_pipeline.{family}")  # registers the builder here
+  return result.stderr, tfds.builder(f"{family}/paper", data_dir=str(data_dir))
+
+
 def tiny_config(data_dir: str, **train_overrides):
   """configs/tiny.py pointed at ``data_dir`` with train fields overridden."""
   from configs import tiny  # pylint: disable=g-import-not-at-top

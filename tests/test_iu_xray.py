@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import iu_fake
-from conftest import examples_by_study, prepare_from, subprocess_env
+from conftest import examples_by_study, prepare_from, run_prepare_command, subprocess_env
 from input_pipeline import features
 from input_pipeline import study_writer
 from input_pipeline.iu_xray import collection
@@ -328,15 +328,8 @@ def test_missing_manual_dir_shows_the_instructions(tmp_path):
 @pytest.mark.slow  # the build command in a subprocess
 def test_documented_command_builds_the_paper_config(fake_tree, tmp_path):
   """`python -m input_pipeline.iu_xray --config=paper --manual_dir=... --data_dir=...`."""
-  data_dir = tmp_path / "tfds"
-  result = subprocess.run(
-      [sys.executable, "-m", "input_pipeline.iu_xray", "--config=paper",
-       f"--manual_dir={fake_tree}", f"--data_dir={data_dir}"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "iu_xray/paper build done: wrote" in result.stderr
-  import input_pipeline.iu_xray  # noqa: F401  (registers iu_xray in this process)
-  builder = tfds.builder("iu_xray/paper", data_dir=str(data_dir))
+  stderr, builder = run_prepare_command("iu_xray", fake_tree, tmp_path / "tfds")
+  assert "iu_xray/paper build done: wrote" in stderr
   assert sum(s.num_examples for s in builder.info.splits.values()) == 4 + len(BULK)
   e = next(iter(tfds.as_numpy(builder.as_dataset(split=split("1")))))
   assert e["frontal"].shape == (128, 128, 1) and e["text"].shape == (128,)

@@ -6,15 +6,13 @@ import io
 import math
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import examples_by_study, prepare_from
+from conftest import examples_by_study, prepare_from, run_prepare_command
 from PIL import Image
 
 from input_pipeline import features
@@ -507,15 +505,8 @@ def test_bad_config_values_are_named():
 @pytest.mark.slow  # the build command in a subprocess
 def test_documented_command_builds_the_paper_config(fake_tree, tmp_path):
   """`python -m input_pipeline.mimic_cxr --config=paper --manual_dir=... --data_dir=...`."""
-  data_dir = tmp_path / "tfds"
-  result = subprocess.run(
-      [sys.executable, "-m", "input_pipeline.mimic_cxr", "--config=paper",
-       f"--manual_dir={fake_tree}", f"--data_dir={data_dir}"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "build done: wrote train 4 of 7, validation 1 of 2, test 2 of 4" in result.stderr
-  import input_pipeline.mimic_cxr  # noqa: F401  (registers mimic_cxr in this process)
-  builder = tfds.builder("mimic_cxr/paper", data_dir=str(data_dir))
+  stderr, builder = run_prepare_command("mimic_cxr", fake_tree, tmp_path / "tfds")
+  assert "build done: wrote train 4 of 7, validation 1 of 2, test 2 of 4" in stderr
   assert builder.info.splits["train"].num_examples == 4
   assert builder.info.metadata["vocabulary"][:3] == list(text_lib.SPECIAL_TOKENS)
   assert len(builder.info.metadata["vocabulary"]) > 3
