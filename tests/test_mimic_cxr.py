@@ -21,7 +21,6 @@ from input_pipeline.mimic_cxr import mimic_cxr_dataset_builder as mcb
 from mopoe_jax import reports
 from input_pipeline.mimic_cxr import selection
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE, TEXT_LENGTH, MIN_COUNT = 32, 16, 1
 
 METADATA_HEADER = (
