@@ -16,7 +16,7 @@ steps, 9.3M studies). Expected time, from this project's measurements of the pap
 the project is built): on 2 CPU cores at ~4 studies/s (Intel Xeon), about 15 hours of training plus hours of
 evaluation (the coherence classifiers), too long for a CPU; on one current GPU, by the step's
 roofline counts, minutes of training and the whole run well under an hour (not measured yet).
-Preparing the dataset reads the PNG archive (over a gigabyte) once: 20 s on 2 cores for an
+Preparing the dataset reads the PNG archive once, front to back: 20 s on 2 cores for an
 archive of the real file names and 1.6 GB of made-up pixels.
 
 The labels of Table 1 are derived from the reports' MeSH terms (input_pipeline/iu_xray/

@@ -61,7 +61,7 @@ dir:
 1. The reports, {collection.REPORTS_TGZ} (a few MB):
      wget {collection.REPORTS_URL}
    as downloaded, or unpacked so that {collection.REPORTS_DIR}/1.xml ... lie in the manual dir.
-2. The images, {collection.PNG_TGZ} (over a gigabyte):
+2. The images, {collection.PNG_TGZ} (the large one):
      wget {collection.PNG_URL}
    as downloaded, or unpacked into the manual dir or a folder of it, at most two levels
    down (the PNGs are found by name).
