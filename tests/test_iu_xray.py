@@ -159,6 +159,8 @@ def test_bad_config_values_are_named():
     iub.IuXrayConfig(name="x", selection="both")
   with pytest.raises(ValueError, match="split_fractions"):
     iub.IuXrayConfig(name="x", split_fractions=(0.8, 0.1, 0.2))
+  with pytest.raises(ValueError, match="split_fractions"):
+    iub.IuXrayConfig(name="x", split_fractions=(0.8, 0.0, 0.2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,6 +317,14 @@ def test_a_broken_archive_and_a_bad_table_are_named(fake_tree, tmp_path):
   (manual_dir / "NLMCXR_png.tgz").write_bytes(bytes(data))
   with pytest.raises(ValueError, match=r"NLMCXR_png\.tgz is not a readable \.tgz archive"):
     build(manual_dir, tmp_path / "data3", tiny_config("tiny_paper"))
+
+
+def test_a_split_left_empty_is_named_with_its_reasons(tmp_path):
+  # Reports 1-10 alone: none goes to validation (the pinned hash), so that split is empty.
+  manual_dir = iu_fake.write_fake_iu(str(tmp_path / "m"), iu_fake.STUDIES)
+  with pytest.raises(ValueError, match=r"No report of the validation split passes the 'paper' "
+                                       r"selection \(0 reports in the split"):
+    build(manual_dir, tmp_path / "data", tiny_config("tiny_paper"))
 
 
 def test_missing_manual_dir_shows_the_instructions(tmp_path):

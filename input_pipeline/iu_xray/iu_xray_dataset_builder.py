@@ -19,6 +19,7 @@ every report not written and every file not used, and ``info.metadata["skipped"]
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import Callable
@@ -108,9 +109,9 @@ class IuXrayConfig(tfds.core.BuilderConfig):
   def __post_init__(self):
     study_writer.check_config(self)
     fractions = tuple(self.split_fractions)
-    if (len(fractions) != 3 or any(f < 0 for f in fractions)
+    if (len(fractions) != 3 or any(f <= 0 for f in fractions)
         or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)):
-      raise ValueError(f"split_fractions must be three shares (train, validation, test) >= 0 "
+      raise ValueError(f"split_fractions must be three shares (train, validation, test) > 0 "
                        f"that sum to 1, got {self.split_fractions}.")
 
 
@@ -147,6 +148,15 @@ def _select(parsed, unreadable, studies, view_rows, config):
         split, study_id, study_id, "", collection.REPORT_UNREADABLE, study_writer.STUDY_SKIPPED))
     listed[split] += 1
     logging.info("iu_xray: report %s skipped: %s", study_id, why)
+  for split in study_writer.SPLITS:
+    if not selected[split]:  # tfds cannot write an empty split: say why it is empty
+      reasons = collections.Counter(r.reason for r in skipped[split])
+      raise ValueError(
+          f"No report of the {split} split passes the {config.selection!r} selection "
+          f"({listed[split]} reports in the split; skipped by reason: "
+          f"{dict(reasons) or 'none'}). The full collection gives every split hundreds of "
+          "studies: check that the manual dir holds all of NLMCXR_reports.tgz, the images and "
+          "the projections table (MANUAL_DOWNLOAD_INSTRUCTIONS).")
   return selected, skipped, listed
 
 
