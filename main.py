@@ -17,26 +17,33 @@ can be overridden, e.g. --config.train.batch_size=128.
 import logging as logging_std
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
-flags.DEFINE_enum("mode", "train_and_evaluate",
-                  ["train", "evaluate", "train_and_evaluate", "generate", "encode"],
-                  "What to run.")
-config_flags.DEFINE_config_file("config", None, "Training configuration file (train and "
-                                "evaluate modes).", lock_config=True)
+flags.DEFINE_enum(
+  "mode",
+  "train_and_evaluate",
+  ["train", "evaluate", "train_and_evaluate", "generate", "encode"],
+  "What to run.",
+)
+config_flags.DEFINE_config_file(
+  "config", None, "Training configuration file (train and evaluate modes).", lock_config=True
+)
 flags.DEFINE_string("input", None, "generate/encode: a folder with one folder per study.")
 flags.DEFINE_string("output", None, "generate/encode: a new (or empty) folder for the outputs.")
-flags.DEFINE_string("given", None, "generate/encode: the subset to condition on, e.g. "
-                    "'frontal' or 'lateral+text' (default: all of each study's modalities).")
+flags.DEFINE_string(
+  "given",
+  None,
+  "generate/encode: the subset to condition on, e.g. "
+  "'frontal' or 'lateral+text' (default: all of each study's modalities).",
+)
 flags.DEFINE_integer("samples", 1, "generate: samples per study.")
 flags.DEFINE_integer("seed", 0, "generate: the seed of the samples.")
-flags.DEFINE_integer("step", None, "generate/encode: the checkpoint step (default: the newest "
-                     "that restores).")
+flags.DEFINE_integer(
+  "step", None, "generate/encode: the checkpoint step (default: the newest that restores)."
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -51,7 +58,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from mopoe_jax import runtime  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.platform import runtime  # pylint: disable=g-import-not-at-top
+
   logging.info("XLA_FLAGS=%s", runtime.apply_defaults())
   if FLAGS.mode in ("generate", "encode"):
     _use_trained_model()
@@ -60,19 +68,24 @@ def main(argv):
     raise app.UsageError(f"--mode={FLAGS.mode} needs --config.")
   # TensorFlow (tf.data) must not take the accelerators that JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   tf.config.set_visible_devices([], "GPU")
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
-  from mopoe_jax import evaluate, paths, train  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.platform import paths
+  from mopoe_jax.training import loop as train
 
   config = FLAGS.config
   runtime.start_processes(config.train)  # jax.distributed when several processes make the run
   workdir = paths.makedirs(FLAGS.workdir)  # a local folder or a URI (gs://bucket/run)
   logging.info("Workdir: %s", workdir)
   if config.train.compilation_cache:
-    runtime.enable_compilation_cache(config.train.compilation_cache_dir or
-                                     paths.join(workdir, "xla_cache"))
+    runtime.enable_compilation_cache(
+      config.train.compilation_cache_dir or paths.join(workdir, "xla_cache")
+    )
   data = tfds_source.load(config.data)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if FLAGS.mode in ("train", "train_and_evaluate"):
@@ -92,16 +105,24 @@ def _use_trained_model():
   """--mode=generate / --mode=encode: no TensorFlow, no dataset, the workdir alone."""
   if not FLAGS.input or not FLAGS.output:
     raise app.UsageError(f"--mode={FLAGS.mode} needs --input=FOLDER and --output=FOLDER.")
-  from mopoe_jax import inference, paths, runtime  # pylint: disable=g-import-not-at-top
+  from mopoe_jax import inference  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.platform import paths, runtime
+
   cache = paths.join(paths.resolve(FLAGS.workdir), "xla_cache")
   if paths.exists(cache):  # the run's compilation cache: a second call compiles nothing
     runtime.enable_compilation_cache(cache)
   try:
     inference.check_output_folder(FLAGS.output)  # before anything is loaded
     model = inference.TrainedModel.load(FLAGS.workdir, step=FLAGS.step)
-    summary = inference.run_folder(model, FLAGS.input, FLAGS.output, mode=FLAGS.mode,
-                                   given=FLAGS.given, num_samples=FLAGS.samples,
-                                   seed=FLAGS.seed)
+    summary = inference.run_folder(
+      model,
+      FLAGS.input,
+      FLAGS.output,
+      mode=FLAGS.mode,
+      given=FLAGS.given,
+      num_samples=FLAGS.samples,
+      seed=FLAGS.seed,
+    )
   except (FileExistsError, FileNotFoundError, ValueError) as e:
     logging.error("%s", e)
     sys.exit(2)

@@ -21,8 +21,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 
 # /proc/cpuinfo flags worth recording: the vector extensions that decide the matmul speed.
-CPU_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-                  "amx_tile", "amx_bf16", "amx_int8")
+CPU_EXTENSIONS = (
+  "avx2",
+  "fma",
+  "avx512f",
+  "avx512_vnni",
+  "avx512_bf16",
+  "avx512_fp16",
+  "amx_tile",
+  "amx_bf16",
+  "amx_int8",
+)
 
 
 def load() -> float:
@@ -32,8 +41,9 @@ def load() -> float:
 
 def gpu_peak_bf16(device_kind: str | None) -> float | None:
   """Dense bf16 FLOP/s of a GPU by its name (JAX's device_kind or torch's device name), or None
-  ('unknown') if not in the table (`mopoe_jax.speed.PEAK_FLOPS`)."""
-  from mopoe_jax import speed  # pylint: disable=g-import-not-at-top
+  ('unknown') if not in the table (`mopoe_jax.platform.speed.PEAK_FLOPS`)."""
+  from mopoe_jax.platform import speed  # pylint: disable=g-import-not-at-top
+
   return speed.peak_flops(device_kind or "")
 
 
@@ -52,10 +62,14 @@ def cpu_info() -> dict:
   except OSError:
     pass
   import platform
-  return {"model": model or platform.processor() or platform.machine(),
-          "extensions": [x for x in CPU_EXTENSIONS if x in flags],
-          "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
-          "logical_cpus": os.cpu_count(), "available_cpus": len(os.sched_getaffinity(0))}
+
+  return {
+    "model": model or platform.processor() or platform.machine(),
+    "extensions": [x for x in CPU_EXTENSIONS if x in flags],
+    "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+    "logical_cpus": os.cpu_count(),
+    "available_cpus": len(os.sched_getaffinity(0)),
+  }
 
 
 def describe_cpu(info: dict) -> str:
@@ -70,8 +84,10 @@ def pin_cores(threads: int) -> list[int]:
   XLA:CPU's multi-threaded Eigen."""
   cpus = sorted(os.sched_getaffinity(0))
   if threads > len(cpus):
-    raise ValueError(f"--threads {threads} but only {len(cpus)} cores are available: {cpus}. "
-                     "Pass a smaller --threads.")
+    raise ValueError(
+      f"--threads {threads} but only {len(cpus)} cores are available: {cpus}. "
+      "Pass a smaller --threads."
+    )
   os.sched_setaffinity(0, cpus[:threads])
   if threads == 1:
     add_xla_flags("--xla_cpu_multi_thread_eigen=false")
@@ -83,10 +99,11 @@ def add_xla_flags(flags: str) -> None:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
 
-def setup_jax_env(threads: int | None = None, xla_flags: str = "", xla_defaults: bool = True,
-                  cpu_only: bool = True) -> list[int] | None:
+def setup_jax_env(
+  threads: int | None = None, xla_flags: str = "", xla_defaults: bool = True, cpu_only: bool = True
+) -> list[int] | None:
   """What every JAX benchmark does before importing JAX: pin the cores, add --xla-flags and the
-  flags main.py trains with (mopoe_jax.runtime), keep JAX on the CPU unless told not to.
+  flags main.py trains with (mopoe_jax.platform.runtime), keep JAX on the CPU unless told not to.
 
   Returns the pinned cores (None: not pinned).
   """
@@ -95,7 +112,8 @@ def setup_jax_env(threads: int | None = None, xla_flags: str = "", xla_defaults:
   if cpu_only:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
   if xla_defaults:
-    from mopoe_jax import runtime  # pylint: disable=g-import-not-at-top
+    from mopoe_jax.platform import runtime  # pylint: disable=g-import-not-at-top
+
     runtime.apply_defaults()  # the XLA:CPU flags, when the backend is the CPU
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   return cores
@@ -135,8 +153,15 @@ class RssPeak:
 def summarize(times: list[float]) -> dict:
   """Median, quartiles, IQR, min and max of a list of seconds."""
   q = np.percentile(times, [25, 50, 75])
-  return {"median": float(q[1]), "q25": float(q[0]), "q75": float(q[2]), "iqr": float(q[2] - q[0]),
-          "min": float(min(times)), "max": float(max(times)), "n": len(times)}
+  return {
+    "median": float(q[1]),
+    "q25": float(q[0]),
+    "q75": float(q[2]),
+    "iqr": float(q[2] - q[0]),
+    "min": float(min(times)),
+    "max": float(max(times)),
+    "n": len(times),
+  }
 
 
 def flops_from_cost_analysis(compiled) -> float | None:
@@ -152,9 +177,15 @@ def flops_from_cost_analysis(compiled) -> float | None:
   return float(cost["flops"])
 
 
-def bounded_matmul_peak(make_matmul: Callable[[int], Callable[[], None]], *, n_start: int,
-                        n_max: int, budget_s: float = 1.0, target_s: float = 0.05,
-                        max_reps: int = 10) -> dict:
+def bounded_matmul_peak(
+  make_matmul: Callable[[int], Callable[[], None]],
+  *,
+  n_start: int,
+  n_max: int,
+  budget_s: float = 1.0,
+  target_s: float = 0.05,
+  max_reps: int = 10,
+) -> dict:
   """The best FLOP/s of an n x n matmul, in a few ``budget_s`` seconds whatever the machine.
 
   ``make_matmul(n)`` returns a function that runs one n x n @ n x n product and waits for it.
@@ -180,8 +211,13 @@ def bounded_matmul_peak(make_matmul: Callable[[int], Callable[[], None]], *, n_s
     if t <= best:
       best, cpu_best = t, time.process_time() - c
     reps += 1
-  out = {"n": n, "flop_per_s": 2 * n ** 3 / best, "best_s": best, "reps": reps,
-         "seconds": time.perf_counter() - start}
+  out = {
+    "n": n,
+    "flop_per_s": 2 * n**3 / best,
+    "best_s": best,
+    "reps": reps,
+    "seconds": time.perf_counter() - start,
+  }
   if cpu_best is not None:
     out["threads_busy"] = cpu_best / best
   return out
@@ -214,6 +250,7 @@ def die_with_parent() -> None:
   that a worker busy compiling does not outlive a killed benchmark. Elsewhere: nothing."""
   try:
     import ctypes  # pylint: disable=g-import-not-at-top
+
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
   except (OSError, AttributeError):
     return
@@ -244,6 +281,7 @@ def serve(channel: WorkerChannel, handlers: dict) -> int:
   Every reply is {"ok": true, ...the handler's dict} or {"ok": false, "error": traceback}.
   """
   import traceback  # pylint: disable=g-import-not-at-top
+
   while True:
     message = channel.receive()
     if message is None:  # the parent went away
@@ -263,28 +301,35 @@ def maybe_simulate_crash(phase: str, crash_phase: str | None) -> None:
   """The hidden --simulate-crash option: dies by SIGSEGV at ``crash_phase``, as a crash in an
   extension module would (faulthandler, enabled in the workers, prints the Python stack)."""
   if crash_phase == phase:
-    print(f"simulated crash (--simulate-crash): raising SIGSEGV in phase {phase!r}",
-          file=sys.stderr, flush=True)
+    print(
+      f"simulated crash (--simulate-crash): raising SIGSEGV in phase {phase!r}",
+      file=sys.stderr,
+      flush=True,
+    )
     signal.raise_signal(signal.SIGSEGV)
 
 
-PAD_ID = 1  # <pad> of the datasets' vocabularies (mopoe_jax.text.PAD_ID)
+PAD_ID = 1  # <pad> of the datasets' vocabularies (mopoe_jax.data.text.PAD_ID)
 
 
-def make_data(image_size: int, text_length: int, batch_size: int, vocab: int,
-              seed: int = 0) -> dict:
+def make_data(
+  image_size: int, text_length: int, batch_size: int, vocab: int, seed: int = 0
+) -> dict:
   """Random uint8 images [B, S, S, 1], random tokens [B, T], every modality available."""
   rng = np.random.default_rng(seed)
   s, t = image_size, text_length
-  return {"frontal": rng.integers(0, 256, (batch_size, s, s, 1), dtype=np.uint8),
-          "lateral": rng.integers(0, 256, (batch_size, s, s, 1), dtype=np.uint8),
-          "text": rng.integers(0, vocab, (batch_size, t), dtype=np.int32),
-          "available": np.ones((batch_size, 3), bool)}
+  return {
+    "frontal": rng.integers(0, 256, (batch_size, s, s, 1), dtype=np.uint8),
+    "lateral": rng.integers(0, 256, (batch_size, s, s, 1), dtype=np.uint8),
+    "text": rng.integers(0, vocab, (batch_size, t), dtype=np.int32),
+    "available": np.ones((batch_size, 3), bool),
+  }
 
 
 def get_config(size: str):
   """The ml_collections config of a benchmark size: paper, synthetic or tiny."""
   from configs import default, synthetic, tiny  # pylint: disable=g-import-not-at-top
+
   return {"paper": default, "synthetic": synthetic, "tiny": tiny}[size].get_config()
 
 

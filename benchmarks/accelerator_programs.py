@@ -3,7 +3,7 @@
   python benchmarks/accelerator_programs.py                        # paper size, cuda and tpu
   python benchmarks/accelerator_programs.py --size tiny --platforms cuda,tpu,cpu --batch 8
 
-Lowers the init, the train step and the eval step of the config (`mopoe_jax.lowering`,
+Lowers the init, the train step and the eval step of the config (`benchmarks.costing.lowering`,
 ``jax.export`` for each platform: no accelerator needed) with ``conv_impl``/``compute_dtype``
 'auto' resolved for the target, and prints per program what it holds: convolutions (how many
 take bfloat16 operands), matrix products, loops, custom calls (kernels of one backend: none
@@ -27,10 +27,15 @@ from benchmarks import _common  # noqa: E402  pylint: disable=g-import-not-at-to
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", choices=("paper", "synthetic", "tiny"), default="paper")
-  parser.add_argument("--platforms", default="cuda,tpu",
-                      help="comma-separated: cuda, rocm, tpu, cpu")
-  parser.add_argument("--batch", type=int, default=25,
-                      help="studies per device and step (the paper's 200 over 8 devices: 25)")
+  parser.add_argument(
+    "--platforms", default="cuda,tpu", help="comma-separated: cuda, rocm, tpu, cpu"
+  )
+  parser.add_argument(
+    "--batch",
+    type=int,
+    default=25,
+    help="studies per device and step (the paper's 200 over 8 devices: 25)",
+  )
   parser.add_argument("--vocab", type=int, default=2900)
   return parser.parse_args(argv)
 
@@ -38,11 +43,20 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
   args = parse_args(argv)
   _common.setup_jax_env(None)
-  from mopoe_jax import lowering  # pylint: disable=g-import-not-at-top
+  from benchmarks.costing import lowering  # pylint: disable=g-import-not-at-top
+
   config = _common.get_config(args.size)
   vocab = args.vocab if args.size == "paper" else 64
-  header = ("platform", "program", "lowered in s", "convolutions (bf16)", "dot_generals",
-            "while loops", "custom calls", "StableHLO MB")
+  header = (
+    "platform",
+    "program",
+    "lowered in s",
+    "convolutions (bf16)",
+    "dot_generals",
+    "while loops",
+    "custom calls",
+    "StableHLO MB",
+  )
   rows = []
   for platform in args.platforms.split(","):
     tic = time.perf_counter()
@@ -50,13 +64,23 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - tic
     for name, exported in programs.items():
       d = lowering.describe(exported)
-      rows.append((platform, name, f"{seconds:.1f}",
-                   f"{d['convolutions']} ({d['bf16_convolutions']})", str(d["dot_generals"]),
-                   str(d["while_loops"]), ", ".join(d["custom_calls"]) or "none",
-                   f"{d['bytes'] / 1e6:.1f}"))
-  print(f"{args.size} size, {args.batch} studies per device; model.conv_impl="
-        f"{config.model.conv_impl!r}, model.compute_dtype={config.model.compute_dtype!r} "
-        "resolved per platform")
+      rows.append(
+        (
+          platform,
+          name,
+          f"{seconds:.1f}",
+          f"{d['convolutions']} ({d['bf16_convolutions']})",
+          str(d["dot_generals"]),
+          str(d["while_loops"]),
+          ", ".join(d["custom_calls"]) or "none",
+          f"{d['bytes'] / 1e6:.1f}",
+        )
+      )
+  print(
+    f"{args.size} size, {args.batch} studies per device; model.conv_impl="
+    f"{config.model.conv_impl!r}, model.compute_dtype={config.model.compute_dtype!r} "
+    "resolved per platform"
+  )
   print("| " + " | ".join(header) + " |")
   print("|" + " --- |" * len(header))
   for row in rows:

@@ -36,26 +36,34 @@ def main(argv=None) -> None:
   _common.setup_jax_env(cpu_only=False)  # whatever device JAX has
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from mopoe_jax import inference  # pylint: disable=g-import-not-at-top
 
   model = inference.TrainedModel.load(args.workdir, batch_size=args.batch)
   rng = np.random.default_rng(0)
   s, words = model.image_size, model.vocabulary.words[3:]
-  studies = [inference.Study(
-      name=str(i), frontal=rng.integers(0, 256, (s, s, 1), np.uint8),
+  studies = [
+    inference.Study(
+      name=str(i),
+      frontal=rng.integers(0, 256, (s, s, 1), np.uint8),
       lateral=rng.integers(0, 256, (s, s, 1), np.uint8),
-      report=" ".join(rng.choice(words, size=model.text_length // 2)))
-      for i in range(args.studies)]
+      report=" ".join(rng.choice(words, size=model.text_length // 2)),
+    )
+    for i in range(args.studies)
+  ]
   operations = {
-      "encode": lambda: model.encode(studies),
-      "generate": lambda: model.generate(studies, num_samples=args.samples, seed=0),
+    "encode": lambda: model.encode(studies),
+    "generate": lambda: model.generate(studies, num_samples=args.samples, seed=0),
   }
   device = jax.devices()[0]
-  where = (_common.describe_cpu(_common.cpu_info()) if device.platform == "cpu"
-           else device.device_kind)
-  print(f"{args.workdir} (step {model.step}, image {s} px, text {model.text_length}, "
-        f"vocabulary {len(model.vocabulary):,}), batch {args.batch}, {args.studies} studies; "
-        f"{where}; jax {jax.__version__}; load {_common.load():.2f}")
+  where = (
+    _common.describe_cpu(_common.cpu_info()) if device.platform == "cpu" else device.device_kind
+  )
+  print(
+    f"{args.workdir} (step {model.step}, image {s} px, text {model.text_length}, "
+    f"vocabulary {len(model.vocabulary):,}), batch {args.batch}, {args.studies} studies; "
+    f"{where}; jax {jax.__version__}; load {_common.load():.2f}"
+  )
   for name, run in operations.items():
     tic = time.perf_counter()
     run()  # compiles
@@ -66,8 +74,10 @@ def main(argv=None) -> None:
       run()
       times.append(time.perf_counter() - tic)
     median = float(np.median(times))
-    print(f"{name:9s} {args.studies / median:9.1f} studies/s (median of {args.repeats}; "
-          f"first call with compiling {first:.1f} s)")
+    print(
+      f"{name:9s} {args.studies / median:9.1f} studies/s (median of {args.repeats}; "
+      f"first call with compiling {first:.1f} s)"
+    )
   print(f"load at the end {_common.load():.2f}")
 
 

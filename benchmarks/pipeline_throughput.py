@@ -10,9 +10,7 @@ middle of a later epoch, then batches/s and examples/s over --num_batches batche
 
 import time
 
-
-from absl import app
-from absl import flags
+from absl import app, flags
 import ml_collections
 
 from input_pipeline import batching
@@ -23,37 +21,54 @@ _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Manually downloaded files
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 200, "Batches to time.")
 _WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 10, "Batches before timing starts.")
-_REQUIRE_COMPLETE = flags.DEFINE_bool("require_complete", False,
-                                      "Keep only studies with all three modalities.")
-_SHUFFLE_BUFFER_SIZE = flags.DEFINE_integer("shuffle_buffer_size", 10_000,
-                                            "Shuffle buffer of encoded studies.")
+_REQUIRE_COMPLETE = flags.DEFINE_bool(
+  "require_complete", False, "Keep only studies with all three modalities."
+)
+_SHUFFLE_BUFFER_SIZE = flags.DEFINE_integer(
+  "shuffle_buffer_size", 10_000, "Shuffle buffer of encoded studies."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Shuffle seed.")
 
 
 def main(argv):
   del argv
-  data_config = ml_collections.ConfigDict({
-      "name": _DATASET.value, "data_dir": _DATA_DIR.value, "manual_dir": _MANUAL_DIR.value,
+  data_config = ml_collections.ConfigDict(
+    {
+      "name": _DATASET.value,
+      "data_dir": _DATA_DIR.value,
+      "manual_dir": _MANUAL_DIR.value,
       "require_complete": _REQUIRE_COMPLETE.value,
-      "shuffle_buffer_size": _SHUFFLE_BUFFER_SIZE.value, "prefetch": 2})
+      "shuffle_buffer_size": _SHUFFLE_BUFFER_SIZE.value,
+      "prefetch": 2,
+    }
+  )
   builder = batching.get_builder(data_config)
   n = batching.num_examples(builder, "train", require_complete=_REQUIRE_COMPLETE.value)
   steps_per_epoch = n // _BATCH_SIZE.value
-  print(f"{_DATASET.value}: {n} training studies, batch {_BATCH_SIZE.value}, "
-        f"{steps_per_epoch} steps per epoch")
+  print(
+    f"{_DATASET.value}: {n} training studies, batch {_BATCH_SIZE.value}, "
+    f"{steps_per_epoch} steps per epoch"
+  )
 
   def first_batch_seconds(start_step):
     start = time.perf_counter()
-    iterator = batching.train_iterator(builder, data_config, global_batch_size=_BATCH_SIZE.value,
-                                       seed=_SEED.value, start_step=start_step)
+    iterator = batching.train_iterator(
+      builder,
+      data_config,
+      global_batch_size=_BATCH_SIZE.value,
+      seed=_SEED.value,
+      start_step=start_step,
+    )
     next(iterator)
     return time.perf_counter() - start, iterator
 
   fresh_s, iterator = first_batch_seconds(0)
   resume_step = 3 * steps_per_epoch + steps_per_epoch // 2
   resume_s, _ = first_batch_seconds(resume_step)
-  print(f"first batch: {fresh_s:.2f} s fresh, {resume_s:.2f} s resumed at step {resume_step} "
-        "(mid-epoch: reads half an epoch of encoded studies)")
+  print(
+    f"first batch: {fresh_s:.2f} s fresh, {resume_s:.2f} s resumed at step {resume_step} "
+    "(mid-epoch: reads half an epoch of encoded studies)"
+  )
 
   for _ in range(_WARMUP_BATCHES.value):
     next(iterator)
@@ -62,10 +77,14 @@ def main(argv):
     batch = next(iterator)
   seconds = time.perf_counter() - start
   batches_per_s = _NUM_BATCHES.value / seconds
-  print(f"frontal {batch['frontal'].shape} {batch['frontal'].dtype}, "
-        f"text {batch['text'].shape} {batch['text'].dtype}")
-  print(f"{batches_per_s:.1f} batches/s, {batches_per_s * _BATCH_SIZE.value:.0f} examples/s "
-        f"({_NUM_BATCHES.value} batches of {_BATCH_SIZE.value} in {seconds:.2f} s)")
+  print(
+    f"frontal {batch['frontal'].shape} {batch['frontal'].dtype}, "
+    f"text {batch['text'].shape} {batch['text'].dtype}"
+  )
+  print(
+    f"{batches_per_s:.1f} batches/s, {batches_per_s * _BATCH_SIZE.value:.0f} examples/s "
+    f"({_NUM_BATCHES.value} batches of {_BATCH_SIZE.value} in {seconds:.2f} s)"
+  )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
   python benchmarks/startup_time.py --size synthetic --batch 64
   python benchmarks/startup_time.py --cache-dir /tmp/xla_cache   # run twice: the second start
 
-Runs `mopoe_jax.train.train_and_evaluate` for one step on in-memory random studies (a
+Runs `mopoe_jax.training.loop.train_and_evaluate` for one step on in-memory random studies (a
 `DataSource` built here: no dataset to prepare, no TensorFlow), with the XLA settings main.py
 applies, and prints the time of each phase from the loop's own log lines: initialising the
 state, lowering and compiling the train step (in a background thread while the rest is set up),
@@ -36,16 +36,20 @@ def parse_args(argv=None):
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--vocab", type=int, default=2900)
   parser.add_argument("--threads", type=int, default=2, help="pin to this many cores")
-  parser.add_argument("--cache-dir", default=None,
-                      help="JAX persistent compilation cache (default: none, a first start)")
+  parser.add_argument(
+    "--cache-dir",
+    default=None,
+    help="JAX persistent compilation cache (default: none, a first start)",
+  )
   return parser.parse_args(argv)
 
 
 class RandomData:
-  """A `mopoe_jax.datasource.DataSource` of random studies held in memory."""
+  """A `mopoe_jax.data.datasource.DataSource` of random studies held in memory."""
 
   def __init__(self, image_size: int, text_length: int, vocab: int, num_examples: int = 512):
     import numpy as np  # pylint: disable=g-import-not-at-top
+
     self._np = np
     self.name = f"random/{image_size}px"
     self.vocab = _Vocabulary(vocab)
@@ -122,23 +126,29 @@ class _Phases(logging_std.Handler):
 
 
 _PATTERNS = (
-    ("state initialised", r"Initialised the train state in ([\d.]+) s"),
-    ("train step lowered + compiled", r"Compiled the train step: lowering ([\d.]+) s, "
-                                      r"compiling ([\d.]+) s"),
-    ("train step ready", r"train step was ready ([\d.]+) s after its compile started"),
-    ("first step done", r"First step done ([\d.]+) s after training started"),
+  ("state initialised", r"Initialised the train state in ([\d.]+) s"),
+  (
+    "train step lowered + compiled",
+    r"Compiled the train step: lowering ([\d.]+) s, "
+    r"compiling ([\d.]+) s",
+  ),
+  ("train step ready", r"train step was ready ([\d.]+) s after its compile started"),
+  ("first step done", r"First step done ([\d.]+) s after training started"),
 )
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
   cores = _common.setup_jax_env(args.threads)
-  import jax  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
   if args.cache_dir:
-    from mopoe_jax import runtime  # pylint: disable=g-import-not-at-top
+    from mopoe_jax.platform import runtime  # pylint: disable=g-import-not-at-top
+
     runtime.enable_compilation_cache(args.cache_dir)
-  from mopoe_jax import train  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.training import loop as train  # pylint: disable=g-import-not-at-top
+
   phases = _Phases()
   logging.get_absl_logger().addHandler(phases)
   logging.set_verbosity(logging.INFO)
@@ -153,9 +163,12 @@ def main(argv=None) -> int:
   config.train.eval_batches = 1
   config.train.image_grid_studies = min(config.train.image_grid_studies, args.batch)
   data = RandomData(config.data.image_size, config.data.text_length, args.vocab)
-  print(f"{args.size} size, batch {args.batch}, {_common.describe_cpu(_common.cpu_info())}, "
-        f"cores {cores}, jax {jax.__version__}, load {_common.load():.2f}; imports done at "
-        f"{imported:.1f} s", flush=True)
+  print(
+    f"{args.size} size, batch {args.batch}, {_common.describe_cpu(_common.cpu_info())}, "
+    f"cores {cores}, jax {jax.__version__}, load {_common.load():.2f}; imports done at "
+    f"{imported:.1f} s",
+    flush=True,
+  )
   with tempfile.TemporaryDirectory() as workdir:
     train.train_and_evaluate(config, workdir, data, _NoWriter())
   for name, pattern in _PATTERNS:
@@ -164,8 +177,11 @@ def main(argv=None) -> int:
       if match:
         print(f"{name:32s} at {at:6.1f} s  ({', '.join(match.groups())} s)", flush=True)
         break
-  print(f"whole run (one step and one evaluation) {time.perf_counter() - STARTED:.1f} s, "
-        f"load {_common.load():.2f}", flush=True)
+  print(
+    f"whole run (one step and one evaluation) {time.perf_counter() - STARTED:.1f} s, "
+    f"load {_common.load():.2f}",
+    flush=True,
+  )
   return 0
 
 

@@ -21,13 +21,17 @@ import threading
 import time
 
 from benchmarks import _common
-from benchmarks.step_throughput_report import (_median, describe_peak, describe_phases,
-                                               peak_memory, print_case)
+from benchmarks.step_throughput_report import (
+  _median,
+  describe_peak,
+  describe_phases,
+  peak_memory,
+  print_case,
+)
 
 DEFAULTS = {  # per device: JAX compute dtypes, JAX conv_impl values, torch modes
-    "cpu": {"compute_dtype": "float32", "conv_impl": "", "torch_modes": "f32"},
-    "gpu": {"compute_dtype": "float32,bfloat16", "conv_impl": "xla,cpu",
-            "torch_modes": "amp,f32"},
+  "cpu": {"compute_dtype": "float32", "conv_impl": "", "torch_modes": "f32"},
+  "gpu": {"compute_dtype": "float32,bfloat16", "conv_impl": "xla,cpu", "torch_modes": "amp,f32"},
 }
 MAX_AUTO_STEPS = {"cpu": 12, "gpu": 50}
 STARTUP_TIMEOUT_S = 300
@@ -47,9 +51,10 @@ def _list(text: str) -> list[str]:
 @dataclasses.dataclass
 class Variant:
   """What one worker runs: a framework and its build options."""
-  framework: str          # 'jax' | 'torch'
-  name: str               # e.g. 'jax float32', 'jax bfloat16 conv cpu', 'torch amp'
-  options: dict           # build options: compute_dtype / conv_impl, or mode
+
+  framework: str  # 'jax' | 'torch'
+  name: str  # e.g. 'jax float32', 'jax bfloat16 conv cpu', 'torch amp'
+  options: dict  # build options: compute_dtype / conv_impl, or mode
 
 
 class WorkerFailed(Exception):
@@ -66,13 +71,22 @@ class Worker:
   def __init__(self, variant: Variant, argv: list[str], env: dict, echo: bool):
     self.variant, self.name, self.framework = variant, variant.name, variant.framework
     self.echo, self.hello, self.builds = echo, None, 0
-    self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, env=env, text=True, bufsize=1,
-                                 cwd=_common.REPO_ROOT)
+    self.proc = subprocess.Popen(
+      argv,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      env=env,
+      text=True,
+      bufsize=1,
+      cwd=_common.REPO_ROOT,
+    )
     self.replies = queue.Queue()
     self.stderr_tail = collections.deque(maxlen=40)
-    self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
-                     threading.Thread(target=self._read_stderr, daemon=True)]
+    self._readers = [
+      threading.Thread(target=self._read_stdout, daemon=True),
+      threading.Thread(target=self._read_stderr, daemon=True),
+    ]
     for thread in self._readers:
       thread.start()
 
@@ -132,11 +146,18 @@ class Worker:
     sig = _common.signal_name(returncode)
     status = f"killed by {sig}" if sig else f"exit status {returncode}"
     error_line = error.strip().splitlines()[-1] if error and error.strip() else ""
-    return WorkerFailed({
-        "framework": self.framework, "variant": self.name, "phase": phase,
-        "returncode": returncode, "signal": sig, "error": error,
+    return WorkerFailed(
+      {
+        "framework": self.framework,
+        "variant": self.name,
+        "phase": phase,
+        "returncode": returncode,
+        "signal": sig,
+        "error": error,
         "stderr_tail": list(self.stderr_tail),
-        "summary": f"{self.name} worker failed in {phase}: {status}; {error_line}"})
+        "summary": f"{self.name} worker failed in {phase}: {status}; {error_line}",
+      }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,11 +169,18 @@ def resolve_device(args) -> tuple[str, str]:
   if args.device != "auto":
     return args.device, "--device"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
-                         capture_output=True, text=True, env=env, timeout=STARTUP_TIMEOUT_S)
+  probe = subprocess.run(
+    [sys.executable, "-c", "import jax; print(jax.default_backend())"],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=STARTUP_TIMEOUT_S,
+  )
   if probe.returncode != 0:
-    raise SystemExit(f"Could not ask JAX for its backend (exit {probe.returncode}):\n"
-                     f"{probe.stderr[-2000:]}\nPass --device cpu or gpu.")
+    raise SystemExit(
+      f"Could not ask JAX for its backend (exit {probe.returncode}):\n"
+      f"{probe.stderr[-2000:]}\nPass --device cpu or gpu."
+    )
   backend = probe.stdout.split()[-1]
   return ("cpu" if backend == "cpu" else "gpu"), f"jax.default_backend() = {backend!r}"
 
@@ -160,13 +188,16 @@ def resolve_device(args) -> tuple[str, str]:
 def variants_for(args, device: str) -> tuple[list[Variant], str | None]:
   """The variants to run, and a note when --conv-impl had to be ignored."""
   defaults = DEFAULTS[device]
-  dtypes = _list(args.compute_dtype if args.compute_dtype is not None
-                 else defaults["compute_dtype"])
+  dtypes = _list(
+    args.compute_dtype if args.compute_dtype is not None else defaults["compute_dtype"]
+  )
   impls = _list(args.conv_impl if args.conv_impl is not None else defaults["conv_impl"]) or [None]
   note = None
   if impls != [None] and "conv_impl" not in _common.get_config(args.sizes[0]).model:
-    note = (f"config.model has no conv_impl in this checkout: conv_impl {impls} ignored "
-            "(the config's convolutions run)")
+    note = (
+      f"config.model has no conv_impl in this checkout: conv_impl {impls} ignored "
+      "(the config's convolutions run)"
+    )
     impls = [None]
   out = []
   for dtype in dtypes:
@@ -180,9 +211,16 @@ def variants_for(args, device: str) -> tuple[list[Variant], str | None]:
 
 
 def worker_argv(args, framework: str, device: str) -> list[str]:
-  argv = [sys.executable, ENTRY_POINT, "--worker", framework,
-          "--device", args.device if framework == "jax" else device,
-          f"--xla-flags={args.xla_flags}", f"--omp-wait-policy={args.omp_wait_policy}"]
+  argv = [
+    sys.executable,
+    ENTRY_POINT,
+    "--worker",
+    framework,
+    "--device",
+    args.device if framework == "jax" else device,
+    f"--xla-flags={args.xla_flags}",
+    f"--omp-wait-policy={args.omp_wait_policy}",
+  ]
   if args.no_xla_defaults or device != "cpu":  # runtime's flags are XLA:CPU options
     argv.append("--no-xla-defaults")
   if device == "cpu" and args.threads:
@@ -203,14 +241,21 @@ class Run:
     self.args, self.device = args, device
     self.gpu = device == "gpu"
     self.variants, conv_impl_note = variants_for(args, device)
-    self.parallel_build = (args.parallel_build == "yes" or
-                           (args.parallel_build == "auto" and self.gpu))
+    self.parallel_build = args.parallel_build == "yes" or (
+      args.parallel_build == "auto" and self.gpu
+    )
     self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    self.disabled = {}   # framework -> why (it failed at startup)
+    self.disabled = {}  # framework -> why (it failed at startup)
     self.peak = None
     self.hellos = {}
-    self.report = {"machine": None, "settings": None, "matmul_peak": None, "cases": [],
-                   "failures": [], "notes": []}
+    self.report = {
+      "machine": None,
+      "settings": None,
+      "matmul_peak": None,
+      "cases": [],
+      "failures": [],
+      "notes": [],
+    }
     self.device_reason = device_reason
     if conv_impl_note:
       self.note(conv_impl_note)
@@ -241,14 +286,25 @@ class Run:
     args = self.args
     config = _common.get_config(size)
     d, m = config.data, config.model
-    print(f"\n== {size}: {d.image_size} px, {d.text_length} tokens, V {vocab}, latent "
-          f"{m.latent_dim}; batches {', '.join(map(str, batches))} (load "
-          f"{_common.load():.2f})", flush=True)
-    cases = [{"size": size, "batch": batch, "image_size": d.image_size,
-              "text_length": d.text_length, "vocab": vocab, "latent_dim": m.latent_dim,
-              "variants": {}} for batch in batches]
-    workers = self._start([v for v in self.variants if v.framework not in self.disabled],
-                          cases[0])
+    print(
+      f"\n== {size}: {d.image_size} px, {d.text_length} tokens, V {vocab}, latent "
+      f"{m.latent_dim}; batches {', '.join(map(str, batches))} (load "
+      f"{_common.load():.2f})",
+      flush=True,
+    )
+    cases = [
+      {
+        "size": size,
+        "batch": batch,
+        "image_size": d.image_size,
+        "text_length": d.text_length,
+        "vocab": vocab,
+        "latent_dim": m.latent_dim,
+        "variants": {},
+      }
+      for batch in batches
+    ]
+    workers = self._start([v for v in self.variants if v.framework not in self.disabled], cases[0])
     for case in cases:
       batch = case["batch"]
       case["load_start"] = _common.load()
@@ -265,8 +321,9 @@ class Run:
           res["losses_finite"] = final["losses_finite"]
           res["last_loss"] = final["last_loss"]
           res["memory"] = final["memory"]
-          res["foreign_modules"] = sorted(set(w.hello["foreign_modules"]) |
-                                          set(final["foreign_modules"]))
+          res["foreign_modules"] = sorted(
+            set(w.hello["foreign_modules"]) | set(final["foreign_modules"])
+          )
         except WorkerFailed as e:  # its timings stand; only the final checks are missing
           self.fail(e, case)
           timed.remove(w)
@@ -285,8 +342,10 @@ class Run:
   def _start(self, variants: list[Variant], case: dict) -> list[Worker]:
     """Starts the workers (all at once) and waits for their hello."""
     args = self.args
-    workers = [Worker(v, worker_argv(args, v.framework, self.device), self.env,
-                      args.show_worker_log) for v in variants]
+    workers = [
+      Worker(v, worker_argv(args, v.framework, self.device), self.env, args.show_worker_log)
+      for v in variants
+    ]
     alive = []
     for w in workers:
       try:
@@ -296,8 +355,7 @@ class Run:
       except WorkerFailed as e:
         self.fail(e, case)
         self.disabled[w.framework] = e.report["summary"]
-        self.note(f"{w.framework} is left out of the remaining runs: its worker failed at "
-                  "startup")
+        self.note(f"{w.framework} is left out of the remaining runs: its worker failed at startup")
     for w in alive:
       if w.framework in self.disabled:
         w.close()
@@ -309,26 +367,37 @@ class Run:
     if h.get("foreign_modules"):
       self.note(f"the {w.framework} worker has imported {h['foreign_modules']}")
     if w.framework == "jax" and h.get("disable_most_optimizations"):
-      self.note("JAX ran with jax_disable_most_optimizations (JAX_DISABLE_MOST_OPTIMIZATIONS): "
-                "a smoke run, its timings say nothing about speed")
+      self.note(
+        "JAX ran with jax_disable_most_optimizations (JAX_DISABLE_MOST_OPTIMIZATIONS): "
+        "a smoke run, its timings say nothing about speed"
+      )
     if w.framework == "jax" and (h["backend"] == "cpu") == self.gpu:
       self.note(f"JAX's backend is {h['backend']!r} but the plan was for a {self.device}")
     if w.framework == "torch" and self.gpu and not h["cuda_available"]:
-      self.note("JAX runs on a GPU but this PyTorch has no CUDA: PyTorch runs on the CPU, so "
-                "the ratio compares different devices")
+      self.note(
+        "JAX runs on a GPU but this PyTorch has no CUDA: PyTorch runs on the CPU, so "
+        "the ratio compares different devices"
+      )
 
   def _build(self, workers: list, case: dict, size: str, batch: int, vocab: int) -> list:
     args = self.args
     ok = []
 
     def command(w):
-      common = dict(size=size, batch=batch, vocab=vocab, warmup=args.warmup,
-                    warmup_seconds=args.warmup_seconds, **w.variant.options)
+      common = dict(
+        size=size,
+        batch=batch,
+        vocab=vocab,
+        warmup=args.warmup,
+        warmup_seconds=args.warmup_seconds,
+        **w.variant.options,
+      )
       if w.framework == "jax":
         return common
       device = "cuda" if self.gpu and w.hello["cuda_available"] else "cpu"
-      return dict(common, device=device,
-                  threads=args.threads if device == "cpu" and args.threads else None)
+      return dict(
+        common, device=device, threads=args.threads if device == "cpu" and args.threads else None
+      )
 
     jax_workers = [w for w in workers if w.framework == "jax"]
     if self.parallel_build and len(jax_workers) > 1:
@@ -340,16 +409,20 @@ class Run:
           started.append(w)
         except WorkerFailed as e:
           self.fail(e, case)
-      pending = [(w, None) for w in started] + [(w, command(w)) for w in workers
-                                                 if w.framework != "jax"]
+      pending = [(w, None) for w in started] + [
+        (w, command(w)) for w in workers if w.framework != "jax"
+      ]
     else:
       pending = [(w, command(w)) for w in workers]
     for w, cmd in pending:
       if cmd is not None:
         print(f"{w.name}: building (load {_common.load():.2f}) ...", flush=True)
       try:
-        reply = (w.request("build", args.timeout, **cmd) if cmd is not None
-                 else w.reply("build", args.timeout))
+        reply = (
+          w.request("build", args.timeout, **cmd)
+          if cmd is not None
+          else w.reply("build", args.timeout)
+        )
       except WorkerFailed as e:
         self.fail(e, case)
         continue
@@ -380,9 +453,12 @@ class Run:
       peak.pop("ok")
       peak["seconds"] = time.perf_counter() - t
       self.peak[framework] = peak
-      print(f"matmul peak, {framework}: " + ", ".join(
-          f"{k} {describe_peak(v)}" for k, v in peak.items() if k in ("f32", "bf16")) +
-            f" ({peak['seconds']:.1f} s, load {peak['load']:.2f})", flush=True)
+      print(
+        f"matmul peak, {framework}: "
+        + ", ".join(f"{k} {describe_peak(v)}" for k, v in peak.items() if k in ("f32", "bf16"))
+        + f" ({peak['seconds']:.1f} s, load {peak['load']:.2f})",
+        flush=True,
+      )
     measured = [self.peak[f] for f in ("jax", "torch") if f in self.peak]
     for dtype in ("f32", "bf16"):
       values = [p[dtype]["flop_per_s"] for p in measured if "flop_per_s" in p.get(dtype, {})]
@@ -391,8 +467,11 @@ class Run:
 
   def _time(self, workers: list, case: dict, batch: int) -> list:
     args = self.args
-    warm = [case["variants"][w.name]["warmup_step_s"][-1] for w in workers
-            if case["variants"][w.name]["warmup_step_s"]]
+    warm = [
+      case["variants"][w.name]["warmup_step_s"][-1]
+      for w in workers
+      if case["variants"][w.name]["warmup_step_s"]
+    ]
     max_steps = MAX_AUTO_STEPS[self.device]
     if args.steps:
       steps = args.steps
@@ -421,30 +500,47 @@ class Run:
         t["wall"] += reply["wall"]
         t["cpu"] += reply["cpu"]
         t["rss"] = max(t["rss"], reply["rss_peak_bytes"])
-        print(f"  round {r + 1}/{args.rounds} {w.name:24s}: {n} steps, median "
-              f"{_median(reply['wall']):.3f} s wall, {_median(reply['cpu']):.3f} s CPU "
-              f"(load {reply['load_after']:.2f})", flush=True)
-    case["load_during"] = ({"min": min(loads), "max": max(loads), "samples": loads} if loads
-                           else None)
+        print(
+          f"  round {r + 1}/{args.rounds} {w.name:24s}: {n} steps, median "
+          f"{_median(reply['wall']):.3f} s wall, {_median(reply['cpu']):.3f} s CPU "
+          f"(load {reply['load_after']:.2f})",
+          flush=True,
+        )
+    case["load_during"] = (
+      {"min": min(loads), "max": max(loads), "samples": loads} if loads else None
+    )
     for w in workers:
       res, t = case["variants"][w.name], times[w.name]
       wall, cpu = _common.summarize(t["wall"]), _common.summarize(t["cpu"])
-      res.update(step_wall_s=wall, step_cpu_s=cpu, examples_per_s=batch / wall["median"],
-                 examples_per_cpu_s=batch / cpu["median"],
-                 threads_busy=cpu["median"] / wall["median"], steady_rss_bytes=t["rss"])
+      res.update(
+        step_wall_s=wall,
+        step_cpu_s=cpu,
+        examples_per_s=batch / wall["median"],
+        examples_per_cpu_s=batch / cpu["median"],
+        threads_busy=cpu["median"] / wall["median"],
+        steady_rss_bytes=t["rss"],
+      )
     return workers
 
   def _summarize(self, case: dict, batch: int) -> None:
     """FLOP rates, peak fractions, memory and the JAX / PyTorch ratios of a case."""
     timed = {k: v for k, v in case["variants"].items() if "step_wall_s" in v}
-    torch_flops = next((v["model_flops_per_step"] for v in timed.values()
-                        if v["framework"] == "torch"), None)
-    xla_flops = next((v["xla_flops_per_step"] for v in timed.values()
-                      if v["framework"] == "jax" and v.get("xla_flops_per_step")), None)
+    torch_flops = next(
+      (v["model_flops_per_step"] for v in timed.values() if v["framework"] == "torch"), None
+    )
+    xla_flops = next(
+      (
+        v["xla_flops_per_step"]
+        for v in timed.values()
+        if v["framework"] == "jax" and v.get("xla_flops_per_step")
+      ),
+      None,
+    )
     model_flops = torch_flops or xla_flops
     case["model_flops_per_step"] = model_flops
-    case["model_flops_source"] = ("torch.utils.flop_counter" if torch_flops else
-                                  "XLA cost analysis" if xla_flops else None)
+    case["model_flops_source"] = (
+      "torch.utils.flop_counter" if torch_flops else "XLA cost analysis" if xla_flops else None
+    )
     if torch_flops and xla_flops:
       case["xla_flops_over_model_flops"] = xla_flops / torch_flops
     for v in timed.values():
@@ -480,6 +576,11 @@ class Run:
       case["ratio"] = j["examples_per_s"] / t["examples_per_s"]
       case["ratio_cpu_time"] = t["step_cpu_s"]["median"] / j["step_cpu_s"]["median"]
       case["ratios"] = {
-          jv["variant"]: {tv["variant"]: jv["examples_per_s"] / tv["examples_per_s"]
-                          for tv in timed.values() if tv["framework"] == "torch"}
-          for jv in timed.values() if jv["framework"] == "jax"}
+        jv["variant"]: {
+          tv["variant"]: jv["examples_per_s"] / tv["examples_per_s"]
+          for tv in timed.values()
+          if tv["framework"] == "torch"
+        }
+        for jv in timed.values()
+        if jv["framework"] == "jax"
+      }

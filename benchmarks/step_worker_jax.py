@@ -19,7 +19,8 @@ FOREIGN = ("torch", "tensorflow")
 
 
 class JaxWorker:
-  """Builds, compiles and steps ``mopoe_jax.step.train_step``, one batch size after another.
+  """Builds, compiles and steps ``mopoe_jax.training.step.train_step``, one batch size after
+  another.
 
   A worker serves one variant (compute dtype, conv_impl) of one size. The jitted
   ``step.init_state`` is kept across batch sizes: its compilation (tens of seconds at the
@@ -27,20 +28,31 @@ class JaxWorker:
   """
 
   def __init__(self, args, jax):
-    from mopoe_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-    from mopoe_jax import compilation, step  # pylint: disable=g-import-not-at-top
+    from mopoe_jax.platform import compilation  # pylint: disable=g-import-not-at-top
+    from mopoe_jax.training import step
+    from mopoe_jax.vae import model as model_lib  # pylint: disable=g-import-not-at-top
+
     self.args, self.jax = args, jax
     self.model_lib, self.compilation, self.step_lib = model_lib, compilation, step
     self.backend = jax.default_backend()
-    self.setup = None            # (key, config, model, step_config, jitted init)
+    self.setup = None  # (key, config, model, step_config, jitted init)
     self.state = self.compiled = self.batch = None
     self.losses = []
     self.sampler = None
 
   # -- commands ------------------------------------------------------------------------------
 
-  def build(self, size: str, batch: int, vocab: int, compute_dtype: str,
-            conv_impl: str | None, warmup: int, warmup_seconds: float, seed: int = 0) -> dict:
+  def build(
+    self,
+    size: str,
+    batch: int,
+    vocab: int,
+    compute_dtype: str,
+    conv_impl: str | None,
+    warmup: int,
+    warmup_seconds: float,
+    seed: int = 0,
+  ) -> dict:
     """Initial state, lower, compile, then ``warmup`` untimed steps (fewer once they have
     taken ``warmup_seconds``)."""
     jax, step_lib = self.jax, self.step_lib
@@ -58,7 +70,8 @@ class JaxWorker:
       step_config = step_lib.StepConfig.from_config(config, model, pad_id=_common.PAD_ID)
       # As the training loop does: the init program runs once, compiled fast on CPU.
       init = self.compilation.compile_fast(
-          jax.jit(functools.partial(step_lib.init_state, model, config)), jax.random.PRNGKey(0))
+        jax.jit(functools.partial(step_lib.init_state, model, config)), jax.random.PRNGKey(0)
+      )
       self.setup = (key, config, model, step_config, init)
     _, config, model, step_config, init = self.setup
     d = config.data
@@ -71,8 +84,10 @@ class JaxWorker:
     num_params = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
     self.batch = jax.device_put(data)
     self.key = jax.random.PRNGKey(1)
-    step = jax.jit(functools.partial(step_lib.train_step, model=model, step_config=step_config),
-                   donate_argnums=(0,))
+    step = jax.jit(
+      functools.partial(step_lib.train_step, model=model, step_config=step_config),
+      donate_argnums=(0,),
+    )
     t = time.perf_counter()
     lowered = step.lower(self.state, self.batch, self.key)
     phases["lower_s"] = time.perf_counter() - t
@@ -87,13 +102,17 @@ class JaxWorker:
     if warm:
       phases["first_step_s"] = warm[0]
     has_conv_impl = "conv_impl" in config.model
-    return {"params": num_params, "phases": phases, "init_compiled": init_compiled,
-            "warmup_step_s": warm,
-            "xla_flops_per_step": _common.flops_from_cost_analysis(self.compiled),
-            "learning_rate": _common.first_learning_rate(config),
-            "compute_dtype": compute_dtype,
-            "conv_impl": config.model.conv_impl if has_conv_impl else None,
-            "load": _common.load()}
+    return {
+      "params": num_params,
+      "phases": phases,
+      "init_compiled": init_compiled,
+      "warmup_step_s": warm,
+      "xla_flops_per_step": _common.flops_from_cost_analysis(self.compiled),
+      "learning_rate": _common.first_learning_rate(config),
+      "compute_dtype": compute_dtype,
+      "conv_impl": config.model.conv_impl if has_conv_impl else None,
+      "load": _common.load(),
+    }
 
   def peak(self, budget_s: float) -> dict:
     jax, jnp = self.jax, self.jax.numpy
@@ -106,9 +125,13 @@ class JaxWorker:
         a = jnp.ones((n, n), dtype)
         return lambda: matmul(a).block_until_ready()
 
-      out[name] = _common.bounded_matmul_peak(make, n_start=4096 if gpu else 256,
-                                              n_max=16384 if gpu else 4096,
-                                              budget_s=budget_s, max_reps=50 if gpu else 10)
+      out[name] = _common.bounded_matmul_peak(
+        make,
+        n_start=4096 if gpu else 256,
+        n_max=16384 if gpu else 4096,
+        budget_s=budget_s,
+        max_reps=50 if gpu else 10,
+      )
     out["load"] = _common.load()
     return out
 
@@ -122,22 +145,34 @@ class JaxWorker:
         self._step()
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    return {"wall": wall, "cpu": cpu, "load_before": load_before, "load_after": _common.load(),
-            "rss_peak_bytes": mem.peak}
+    return {
+      "wall": wall,
+      "cpu": cpu,
+      "load_before": load_before,
+      "load_after": _common.load(),
+      "rss_peak_bytes": mem.peak,
+    }
 
   def report(self) -> dict:
     """The batch's end: finite losses, memory (RSS sampled since the build began)."""
     import numpy as np  # pylint: disable=g-import-not-at-top
+
     finite = bool(np.all(np.isfinite(self.losses))) and int(self.state.bad_step) < 0
     self.sampler.__exit__(None, None, None)
     sampled, self.sampler = self.sampler.peak, None
-    memory = {"build_and_steps_peak_rss_bytes": sampled,
-              "process_peak_rss_bytes": _common.max_rss_bytes()}
+    memory = {
+      "build_and_steps_peak_rss_bytes": sampled,
+      "process_peak_rss_bytes": _common.max_rss_bytes(),
+    }
     stats = self.jax.devices()[0].memory_stats()
     if stats:  # the process's peak so far: the parent runs the batches in ascending order
       memory["device_peak_bytes"] = stats.get("peak_bytes_in_use")
-    return {"losses_finite": finite, "last_loss": self.losses[-1] if self.losses else None,
-            "memory": memory, "foreign_modules": _foreign_modules()}
+    return {
+      "losses_finite": finite,
+      "last_loss": self.losses[-1] if self.losses else None,
+      "memory": memory,
+      "foreign_modules": _foreign_modules(),
+    }
 
   def finish(self) -> dict:
     return {"foreign_modules": _foreign_modules()}
@@ -151,6 +186,7 @@ class JaxWorker:
   def _release(self):
     """Drops the previous batch's state, program and data before the next build."""
     import gc  # pylint: disable=g-import-not-at-top
+
     self.state = self.compiled = self.batch = None
     self.losses = []
     if self.sampler is not None:
@@ -169,28 +205,49 @@ def main(args) -> int:
   faulthandler.enable()
   _common.maybe_simulate_crash("startup", args.simulate_crash)
   t0 = time.perf_counter()
-  cores = _common.setup_jax_env(args.pin_threads, args.xla_flags, not args.no_xla_defaults,
-                                cpu_only=args.device == "cpu")
+  cores = _common.setup_jax_env(
+    args.pin_threads, args.xla_flags, not args.no_xla_defaults, cpu_only=args.device == "cpu"
+  )
   if args.device == "gpu":
     os.environ["JAX_PLATFORMS"] = "cuda"
   # Several processes share one GPU: take memory as needed, so that each can measure its peak.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   import jax  # pylint: disable=g-import-not-at-top
+
   worker = JaxWorker(args, jax)
   import flax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   device = jax.devices()[0]
-  channel.send(event="hello", ok=True, framework="jax", pid=os.getpid(),
-               import_s=time.perf_counter() - t0, backend=worker.backend,
-               device_kind=device.device_kind, device_count=jax.device_count(),
-               versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                         "flax": flax.__version__, "optax": optax.__version__,
-                         "python": sys.version.split()[0]},
-               xla_flags=os.environ.get("XLA_FLAGS", ""), cores=cores,
-               disable_most_optimizations=bool(
-                   jax.config.read("jax_disable_most_optimizations")),
-               foreign_modules=_foreign_modules())
-  return _common.serve(channel, {"build": worker.build, "peak": worker.peak,
-                                 "steps": worker.steps, "report": worker.report,
-                                 "finish": worker.finish})
+  channel.send(
+    event="hello",
+    ok=True,
+    framework="jax",
+    pid=os.getpid(),
+    import_s=time.perf_counter() - t0,
+    backend=worker.backend,
+    device_kind=device.device_kind,
+    device_count=jax.device_count(),
+    versions={
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "flax": flax.__version__,
+      "optax": optax.__version__,
+      "python": sys.version.split()[0],
+    },
+    xla_flags=os.environ.get("XLA_FLAGS", ""),
+    cores=cores,
+    disable_most_optimizations=bool(jax.config.read("jax_disable_most_optimizations")),
+    foreign_modules=_foreign_modules(),
+  )
+  return _common.serve(
+    channel,
+    {
+      "build": worker.build,
+      "peak": worker.peak,
+      "steps": worker.steps,
+      "report": worker.report,
+      "finish": worker.finish,
+    },
+  )

@@ -27,18 +27,29 @@ FLOP_COUNT_ROWS = 8  # the FLOP counter runs on this many rows, scaled to the ba
 def torch_config(config, vocab: int, learning_rate: float):
   """torch_mopoe's config with the sizes and loss settings of an ml_collections config."""
   from benchmarks import torch_mopoe as tm  # pylint: disable=g-import-not-at-top
+
   d, m = config.data, config.model
   return tm.TorchModelConfig(
-      latent_dim=m.latent_dim, vocab_size=vocab, image_size=d.image_size,
-      text_length=d.text_length, text_embed_dim=m.text_encoder_widths[0],
-      image_encoder_widths=tuple(m.image_encoder_widths),
-      image_decoder_widths=tuple(m.image_decoder_widths),
-      text_encoder_widths=tuple(m.text_encoder_widths),
-      text_decoder_widths=tuple(m.text_decoder_widths), dropout=m.dropout,
-      variant=m.variant, prior_expert=m.prior_expert, mixture=m.assignment,
-      image_scale=m.image_scale, rec_weights=tuple(m.rec_weights), beta=m.beta,
-      mask_text_padding=m.mask_text_padding, learning_rate=learning_rate,
-      adam_betas=(config.train.b1, config.train.b2))
+    latent_dim=m.latent_dim,
+    vocab_size=vocab,
+    image_size=d.image_size,
+    text_length=d.text_length,
+    text_embed_dim=m.text_encoder_widths[0],
+    image_encoder_widths=tuple(m.image_encoder_widths),
+    image_decoder_widths=tuple(m.image_decoder_widths),
+    text_encoder_widths=tuple(m.text_encoder_widths),
+    text_decoder_widths=tuple(m.text_decoder_widths),
+    dropout=m.dropout,
+    variant=m.variant,
+    prior_expert=m.prior_expert,
+    mixture=m.assignment,
+    image_scale=m.image_scale,
+    rec_weights=tuple(m.rec_weights),
+    beta=m.beta,
+    mask_text_padding=m.mask_text_padding,
+    learning_rate=learning_rate,
+    adam_betas=(config.train.b1, config.train.b2),
+  )
 
 
 class TorchWorker:
@@ -52,12 +63,23 @@ class TorchWorker:
 
   # -- commands ------------------------------------------------------------------------------
 
-  def build(self, size: str, batch: int, vocab: int, device: str, mode: str, warmup: int,
-            warmup_seconds: float, threads: int | None = None, seed: int = 0) -> dict:
+  def build(
+    self,
+    size: str,
+    batch: int,
+    vocab: int,
+    device: str,
+    mode: str,
+    warmup: int,
+    warmup_seconds: float,
+    threads: int | None = None,
+    seed: int = 0,
+  ) -> dict:
     """A fresh model and Adam, then ``warmup`` untimed steps (fewer once they have taken
     ``warmup_seconds``) and the FLOP count."""
     torch = self.torch
     from benchmarks import torch_mopoe as tm  # pylint: disable=g-import-not-at-top
+
     _common.maybe_simulate_crash("build", self.args.simulate_crash)
     self._release()
     self.sampler = _common.RssPeak().__enter__()
@@ -85,10 +107,14 @@ class TorchWorker:
       self.model = self.model.to(memory_format=torch.channels_last)
     num_params = int(sum(p.numel() for p in self.model.parameters()))
     self._train_step = tm.make_train_step(
-        self.model, tm.make_optimizer(self.model, cfg),
-        autocast_dtype=torch.bfloat16 if mode == "amp" else None)
-    images = {m: torch.from_numpy(data[m]).permute(0, 3, 1, 2).float().div(255.0)
-              for m in ("frontal", "lateral")}
+      self.model,
+      tm.make_optimizer(self.model, cfg),
+      autocast_dtype=torch.bfloat16 if mode == "amp" else None,
+    )
+    images = {
+      m: torch.from_numpy(data[m]).permute(0, 3, 1, 2).float().div(255.0)
+      for m in ("frontal", "lateral")
+    }
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     self.batch = {m: x.to(self.device).contiguous(memory_format=fmt) for m, x in images.items()}
     self.batch["text"] = torch.from_numpy(data["text"]).long().to(self.device)
@@ -107,19 +133,30 @@ class TorchWorker:
     rows = min(batch, FLOP_COUNT_ROWS)
     flops = self._model_flops(rows) * batch / rows
     phases["flop_count_s"] = time.perf_counter() - t
-    return {"params": num_params, "phases": phases, "warmup_step_s": warm,
-            "model_flops_per_step": flops, "flops_counted_on_rows": rows, "learning_rate": lr,
-            "mode": mode, "device": str(self.device), "threads": torch.get_num_threads(),
-            "settings": self._settings(channels_last, mode), "load": _common.load()}
+    return {
+      "params": num_params,
+      "phases": phases,
+      "warmup_step_s": warm,
+      "model_flops_per_step": flops,
+      "flops_counted_on_rows": rows,
+      "learning_rate": lr,
+      "mode": mode,
+      "device": str(self.device),
+      "threads": torch.get_num_threads(),
+      "settings": self._settings(channels_last, mode),
+      "load": _common.load(),
+    }
 
   def peak(self, budget_s: float) -> dict:
     torch = self.torch
     out = {}
     for name, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
       if name == "bf16" and not self.cuda and not _common.cpu_info()["native_bf16"]:
-        out[name] = {"skipped": "no native bf16 on this CPU (no avx512_bf16 or amx_bf16 in "
-                                "/proc/cpuinfo); torch's emulated bf16 matmul is slow (a "
-                                "2048^3 peak measurement took ~13 min in issue #14)"}
+        out[name] = {
+          "skipped": "no native bf16 on this CPU (no avx512_bf16 or amx_bf16 in "
+          "/proc/cpuinfo); torch's emulated bf16 matmul is slow (a "
+          "2048^3 peak measurement took ~13 min in issue #14)"
+        }
         continue
 
       def make(n, dtype=dtype):
@@ -128,12 +165,16 @@ class TorchWorker:
         def run():
           a @ a
           self._sync()
+
         return run
 
-      out[name] = _common.bounded_matmul_peak(make, n_start=4096 if self.cuda else 256,
-                                              n_max=16384 if self.cuda else 4096,
-                                              budget_s=budget_s,
-                                              max_reps=50 if self.cuda else 10)
+      out[name] = _common.bounded_matmul_peak(
+        make,
+        n_start=4096 if self.cuda else 256,
+        n_max=16384 if self.cuda else 4096,
+        budget_s=budget_s,
+        max_reps=50 if self.cuda else 10,
+      )
     out["load"] = _common.load()
     return out
 
@@ -149,22 +190,33 @@ class TorchWorker:
         self._sync()
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    return {"wall": wall, "cpu": cpu, "load_before": load_before, "load_after": _common.load(),
-            "rss_peak_bytes": mem.peak}
+    return {
+      "wall": wall,
+      "cpu": cpu,
+      "load_before": load_before,
+      "load_after": _common.load(),
+      "rss_peak_bytes": mem.peak,
+    }
 
   def report(self) -> dict:
     """The batch's end: finite losses, memory (RSS sampled since the build began; the CUDA
     allocator's peak since the build)."""
     import math  # pylint: disable=g-import-not-at-top
+
     self.sampler.__exit__(None, None, None)
     sampled, self.sampler = self.sampler.peak, None
-    memory = {"build_and_steps_peak_rss_bytes": sampled,
-              "process_peak_rss_bytes": _common.max_rss_bytes()}
+    memory = {
+      "build_and_steps_peak_rss_bytes": sampled,
+      "process_peak_rss_bytes": _common.max_rss_bytes(),
+    }
     if self.cuda:
       memory["device_peak_bytes"] = self.torch.cuda.max_memory_allocated()
-    return {"losses_finite": all(math.isfinite(x) for x in self.losses),
-            "last_loss": self.losses[-1] if self.losses else None, "memory": memory,
-            "foreign_modules": _foreign_modules()}
+    return {
+      "losses_finite": all(math.isfinite(x) for x in self.losses),
+      "last_loss": self.losses[-1] if self.losses else None,
+      "memory": memory,
+      "foreign_modules": _foreign_modules(),
+    }
 
   def finish(self) -> dict:
     return {"foreign_modules": _foreign_modules()}
@@ -182,6 +234,7 @@ class TorchWorker:
     """Useful FLOPs of forward + backward on the batch's first ``rows`` rows, by torch's FLOP
     counter (convolutions and matrix products: linear in the batch)."""
     from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
+
     self.model.train()
     counter = FlopCounterMode(display=False)
     with counter:
@@ -193,6 +246,7 @@ class TorchWorker:
   def _release(self):
     """Drops the previous batch's model, optimizer and data before the next build."""
     import gc  # pylint: disable=g-import-not-at-top
+
     self.model = self.batch = self._train_step = None
     self.losses = []
     if self.sampler is not None:
@@ -205,12 +259,17 @@ class TorchWorker:
 
   def _settings(self, channels_last: bool, mode: str) -> dict:
     torch = self.torch
-    out = {"channels_last": channels_last, "autocast": "bfloat16" if mode == "amp" else None,
-           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    out = {
+      "channels_last": channels_last,
+      "autocast": "bfloat16" if mode == "amp" else None,
+      "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     if self.cuda:
-      out.update(cudnn_benchmark=torch.backends.cudnn.benchmark,
-                 cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                 matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+      out.update(
+        cudnn_benchmark=torch.backends.cudnn.benchmark,
+        cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+        matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+      )
     else:
       out["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     return out
@@ -232,22 +291,42 @@ def main(args) -> int:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    channel.send(event="hello", ok=False,
-                 error=f"{e}. Install PyTorch (pip install -e '.[bench]'; CPU build: "
-                 "benchmarks/README.md) or pass --skip-torch.")
+    channel.send(
+      event="hello",
+      ok=False,
+      error=f"{e}. Install PyTorch (pip install -e '.[bench]'; CPU build: "
+      "benchmarks/README.md) or pass --skip-torch.",
+    )
     return 2
   if args.pin_threads:
     torch.set_num_threads(args.pin_threads)
   cuda = torch.cuda.is_available() and args.device != "cpu"
-  channel.send(event="hello", ok=True, framework="torch", pid=os.getpid(),
-               import_s=time.perf_counter() - t0, cuda_available=torch.cuda.is_available(),
-               device_kind=torch.cuda.get_device_name(0) if cuda else None,
-               versions={"torch": torch.__version__, "cuda": torch.version.cuda,
-                         "python": sys.version.split()[0]},
-               threads=torch.get_num_threads(), cores=cores,
-               cpu_capability=torch.backends.cpu.get_cpu_capability(),
-               foreign_modules=_foreign_modules())
+  channel.send(
+    event="hello",
+    ok=True,
+    framework="torch",
+    pid=os.getpid(),
+    import_s=time.perf_counter() - t0,
+    cuda_available=torch.cuda.is_available(),
+    device_kind=torch.cuda.get_device_name(0) if cuda else None,
+    versions={
+      "torch": torch.__version__,
+      "cuda": torch.version.cuda,
+      "python": sys.version.split()[0],
+    },
+    threads=torch.get_num_threads(),
+    cores=cores,
+    cpu_capability=torch.backends.cpu.get_cpu_capability(),
+    foreign_modules=_foreign_modules(),
+  )
   worker = TorchWorker(args, torch)
-  return _common.serve(channel, {"build": worker.build, "peak": worker.peak,
-                                 "steps": worker.steps, "report": worker.report,
-                                 "finish": worker.finish})
+  return _common.serve(
+    channel,
+    {
+      "build": worker.build,
+      "peak": worker.peak,
+      "steps": worker.steps,
+      "report": worker.report,
+      "finish": worker.finish,
+    },
+  )

@@ -15,24 +15,28 @@ import shutil
 import tempfile
 import time
 
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import (
+  app,  # noqa: E402
+  flags,  # noqa: E402
+)
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from input_pipeline.synthetic_cxr import studies  # noqa: E402
 from input_pipeline.synthetic_cxr import synthetic_cxr_dataset_builder as builder_lib  # noqa: E402
 
-_CONFIG = flags.DEFINE_enum("config", "small", ["tiny", "small", "paper"],
-                            "synthetic_cxr config to benchmark.")
-_RENDER_STUDIES = flags.DEFINE_integer("render_studies", 2000,
-                                       "Studies timed for sampling, rendering and encoding.")
+_CONFIG = flags.DEFINE_enum(
+  "config", "small", ["tiny", "small", "paper"], "synthetic_cxr config to benchmark."
+)
+_RENDER_STUDIES = flags.DEFINE_integer(
+  "render_studies", 2000, "Studies timed for sampling, rendering and encoding."
+)
 _BUILD = flags.DEFINE_bool("build", True, "Also time the whole tfds build.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None,
-                                "Where to build (default: a temporary directory, removed).")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "Where to build (default: a temporary directory, removed)."
+)
 
 
 def _timed(fn, n):
@@ -47,21 +51,37 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")
   config = next(c for c in builder_lib.Builder.BUILDER_CONFIGS if c.name == _CONFIG.value)
   n = _RENDER_STUDIES.value
-  kwargs = dict(image_size=config.image_size, p_missing_lateral=config.p_missing_lateral,
-                p_missing_text=config.p_missing_text)
-  print(f"synthetic_cxr/{config.name}: {config.image_size} px, {config.text_length} tokens, "
-        f"{config.num_train}/{config.num_validation}/{config.num_test} studies; "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+  kwargs = dict(
+    image_size=config.image_size,
+    p_missing_lateral=config.p_missing_lateral,
+    p_missing_text=config.p_missing_text,
+  )
+  print(
+    f"synthetic_cxr/{config.name}: {config.image_size} px, {config.text_length} tokens, "
+    f"{config.num_train}/{config.num_validation}/{config.num_test} studies; "
+    f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+  )
 
-  _, line = _timed(lambda: [studies.generate_study(config.seed, "train", i, render_images=False,
-                                                   **kwargs) for i in range(n)], n)
+  _, line = _timed(
+    lambda: [
+      studies.generate_study(config.seed, "train", i, render_images=False, **kwargs)
+      for i in range(n)
+    ],
+    n,
+  )
   print(f"  sampling + report only       {line}")
-  rendered, line = _timed(lambda: [studies.generate_study(config.seed, "train", i, **kwargs)
-                                   for i in range(n)], n)
+  rendered, line = _timed(
+    lambda: [studies.generate_study(config.seed, "train", i, **kwargs) for i in range(n)], n
+  )
   print(f"  sampling + rendering         {line}")
-  _, line = _timed(lambda: [[builder_lib.encode_png(s.frontal)]
-                            + ([builder_lib.encode_png(s.lateral)] if s.lateral is not None
-                               else []) for s in rendered], n)
+  _, line = _timed(
+    lambda: [
+      [builder_lib.encode_png(s.frontal)]
+      + ([builder_lib.encode_png(s.lateral)] if s.lateral is not None else [])
+      for s in rendered
+    ],
+    n,
+  )
   print(f"  PNG encoding (both views)    {line}")
 
   if not _BUILD.value:
@@ -74,8 +94,11 @@ def main(argv):
     _, line = _timed(builder.download_and_prepare, total)
     print(f"  whole tfds build ({total} studies, incl. vocabulary pass)")
     print(f"                               {line}")
-    size = sum(os.path.getsize(os.path.join(root, f))
-               for root, _, files in os.walk(builder.data_dir) for f in files)
+    size = sum(
+      os.path.getsize(os.path.join(root, f))
+      for root, _, files in os.walk(builder.data_dir)
+      for f in files
+    )
     print(f"  on disk: {size / 2**20:.1f} MiB in {builder.data_dir}")
   finally:
     if _DATA_DIR.value is None:

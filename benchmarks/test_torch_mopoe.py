@@ -14,13 +14,13 @@ import torch_mopoe as tm  # noqa: E402
 
 # docs/model.md#networks: parameter counts of the reference at the paper's sizes (as run).
 SPEC_COUNTS = {
-    "frontal_encoder": 9_081_728,
-    "lateral_encoder": 9_081_728,
-    "text_encoder": 11_569_024,
-    "frontal_decoder": 5_769_921,
-    "lateral_decoder": 5_769_921,
-    "text_decoder": 17_968_596,
-    "total": 59_240_918,
+  "frontal_encoder": 9_081_728,
+  "lateral_encoder": 9_081_728,
+  "text_encoder": 11_569_024,
+  "frontal_decoder": 5_769_921,
+  "lateral_decoder": 5_769_921,
+  "text_decoder": 17_968_596,
+  "total": 59_240_918,
 }
 
 
@@ -44,8 +44,7 @@ def test_parameter_counts_match_spec_table():
 def test_image_encoder_per_block_counts():
   enc = _meta_model().encoders["frontal"]
   assert tm._count(enc.stem) == 576
-  assert [tm._count(b) for b in enc.blocks] == [266_880, 803_904, 1_611_264, 2_688_960,
-                                                3_381_440]
+  assert [tm._count(b) for b in enc.blocks] == [266_880, 803_904, 1_611_264, 2_688_960, 3_381_440]
   assert tm._count(enc.mu) == tm._count(enc.logvar) == 164_352
 
 

@@ -67,8 +67,8 @@ import time
 from typing import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 MODALITIES = ("frontal", "lateral", "text")
 PRIOR_EXPERT_CHOICES = ("none", "full_set", "all")
@@ -115,23 +115,29 @@ class TorchModelConfig:
   adam_betas: tuple[float, float] = (0.9, 0.999)
 
   def __post_init__(self):
-    for name, size, minimum in (("image_size", self.image_size, 8),
-                                ("text_length", self.text_length, 4)):
+    for name, size, minimum in (
+      ("image_size", self.image_size, 8),
+      ("text_length", self.text_length, 4),
+    ):
       if size < minimum or size & (size - 1):
         raise ValueError(f"{name} must be a power of two >= {minimum}, got {size}.")
-    checks = (("image_encoder_widths", self.num_image_blocks),
-              ("image_decoder_widths", self.num_image_blocks),
-              ("text_encoder_widths", self.num_text_blocks),
-              ("text_decoder_widths", self.num_text_blocks))
+    checks = (
+      ("image_encoder_widths", self.num_image_blocks),
+      ("image_decoder_widths", self.num_image_blocks),
+      ("text_encoder_widths", self.num_text_blocks),
+      ("text_decoder_widths", self.num_text_blocks),
+    )
     for name, blocks in checks:
       widths = getattr(self, name)
       if len(widths) != blocks + 1:
         raise ValueError(
-            f"{name} needs {blocks + 1} entries (stem/linear + {blocks} blocks) for image size "
-            f"{self.image_size} / text length {self.text_length}, got {len(widths)}: {widths}.")
+          f"{name} needs {blocks + 1} entries (stem/linear + {blocks} blocks) for image size "
+          f"{self.image_size} / text length {self.text_length}, got {len(widths)}: {widths}."
+        )
     if self.prior_expert not in PRIOR_EXPERT_CHOICES:
-      raise ValueError(f"prior_expert must be one of {PRIOR_EXPERT_CHOICES}, got "
-                       f"{self.prior_expert!r}.")
+      raise ValueError(
+        f"prior_expert must be one of {PRIOR_EXPERT_CHOICES}, got {self.prior_expert!r}."
+      )
     if self.mixture not in MIXTURE_CHOICES:
       raise ValueError(f"mixture must be one of {MIXTURE_CHOICES}, got {self.mixture!r}.")
     if self.variant not in VARIANTS:
@@ -150,9 +156,17 @@ class TorchModelConfig:
 
 def tiny_config(**overrides) -> TorchModelConfig:
   """A small config for tests: 32 px, 32 tokens, narrow widths."""
-  values = dict(latent_dim=16, vocab_size=50, image_size=32, text_length=32, text_embed_dim=8,
-                image_encoder_widths=(8, 16, 24, 32), image_decoder_widths=(32, 24, 16, 8),
-                text_encoder_widths=(8, 16, 24, 32, 40), text_decoder_widths=(40, 32, 24, 16, 8))
+  values = dict(
+    latent_dim=16,
+    vocab_size=50,
+    image_size=32,
+    text_length=32,
+    text_embed_dim=8,
+    image_encoder_widths=(8, 16, 24, 32),
+    image_decoder_widths=(32, 24, 16, 8),
+    text_encoder_widths=(8, 16, 24, 32, 40),
+    text_decoder_widths=(40, 32, 24, 16, 8),
+  )
   values.update(overrides)
   return TorchModelConfig(**values)
 
@@ -165,21 +179,30 @@ class ResidualBlock2dConv(nn.Module):
   """Image encoder block: BN-ReLU-conv1x1-Dropout2d-BN-ReLU-conv(k,s,p)-Dropout2d, no biases;
   shortcut conv(k,s,p) with bias + BN."""
 
-  def __init__(self, channels_in, channels_out, kernel_size, stride, padding, a=2.0, b=0.3,
-               dropout=0.5):
+  def __init__(
+    self, channels_in, channels_out, kernel_size, stride, padding, a=2.0, b=0.3, dropout=0.5
+  ):
     super().__init__()
     self.bn1 = nn.BatchNorm2d(channels_in)
     self.conv1 = nn.Conv2d(channels_in, channels_in, kernel_size=1, bias=False)
     self.dropout1 = nn.Dropout2d(p=dropout)
     self.bn2 = nn.BatchNorm2d(channels_in)
-    self.conv2 = nn.Conv2d(channels_in, channels_out, kernel_size=kernel_size, stride=stride,
-                           padding=padding, bias=False)
+    self.conv2 = nn.Conv2d(
+      channels_in, channels_out, kernel_size=kernel_size, stride=stride, padding=padding, bias=False
+    )
     self.dropout2 = nn.Dropout2d(p=dropout)
     self.relu = nn.ReLU(inplace=True)
     self.shortcut = nn.Sequential(
-        nn.Conv2d(channels_in, channels_out, kernel_size=kernel_size, stride=stride,
-                  padding=padding, bias=True),
-        nn.BatchNorm2d(channels_out))
+      nn.Conv2d(
+        channels_in,
+        channels_out,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        bias=True,
+      ),
+      nn.BatchNorm2d(channels_out),
+    )
     self.a = a
     self.b = b
 
@@ -192,22 +215,46 @@ class ResidualBlock2dConv(nn.Module):
 class ResidualBlock2dTransposeConv(nn.Module):
   """Image decoder block: as ResidualBlock2dConv with transposed convolutions (1x1 included)."""
 
-  def __init__(self, channels_in, channels_out, kernel_size, stride, padding, output_padding=0,
-               a=2.0, b=0.3, dropout=0.5):
+  def __init__(
+    self,
+    channels_in,
+    channels_out,
+    kernel_size,
+    stride,
+    padding,
+    output_padding=0,
+    a=2.0,
+    b=0.3,
+    dropout=0.5,
+  ):
     super().__init__()
     self.bn1 = nn.BatchNorm2d(channels_in)
     self.conv1 = nn.ConvTranspose2d(channels_in, channels_in, kernel_size=1, bias=False)
     self.dropout1 = nn.Dropout2d(p=dropout)
     self.bn2 = nn.BatchNorm2d(channels_in)
-    self.conv2 = nn.ConvTranspose2d(channels_in, channels_out, kernel_size=kernel_size,
-                                    stride=stride, padding=padding,
-                                    output_padding=output_padding, bias=False)
+    self.conv2 = nn.ConvTranspose2d(
+      channels_in,
+      channels_out,
+      kernel_size=kernel_size,
+      stride=stride,
+      padding=padding,
+      output_padding=output_padding,
+      bias=False,
+    )
     self.dropout2 = nn.Dropout2d(p=dropout)
     self.relu = nn.ReLU(inplace=True)
     self.shortcut = nn.Sequential(
-        nn.ConvTranspose2d(channels_in, channels_out, kernel_size=kernel_size, stride=stride,
-                           padding=padding, output_padding=output_padding, bias=True),
-        nn.BatchNorm2d(channels_out))
+      nn.ConvTranspose2d(
+        channels_in,
+        channels_out,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        bias=True,
+      ),
+      nn.BatchNorm2d(channels_out),
+    )
     self.a = a
     self.b = b
 
@@ -220,21 +267,30 @@ class ResidualBlock2dTransposeConv(nn.Module):
 class ResidualBlock1dConv(nn.Module):
   """Text encoder block: convolutions with bias, element-wise Dropout."""
 
-  def __init__(self, channels_in, channels_out, kernel_size, stride, padding, a=2.0, b=0.3,
-               dropout=0.5):
+  def __init__(
+    self, channels_in, channels_out, kernel_size, stride, padding, a=2.0, b=0.3, dropout=0.5
+  ):
     super().__init__()
     self.bn1 = nn.BatchNorm1d(channels_in)
     self.conv1 = nn.Conv1d(channels_in, channels_in, kernel_size=1, bias=True)
     self.dropout1 = nn.Dropout(p=dropout)
     self.bn2 = nn.BatchNorm1d(channels_in)
-    self.conv2 = nn.Conv1d(channels_in, channels_out, kernel_size=kernel_size, stride=stride,
-                           padding=padding, bias=True)
+    self.conv2 = nn.Conv1d(
+      channels_in, channels_out, kernel_size=kernel_size, stride=stride, padding=padding, bias=True
+    )
     self.dropout2 = nn.Dropout(p=dropout)
     self.relu = nn.ReLU(inplace=True)
     self.shortcut = nn.Sequential(
-        nn.Conv1d(channels_in, channels_out, kernel_size=kernel_size, stride=stride,
-                  padding=padding, bias=True),
-        nn.BatchNorm1d(channels_out))
+      nn.Conv1d(
+        channels_in,
+        channels_out,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        bias=True,
+      ),
+      nn.BatchNorm1d(channels_out),
+    )
     self.a = a
     self.b = b
 
@@ -247,22 +303,46 @@ class ResidualBlock1dConv(nn.Module):
 class ResidualBlock1dTransposeConv(nn.Module):
   """Text decoder block: transposed convolutions (the 1x1 too) with bias, plain Dropout."""
 
-  def __init__(self, channels_in, channels_out, kernel_size, stride, padding, output_padding=0,
-               a=2.0, b=0.3, dropout=0.5):
+  def __init__(
+    self,
+    channels_in,
+    channels_out,
+    kernel_size,
+    stride,
+    padding,
+    output_padding=0,
+    a=2.0,
+    b=0.3,
+    dropout=0.5,
+  ):
     super().__init__()
     self.bn1 = nn.BatchNorm1d(channels_in)
     self.conv1 = nn.ConvTranspose1d(channels_in, channels_in, kernel_size=1, bias=True)
     self.dropout1 = nn.Dropout(p=dropout)
     self.bn2 = nn.BatchNorm1d(channels_in)
-    self.conv2 = nn.ConvTranspose1d(channels_in, channels_out, kernel_size=kernel_size,
-                                    stride=stride, padding=padding,
-                                    output_padding=output_padding, bias=True)
+    self.conv2 = nn.ConvTranspose1d(
+      channels_in,
+      channels_out,
+      kernel_size=kernel_size,
+      stride=stride,
+      padding=padding,
+      output_padding=output_padding,
+      bias=True,
+    )
     self.dropout2 = nn.Dropout(p=dropout)
     self.relu = nn.ReLU(inplace=True)
     self.shortcut = nn.Sequential(
-        nn.ConvTranspose1d(channels_in, channels_out, kernel_size=kernel_size, stride=stride,
-                           padding=padding, output_padding=output_padding, bias=True),
-        nn.BatchNorm1d(channels_out))
+      nn.ConvTranspose1d(
+        channels_in,
+        channels_out,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        bias=True,
+      ),
+      nn.BatchNorm1d(channels_out),
+    )
     self.a = a
     self.b = b
 
@@ -286,14 +366,14 @@ class ImageEncoder(nn.Module):
   def __init__(self, cfg: TorchModelConfig):
     super().__init__()
     widths = cfg.image_encoder_widths
-    self.stem = nn.Conv2d(cfg.image_channels, widths[0], kernel_size=3, stride=2, padding=1,
-                          bias=False)
+    self.stem = nn.Conv2d(
+      cfg.image_channels, widths[0], kernel_size=3, stride=2, padding=1, bias=False
+    )
     blocks = []
     for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
       last = i == cfg.num_image_blocks - 1
       # k4 s2 p1 halves the size down to 4x4; the last block (p0) takes 4x4 to 1x1.
-      blocks.append(ResidualBlock2dConv(c_in, c_out, 4, 2, 0 if last else 1,
-                                        **_block_kwargs(cfg)))
+      blocks.append(ResidualBlock2dConv(c_in, c_out, 4, 2, 0 if last else 1, **_block_kwargs(cfg)))
     self.blocks = nn.Sequential(*blocks)
     self.mu = nn.Linear(widths[-1], cfg.latent_dim)
     self.logvar = nn.Linear(widths[-1], cfg.latent_dim)
@@ -313,11 +393,19 @@ class ImageDecoder(nn.Module):
     blocks = []
     for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
       stride, padding = (1, 0) if i == 0 else (2, 1)  # 1x1 -> 4x4, then doubling
-      blocks.append(ResidualBlock2dTransposeConv(c_in, c_out, 4, stride, padding,
-                                                 **_block_kwargs(cfg)))
+      blocks.append(
+        ResidualBlock2dTransposeConv(c_in, c_out, 4, stride, padding, **_block_kwargs(cfg))
+      )
     self.blocks = nn.Sequential(*blocks)
-    self.out = nn.ConvTranspose2d(widths[-1], cfg.image_channels, kernel_size=3, stride=2,
-                                  padding=1, output_padding=1, bias=True)
+    self.out = nn.ConvTranspose2d(
+      widths[-1],
+      cfg.image_channels,
+      kernel_size=3,
+      stride=2,
+      padding=1,
+      output_padding=1,
+      bias=True,
+    )
 
   def forward(self, z):
     h = self.linear(z)[:, :, None, None]
@@ -330,13 +418,18 @@ class TextEncoder(nn.Module):
   def __init__(self, cfg: TorchModelConfig):
     super().__init__()
     widths = cfg.text_encoder_widths
-    self.embedding = nn.Embedding(cfg.vocab_size, cfg.text_embed_dim,
-                                  padding_idx=cfg.embedding_padding_idx)
-    self.stem = nn.Conv1d(cfg.text_embed_dim, widths[0], kernel_size=4, stride=2, padding=1,
-                          bias=True)
-    self.blocks = nn.Sequential(*[
+    self.embedding = nn.Embedding(
+      cfg.vocab_size, cfg.text_embed_dim, padding_idx=cfg.embedding_padding_idx
+    )
+    self.stem = nn.Conv1d(
+      cfg.text_embed_dim, widths[0], kernel_size=4, stride=2, padding=1, bias=True
+    )
+    self.blocks = nn.Sequential(
+      *[
         ResidualBlock1dConv(c_in, c_out, 4, 2, 1, **_block_kwargs(cfg))
-        for c_in, c_out in zip(widths[:-1], widths[1:])])
+        for c_in, c_out in zip(widths[:-1], widths[1:])
+      ]
+    )
     self.mu = nn.Linear(widths[-1], cfg.latent_dim)
     self.logvar = nn.Linear(widths[-1], cfg.latent_dim)
 
@@ -356,8 +449,9 @@ class TextDecoder(nn.Module):
     blocks = []
     for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
       stride, padding = (1, 0) if i == 0 else (2, 1)  # length 1 -> 4, then doubling
-      blocks.append(ResidualBlock1dTransposeConv(c_in, c_out, 4, stride, padding,
-                                                 **_block_kwargs(cfg)))
+      blocks.append(
+        ResidualBlock1dTransposeConv(c_in, c_out, 4, stride, padding, **_block_kwargs(cfg))
+      )
     self.blocks = nn.Sequential(*blocks)
     self.out = nn.Conv1d(widths[-1], cfg.vocab_size, kernel_size=1, bias=True)
 
@@ -395,8 +489,9 @@ def prior_expert_flags(mask: torch.Tensor, prior_expert: str) -> torch.Tensor:
   raise ValueError(f"prior_expert must be one of {PRIOR_EXPERT_CHOICES}, got {prior_expert!r}.")
 
 
-def product_of_experts(mus: torch.Tensor, logvars: torch.Tensor, mask: torch.Tensor,
-                       prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def product_of_experts(
+  mus: torch.Tensor, logvars: torch.Tensor, mask: torch.Tensor, prior: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
   """mus, logvars [M, B, D]; mask bool [K, M]; prior float [K] -> (mu, logvar) [K, B, D].
 
   One masked sum over the modality axis for all K subsets at once.
@@ -412,13 +507,16 @@ def mixture_slices(batch_size: int, num_subsets: int) -> list[tuple[int, int]]:
   """The reference's deterministic slicing: subset k takes rows [k*n, (k+1)*n), n = B // K, the
   last subset takes the remainder (B=200, K=7 -> 28 rows each and 32 for the last)."""
   n = batch_size // num_subsets
-  return [(k * n, (k + 1) * n if k < num_subsets - 1 else batch_size)
-          for k in range(num_subsets)]
+  return [(k * n, (k + 1) * n if k < num_subsets - 1 else batch_size) for k in range(num_subsets)]
 
 
-def mixture_assignment(batch_size: int, num_subsets: int, mode: str = "slice",
-                       generator: torch.Generator | None = None,
-                       device: torch.device | str | None = None) -> torch.Tensor:
+def mixture_assignment(
+  batch_size: int,
+  num_subsets: int,
+  mode: str = "slice",
+  generator: torch.Generator | None = None,
+  device: torch.device | str | None = None,
+) -> torch.Tensor:
   """int64 [B]: the subset each row's z is drawn from."""
   if mode == "random":
     return torch.randint(0, num_subsets, (batch_size,), generator=generator, device=device)
@@ -445,37 +543,40 @@ class TorchMoPoE(nn.Module):
   def __init__(self, cfg: TorchModelConfig):
     super().__init__()
     self.cfg = cfg
-    self.encoders = nn.ModuleDict({"frontal": ImageEncoder(cfg), "lateral": ImageEncoder(cfg),
-                                   "text": TextEncoder(cfg)})
-    self.decoders = nn.ModuleDict({"frontal": ImageDecoder(cfg), "lateral": ImageDecoder(cfg),
-                                   "text": TextDecoder(cfg)})
+    self.encoders = nn.ModuleDict(
+      {"frontal": ImageEncoder(cfg), "lateral": ImageEncoder(cfg), "text": TextEncoder(cfg)}
+    )
+    self.decoders = nn.ModuleDict(
+      {"frontal": ImageDecoder(cfg), "lateral": ImageDecoder(cfg), "text": TextDecoder(cfg)}
+    )
     mask = subset_mask(len(MODALITIES), cfg.variant)
     self.register_buffer("subset_mask", mask, persistent=False)
-    self.register_buffer("prior_flags", prior_expert_flags(mask, cfg.prior_expert),
-                         persistent=False)
+    self.register_buffer(
+      "prior_flags", prior_expert_flags(mask, cfg.prior_expert), persistent=False
+    )
 
   def encode(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """-> mus, logvars, each [M, B, D] in MODALITIES order."""
     outs = [self.encoders[m](batch[m]) for m in MODALITIES]
     return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
-  def forward(self, batch: Mapping[str, torch.Tensor],
-              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+  def forward(
+    self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+  ) -> dict[str, torch.Tensor]:
     mus, logvars = self.encode(batch)
     mu_k, logvar_k = product_of_experts(mus, logvars, self.subset_mask, self.prior_flags)
     batch_size = mus.shape[1]
-    assign = mixture_assignment(batch_size, mu_k.shape[0], self.cfg.mixture, generator,
-                                mus.device)
+    assign = mixture_assignment(batch_size, mu_k.shape[0], self.cfg.mixture, generator, mus.device)
     rows = torch.arange(batch_size, device=mus.device)
     mu_sel, logvar_sel = mu_k[assign, rows], logvar_k[assign, rows]  # [B, D]
-    eps = torch.randn(mu_sel.shape, generator=generator, dtype=mu_sel.dtype,
-                      device=mu_sel.device)
+    eps = torch.randn(mu_sel.shape, generator=generator, dtype=mu_sel.dtype, device=mu_sel.device)
     z = mu_sel + torch.exp(0.5 * logvar_sel) * eps
     recon = {m: self.decoders[m](z) for m in MODALITIES}
     return {"mu": mu_k, "logvar": logvar_k, "z": z, "assignment": assign, "recon": recon}
 
-  def loss(self, batch: Mapping[str, torch.Tensor],
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+  def loss(
+    self, batch: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+  ) -> tuple[torch.Tensor, dict]:
     cfg = self.cfg
     out = self(batch, generator)
     nll = {}
@@ -500,9 +601,9 @@ def make_optimizer(model: nn.Module, cfg: TorchModelConfig | None = None) -> tor
   return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas)
 
 
-def make_train_step(model: TorchMoPoE, optimizer: torch.optim.Optimizer,
-                    autocast_dtype: torch.dtype | None = None
-                    ) -> Callable[[Mapping[str, torch.Tensor]], dict[str, float]]:
+def make_train_step(
+  model: TorchMoPoE, optimizer: torch.optim.Optimizer, autocast_dtype: torch.dtype | None = None
+) -> Callable[[Mapping[str, torch.Tensor]], dict[str, float]]:
   """A step: forward, loss, backward, optimizer step (train mode: BN batch stats, dropout).
 
   With ``autocast_dtype`` (e.g. torch.bfloat16) the forward pass and the loss run under
@@ -525,15 +626,17 @@ def make_train_step(model: TorchMoPoE, optimizer: torch.optim.Optimizer,
   return train_step
 
 
-def random_batch(cfg: TorchModelConfig, batch_size: int,
-                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def random_batch(
+  cfg: TorchModelConfig, batch_size: int, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
   """Frontal/lateral float32 [B, C, S, S] in [0, 1]; text int64 [B, T] in [0, V)."""
   shape = (batch_size, cfg.image_channels, cfg.image_size, cfg.image_size)
   return {
-      "frontal": torch.rand(shape, generator=generator),
-      "lateral": torch.rand(shape, generator=generator),
-      "text": torch.randint(0, cfg.vocab_size, (batch_size, cfg.text_length),
-                            generator=generator, dtype=torch.int64),
+    "frontal": torch.rand(shape, generator=generator),
+    "lateral": torch.rand(shape, generator=generator),
+    "text": torch.randint(
+      0, cfg.vocab_size, (batch_size, cfg.text_length), generator=generator, dtype=torch.int64
+    ),
   }
 
 
@@ -556,8 +659,9 @@ def parameter_counts(cfg: TorchModelConfig | None = None) -> dict[str, int]:
 # Timing by hand.
 
 
-def time_train_steps(cfg: TorchModelConfig, batch_size: int, steps: int = 5, warmup: int = 3,
-                     seed: int = 0) -> dict[str, list[float]]:
+def time_train_steps(
+  cfg: TorchModelConfig, batch_size: int, steps: int = 5, warmup: int = 3, seed: int = 0
+) -> dict[str, list[float]]:
   """Seconds per training step (after ``warmup`` untimed steps: the first steps of oneDNN are
   slow) on one fixed random batch: ``wall`` (perf_counter) and ``cpu`` (process CPU time, all
   threads together; less sensitive to other processes on a shared machine)."""
@@ -586,14 +690,19 @@ def main(argv=None):
   args = parser.parse_args(argv)
   torch.set_num_threads(args.threads)
   cfg = tiny_config() if args.tiny else TorchModelConfig()
-  print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"parameters {parameter_counts(cfg)['total']:,}")
+  print(
+    f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+    f"parameters {parameter_counts(cfg)['total']:,}"
+  )
   for batch_size in args.batch_sizes:
     times = time_train_steps(cfg, batch_size, args.steps, args.warmup)
     wall, cpu = times["wall"], times["cpu"]
-    print(f"batch {batch_size}: median {statistics.median(wall):.3f} s/step wall "
-          f"(min {min(wall):.3f}, max {max(wall):.3f}, {len(wall)} steps); "
-          f"median {statistics.median(cpu):.3f} s/step process CPU time", flush=True)
+    print(
+      f"batch {batch_size}: median {statistics.median(wall):.3f} s/step wall "
+      f"(min {min(wall):.3f}, max {max(wall):.3f}, {len(wall)} steps); "
+      f"median {statistics.median(cpu):.3f} s/step process CPU time",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

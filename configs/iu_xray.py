@@ -13,9 +13,9 @@ studies under the selection (3,955 reports; docs/iu_xray.md), a vocabulary of 63
 batch is 64 and training runs 100 epochs, 3,254 steps or 208k studies seen (the paper: 46k
 steps, 9.3M studies). Expected time, from this project's measurements of the paper's model
 (docs/performance.md; not measured on this collection, whose images cannot be downloaded where
-the project is built): on 2 CPU cores at ~4 studies/s (Intel Xeon), about 15 hours of training plus hours of
-evaluation (the coherence classifiers), too long for a CPU; on one current GPU, by the step's
-roofline counts, minutes of training and the whole run well under an hour (not measured yet).
+the project is built): on 2 CPU cores at ~4 studies/s (Intel Xeon), about 15 hours of training plus
+hours of evaluation (the coherence classifiers), too long for a CPU; on one current GPU, by the
+step's roofline counts, minutes of training and the whole run well under an hour (not measured yet).
 Preparing the dataset reads the PNG archive once, front to back: 20 s on 2 cores for an
 archive of the real file names and 1.6 GB of made-up pixels.
 
@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.num_epochs = 100.0
   train.warmup_steps = 200
   train.log_every_steps = 50
-  train.eval_every_steps = 165            # about five epochs
+  train.eval_every_steps = 165  # about five epochs
   train.checkpoint_every_steps = 500
-  config.classifier.num_steps = 1500      # the coherence classifiers see ~90 epochs
+  config.classifier.num_steps = 1500  # the coherence classifiers see ~90 epochs
   return config

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.name = "synthetic_cxr/small"
   data.image_size = 64
   data.text_length = 64
-  data.require_complete = False           # MoPoE trains on studies with missing modalities
+  data.require_complete = False  # MoPoE trains on studies with missing modalities
 
   model = config.model
   model.latent_dim = 64

@@ -1,21 +1,15 @@
-"""Batching and device placement: tfds builder -> numpy batches -> global `jax.Array`s.
+"""Batching: tfds builder -> fixed-shape numpy batches of this process's share.
 
 Every builder yields the studies described in `input_pipeline.features`; this module turns them
-into fixed-shape batches for a data-parallel jitted step:
-
-  frontal    uint8   [b, S, S, 1]  (the train step converts to float on device)
-  lateral    uint8   [b, S, S, 1]
-  text       int32   [b, T]
-  available  bool    [b, 3]        (frontal, lateral, text)
-  labels     float32 [b, 14]       1 / 0 / -1 / NaN
-  finding    int32   [b]
-  valid      bool    [b]           eval batches only: False on padding rows
+into fixed-shape batches for a data-parallel jitted step: one entry per modality of the registry
+and ``available``, ``labels``, ``finding`` (and ``valid`` in eval batches), laid out as
+`mopoe_jax.data.modalities.batch_layout` says (docs/architecture.md#the-batch-layout).
 
 Strings (report, study_id) and builder-specific extras are dropped. ``b`` is the per-process
 batch: the global batch divided by the number of processes;
-`mopoe_jax.sharding.to_global_batch` assembles the processes' batches into one global array per
-key, sharded over the mesh axis ``'data'``. Nothing here touches devices: TensorFlow is kept off
-the accelerators by the entry point (main.py).
+`mopoe_jax.platform.sharding.to_global_batch` assembles the processes' batches into one global
+array per key, sharded over the mesh axis ``'data'``. Nothing here touches devices: TensorFlow is
+kept off the accelerators by the entry point (main.py).
 
 Fields read from ``data_config`` (an ml_collections ConfigDict; configs/default.py documents
 them all):
@@ -57,44 +51,20 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_pipeline import integrity
-from mopoe_jax import text as text_lib
-from mopoe_jax.sharding import check_batch_divisible
-
+from input_pipeline import builders, integrity
+from mopoe_jax.data import modalities
+from mopoe_jax.data import text as text_lib
+from mopoe_jax.platform.sharding import check_batch_divisible
 
 # The per-example features that batches carry, in the order of the module docstring.
-BATCH_KEYS = ("frontal", "lateral", "text", "available", "labels", "finding")
-IMAGE_KEYS = ("frontal", "lateral")
-
-# The module that registers each builder family with tfds.
-_BUILDER_MODULES = {
-    "synthetic_cxr": "input_pipeline.synthetic_cxr",
-    "mimic_cxr": "input_pipeline.mimic_cxr",
-    "iu_xray": "input_pipeline.iu_xray",
-}
+BATCH_KEYS = modalities.MODALITIES + ("available", "labels", "finding")
+IMAGE_KEYS = modalities.IMAGE_MODALITIES
 
 Batch = dict[str, np.ndarray]
 
 
 # ------------------------------------------------------------------------------------------------
 # Builders.
-
-
-def _import_builder_module(name: str) -> None:
-  """Imports the package that registers the builder ``name`` ('family/config:version')."""
-  family = name.split("/")[0].split(":")[0]
-  module = _BUILDER_MODULES.get(family)
-  if module is None:
-    return  # Registered elsewhere (a tfds catalogue dataset, or a builder defined by a test).
-  try:
-    __import__(module)
-  except ModuleNotFoundError as e:
-    if e.name is not None and module.startswith(e.name):
-      raise ModuleNotFoundError(
-          f"Dataset {name!r} needs the builder package {module!r}, which is missing from this "
-          f"checkout. Use a dataset whose builder exists (known families: "
-          f"{sorted(_BUILDER_MODULES)}) or add {module.replace('.', '/')}/.") from e
-    raise
 
 
 def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -108,28 +78,40 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
   name = data_config.name
   data_dir = data_config.get("data_dir")
   manual_dir = data_config.get("manual_dir")
-  _import_builder_module(name)
+  module = builders.register(name)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.DatasetNotFoundError as e:
-    family = name.split("/")[0].split(":")[0]
-    if family not in _BUILDER_MODULES:
-      raise
+    if module is None:
+      raise ValueError(
+        f"No builder for dataset {name!r}: this repository's builders are "
+        f"{sorted(builders.families())} (a folder input_pipeline/<name>/ with "
+        "<name>_dataset_builder.py each), and tfds knows no such dataset."
+      ) from e
     raise ValueError(
-        f"Dataset {name!r} is not registered with tfds although {_BUILDER_MODULES[family]!r} "
-        "was imported: that package must import its builder class in its __init__.py.") from e
+      f"Dataset {name!r} is not registered with tfds although {module!r} was imported: that "
+      "package must import its builder class in its __init__.py."
+    ) from e
   except Exception:  # e.g. a garbled dataset_info.json: say which file and how to rebuild
     integrity.check_json_files(name, data_dir)
     raise
   if builder.is_prepared():
     logging.info("Dataset %s is prepared in %s.", name, builder.data_dir)
   else:
-    logging.info("Preparing dataset %s in %s (manual_dir=%s); this runs once.",
-                 name, builder.data_dir, manual_dir)
+    logging.info(
+      "Preparing dataset %s in %s (manual_dir=%s); this runs once.",
+      name,
+      builder.data_dir,
+      manual_dir,
+    )
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    logging.info("Prepared dataset %s: %s.", name, {
-        split: info.num_examples for split, info in builder.info.splits.items()})
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
+    logging.info(
+      "Prepared dataset %s: %s.",
+      name,
+      {split: info.num_examples for split, info in builder.info.splits.items()},
+    )
   return builder
 
 
@@ -138,9 +120,10 @@ def load_vocabulary(builder: tfds.core.DatasetBuilder) -> text_lib.Vocabulary:
   metadata = builder.info.metadata
   if metadata is None or "vocabulary" not in metadata:
     raise ValueError(
-        f"Dataset {builder.info.full_name} has no vocabulary in its metadata "
-        f"(metadata keys: {sorted(metadata or {})}). Its builder must set "
-        "`metadata=tfds.core.MetadataDict(vocabulary=[...])` in `_info`; regenerate the dataset.")
+      f"Dataset {builder.info.full_name} has no vocabulary in its metadata "
+      f"(metadata keys: {sorted(metadata or {})}). Its builder must set "
+      "`metadata=tfds.core.MetadataDict(vocabulary=[...])` in `_info`; regenerate the dataset."
+    )
   return text_lib.Vocabulary(metadata["vocabulary"])
 
 
@@ -153,10 +136,10 @@ def _process_split(split: str, process_index: int | None, process_count: int | N
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
-    raise ValueError(
-        f"process_index {process_index} is not in [0, process_count={process_count}).")
+    raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count}).")
   shard = tfds.split_for_jax_process(
-      split, process_index=process_index, process_count=process_count)
+    split, process_index=process_index, process_count=process_count
+  )
   return shard, process_index, process_count
 
 
@@ -172,17 +155,22 @@ def _count_complete(builder: tfds.core.DatasetBuilder, split) -> int:
   key = (str(builder.data_path), str(split))
   if key not in _complete_counts:
     ds = builder.as_dataset(
-        split=split, decoders=tfds.decode.PartialDecoding({"available": True}),
-        read_config=tfds.ReadConfig(try_autocache=False))
+      split=split,
+      decoders=tfds.decode.PartialDecoding({"available": True}),
+      read_config=tfds.ReadConfig(try_autocache=False),
+    )
     _complete_counts[key] = int(
-        ds.filter(_is_complete).reduce(np.int64(0), lambda n, _: n + 1).numpy())
-    logging.info("%s split %s: %d complete studies.", builder.info.full_name, split,
-                 _complete_counts[key])
+      ds.filter(_is_complete).reduce(np.int64(0), lambda n, _: n + 1).numpy()
+    )
+    logging.info(
+      "%s split %s: %d complete studies.", builder.info.full_name, split, _complete_counts[key]
+    )
   return _complete_counts[key]
 
 
-def num_examples(builder: tfds.core.DatasetBuilder, split, *,
-                 require_complete: bool = False) -> int:
+def num_examples(
+  builder: tfds.core.DatasetBuilder, split, *, require_complete: bool = False
+) -> int:
   """Number of studies in ``split`` (any tfds split: 'test', 'train[:10%]', a process shard).
 
   Without ``require_complete`` this is read from the dataset info (free); with it, the studies
@@ -224,14 +212,24 @@ def _decode_images(builder: tfds.core.DatasetBuilder):
 def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
   """A shuffle seed that is a function of (seed, epoch) alone."""
   return tf.random.stateless_uniform(
-      [], seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]),
-      minval=1, maxval=2**62, dtype=tf.int64)
+    [],
+    seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]),
+    minval=1,
+    maxval=2**62,
+    dtype=tf.int64,
+  )
 
 
-def train_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict, *,
-                   global_batch_size: int, seed: int, start_step: int = 0,
-                   process_index: int | None = None,
-                   process_count: int | None = None) -> Iterator[Batch]:
+def train_iterator(
+  builder: tfds.core.DatasetBuilder,
+  data_config: ml_collections.ConfigDict,
+  *,
+  global_batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[Batch]:
   """Endless, shuffled training batches of this process, from batch ``start_step`` on.
 
   Args:
@@ -251,7 +249,8 @@ def train_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collection
     ``global_batch_size // process_count``.
   """
   shard, process_index, process_count = _process_split(
-      data_config.train_split, process_index, process_count)
+    data_config.train_split, process_index, process_count
+  )
   check_batch_divisible(global_batch_size, process_count, what="processes")
   check_batch_divisible(global_batch_size, jax.device_count())
   if start_step < 0:
@@ -262,35 +261,47 @@ def train_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collection
   steps_per_epoch = n // batch_size
   if steps_per_epoch == 0:
     raise ValueError(
-        f"Process {process_index} of {process_count} has {n} training studies"
-        f"{' with all three modalities' if require_complete else ''}, fewer than one batch of "
-        f"{batch_size} (global batch {global_batch_size}); use a global batch of at most "
-        f"{n * process_count}.")
+      f"Process {process_index} of {process_count} has {n} training studies"
+      f"{' with all three modalities' if require_complete else ''}, fewer than one batch of "
+      f"{batch_size} (global batch {global_batch_size}); use a global batch of at most "
+      f"{n * process_count}."
+    )
   start_epoch, skip_steps = divmod(start_step, steps_per_epoch)
   shuffle_buffer_size = data_config.shuffle_buffer_size
   if shuffle_buffer_size is not None and shuffle_buffer_size < 1:
-    raise ValueError(f"data.shuffle_buffer_size must be >= 1 or None (the whole shard), got "
-                     f"{shuffle_buffer_size}.")
+    raise ValueError(
+      f"data.shuffle_buffer_size must be >= 1 or None (the whole shard), got {shuffle_buffer_size}."
+    )
   shuffle_buffer_size = n if shuffle_buffer_size is None else min(n, int(shuffle_buffer_size))
   logging.info(
-      "Train data, process %d/%d: %d studies, batch %d, %d steps per epoch, shuffle buffer %d; "
-      "starting at step %d (epoch %d, skipping %d encoded studies).",
-      process_index, process_count, n, batch_size, steps_per_epoch, shuffle_buffer_size,
-      start_step, start_epoch, skip_steps * batch_size)
+    "Train data, process %d/%d: %d studies, batch %d, %d steps per epoch, shuffle buffer %d; "
+    "starting at step %d (epoch %d, skipping %d encoded studies).",
+    process_index,
+    process_count,
+    n,
+    batch_size,
+    steps_per_epoch,
+    shuffle_buffer_size,
+    start_step,
+    start_epoch,
+    skip_steps * batch_size,
+  )
 
   # Encoded studies of this process, in the fixed order of the files.
   studies = builder.as_dataset(
-      split=shard, shuffle_files=False,
-      decoders={k: tfds.decode.SkipDecoding() for k in IMAGE_KEYS},
-      read_config=tfds.ReadConfig(try_autocache=False, options=_data_options()))
+    split=shard,
+    shuffle_files=False,
+    decoders={k: tfds.decode.SkipDecoding() for k in IMAGE_KEYS},
+    read_config=tfds.ReadConfig(try_autocache=False, options=_data_options()),
+  )
   if require_complete:
     studies = studies.filter(_is_complete)
   studies = studies.map(_select)  # encoded images: string []
 
   def epoch(e: tf.Tensor) -> tf.data.Dataset:
-    return (studies
-            .shuffle(shuffle_buffer_size, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False)
-            .take(steps_per_epoch * batch_size))
+    return studies.shuffle(
+      shuffle_buffer_size, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False
+    ).take(steps_per_epoch * batch_size)
 
   ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch)
   ds = ds.skip(skip_steps * batch_size)  # still encoded: skipped images are never decoded
@@ -301,9 +312,15 @@ def train_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collection
   return ds.as_numpy_iterator()
 
 
-def eval_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict,
-                  split: str, *, batch_size: int, process_index: int | None = None,
-                  process_count: int | None = None) -> Iterator[Batch]:
+def eval_iterator(
+  builder: tfds.core.DatasetBuilder,
+  data_config: ml_collections.ConfigDict,
+  split: str,
+  *,
+  batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[Batch]:
   """One pass over this process's shard of ``split`` in fixed order, in batches of equal size.
 
   Every batch has ``batch_size // process_count`` rows (``batch_size`` is the global batch, as in
@@ -319,21 +336,32 @@ def eval_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collections
   local_batch_size = batch_size // process_count
   require_complete = bool(data_config.require_complete)
   shard_sizes = [
-      num_examples(builder, _process_split(split, p, process_count)[0],
-                   require_complete=require_complete)
-      for p in range(process_count)]
+    num_examples(
+      builder, _process_split(split, p, process_count)[0], require_complete=require_complete
+    )
+    for p in range(process_count)
+  ]
   num_batches = max(math.ceil(n / local_batch_size) for n in shard_sizes)
-  logging.info("Eval data %s, process %d/%d: %d studies, %d batches of %d.", split,
-               process_index, process_count, shard_sizes[process_index], num_batches,
-               local_batch_size)
+  logging.info(
+    "Eval data %s, process %d/%d: %d studies, %d batches of %d.",
+    split,
+    process_index,
+    process_count,
+    shard_sizes[process_index],
+    num_batches,
+    local_batch_size,
+  )
 
   ds = builder.as_dataset(
-      split=shard, shuffle_files=False,
-      read_config=tfds.ReadConfig(try_autocache=False, options=_data_options()))
+    split=shard,
+    shuffle_files=False,
+    read_config=tfds.ReadConfig(try_autocache=False, options=_data_options()),
+  )
   if require_complete:
     ds = ds.filter(_is_complete)
-  ds = ds.map(lambda ex: {**_select(ex), "valid": tf.constant(True)},
-              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(
+    lambda ex: {**_select(ex), "valid": tf.constant(True)}, num_parallel_calls=tf.data.AUTOTUNE
+  )
   padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   ds = ds.take(num_batches * local_batch_size).batch(local_batch_size, drop_remainder=True)
@@ -342,10 +370,14 @@ def eval_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collections
   return ds.as_numpy_iterator()
 
 
-
-
-def selected_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict,
-                      split: str, indices: np.ndarray, *, batch_size: int) -> Iterator[Batch]:
+def selected_iterator(
+  builder: tfds.core.DatasetBuilder,
+  data_config: ml_collections.ConfigDict,
+  split: str,
+  indices: np.ndarray,
+  *,
+  batch_size: int,
+) -> Iterator[Batch]:
   """One pass over the studies of ``split`` at positions ``indices``, on this process alone.
 
   Positions count the studies in the order of `eval_iterator` on one process (after the
@@ -361,24 +393,27 @@ def selected_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collect
   indices = np.asarray(indices, np.int64)
   n = num_examples(builder, split, require_complete=bool(data_config.require_complete))
   if indices.ndim != 1 or indices.size == 0:
-    raise ValueError(f"indices must be a non-empty 1-D array of positions, got shape "
-                     f"{indices.shape}.")
+    raise ValueError(
+      f"indices must be a non-empty 1-D array of positions, got shape {indices.shape}."
+    )
   if np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= n:
-    raise ValueError(f"indices must be sorted, unique and in [0, {n}) (the studies of split "
-                     f"{split!r}); got {indices.size} values in [{indices.min()}, "
-                     f"{indices.max()}]. Pass np.unique(indices).")
+    raise ValueError(
+      f"indices must be sorted, unique and in [0, {n}) (the studies of split "
+      f"{split!r}); got {indices.size} values in [{indices.min()}, "
+      f"{indices.max()}]. Pass np.unique(indices)."
+    )
   selected = np.zeros((n,), bool)
   selected[indices] = True
   selected = tf.constant(selected)
   ds = builder.as_dataset(
-      split=split, shuffle_files=False,
-      decoders={k: tfds.decode.SkipDecoding() for k in IMAGE_KEYS},
-      read_config=tfds.ReadConfig(try_autocache=False, options=_data_options()))
+    split=split,
+    shuffle_files=False,
+    decoders={k: tfds.decode.SkipDecoding() for k in IMAGE_KEYS},
+    read_config=tfds.ReadConfig(try_autocache=False, options=_data_options()),
+  )
   if data_config.require_complete:
     ds = ds.filter(_is_complete)
-  ds = (ds.enumerate()
-        .filter(lambda i, ex: tf.gather(selected, i))
-        .map(lambda i, ex: _select(ex)))
+  ds = ds.enumerate().filter(lambda i, ex: tf.gather(selected, i)).map(lambda i, ex: _select(ex))
   ds = ds.map(_decode_images(builder), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda ex: {**ex, "valid": tf.constant(True)})
   padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
@@ -387,6 +422,12 @@ def selected_iterator(builder: tfds.core.DatasetBuilder, data_config: ml_collect
   ds = ds.take(num_batches * batch_size).batch(batch_size, drop_remainder=True)
   ds = ds.prefetch(int(data_config.prefetch))
   ds = ds.with_options(_data_options())
-  logging.info("Selected data %s: %d of %d studies, %d batches of %d.", split, indices.size, n,
-               num_batches, batch_size)
+  logging.info(
+    "Selected data %s: %d of %d studies, %d batches of %d.",
+    split,
+    indices.size,
+    n,
+    num_batches,
+    batch_size,
+  )
   return ds.as_numpy_iterator()

@@ -1,11 +1,10 @@
 """The example layout shared by every chest X-ray builder (synthetic_cxr and mimic_cxr).
 
-One example is one study:
-  frontal    uint8 [S, S, 1]  PA view (zeros where unavailable)
-  lateral    uint8 [S, S, 1]  lateral view (zeros where unavailable)
-  text       int32 [T]        FINDINGS word ids (<eos>, then <pad>; all <pad> where unavailable)
+One example is one study: a feature per modality of the registry (`mopoe_jax.data.modalities`:
+images uint8 [S, S, 1], zeros where the study has none; text int32 [T] word ids, all <pad> where
+missing), and
   report     string           the FINDINGS text the ids were made from
-  available  bool  [3]        which of (frontal, lateral, text) the study has
+  available  bool  [M]        which modalities the study has, in registry order
   labels     float32 [14]     CheXpert labels in LABELS order: 1 positive, 0 negative,
                               -1 uncertain, NaN not mentioned (blank in the CSV)
   finding    int32            1 if any of the 13 pathologies (all but "No Finding") is 1
@@ -17,11 +16,18 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-# The layout is the contract of mopoe_jax.datasource: same modality and label columns.
-from mopoe_jax.datasource import LABELS, MODALITIES, PROBE_LABELS
+# The layout is the contract of mopoe_jax.data.datasource: same modality and label columns.
+from mopoe_jax.data.datasource import LABELS, MODALITIES, PROBE_LABELS
+from mopoe_jax.data.modalities import REGISTRY
 
-__all__ = ["LABELS", "MODALITIES", "NO_FINDING_INDEX", "PROBE_LABELS", "finding_from_labels",
-           "study_features"]
+__all__ = [
+  "LABELS",
+  "MODALITIES",
+  "NO_FINDING_INDEX",
+  "PROBE_LABELS",
+  "finding_from_labels",
+  "study_features",
+]
 
 NO_FINDING_INDEX = LABELS.index("No Finding")
 
@@ -36,14 +42,19 @@ def finding_from_labels(labels: np.ndarray) -> np.ndarray:
 def study_features(image_size: int, text_length: int, extra=None) -> tfds.features.FeaturesDict:
   """The FeaturesDict of one study; ``extra`` adds builder-specific features."""
   features = {
-      "frontal": tfds.features.Image(shape=(image_size, image_size, 1), dtype=np.uint8),
-      "lateral": tfds.features.Image(shape=(image_size, image_size, 1), dtype=np.uint8),
-      "text": tfds.features.Tensor(shape=(text_length,), dtype=np.int32),
-      "report": tfds.features.Text(),
-      "available": tfds.features.Tensor(shape=(len(MODALITIES),), dtype=np.bool_),
-      "labels": tfds.features.Tensor(shape=(len(LABELS),), dtype=np.float32),
-      "finding": tfds.features.Tensor(shape=(), dtype=np.int32),
-      "study_id": tfds.features.Text(),
+    **{
+      m.name: (
+        tfds.features.Tensor(shape=(text_length,), dtype=np.int32)
+        if m.is_text
+        else tfds.features.Image(shape=(image_size, image_size, 1), dtype=np.uint8)
+      )
+      for m in REGISTRY
+    },
+    "report": tfds.features.Text(),
+    "available": tfds.features.Tensor(shape=(len(MODALITIES),), dtype=np.bool_),
+    "labels": tfds.features.Tensor(shape=(len(LABELS),), dtype=np.float32),
+    "finding": tfds.features.Tensor(shape=(), dtype=np.int32),
+    "study_id": tfds.features.Text(),
   }
   features.update(extra or {})
   return tfds.features.FeaturesDict(features)

@@ -43,19 +43,25 @@ def rebuild_hint(name: str, dataset_dir: str, data_dir: str | None) -> str:
   family = name.split("/")[0].split(":")[0]
   config = name.split("/")[1].split(":")[0] if "/" in name else None
   if family == "synthetic_cxr":
-    return (f"Delete it (rm -r '{dataset_dir}') and rerun the same command: the synthetic "
-            "dataset is generated again (seconds to minutes).")
+    return (
+      f"Delete it (rm -r '{dataset_dir}') and rerun the same command: the synthetic "
+      "dataset is generated again (seconds to minutes)."
+    )
   manual_dirs = {"mimic_cxr": "/path/to/mimic-cxr-jpg/2.0.0", "iu_xray": "/path/to/iu_xray"}
   if family in manual_dirs:
-    return (f"Delete it (rm -r '{dataset_dir}') and prepare it again: python -m "
-            f"input_pipeline.{family} --config={config or 'paper'} "
-            f"--manual_dir={manual_dirs[family]} --data_dir={default_data_dir(data_dir)}")
+    return (
+      f"Delete it (rm -r '{dataset_dir}') and prepare it again: python -m "
+      f"input_pipeline.{family} --config={config or 'paper'} "
+      f"--manual_dir={manual_dirs[family]} --data_dir={default_data_dir(data_dir)}"
+    )
   return f"Delete it (rm -r '{dataset_dir}') and prepare the dataset again."
 
 
 def _error(what: str, name: str, dataset_dir: str, data_dir: str | None) -> DatasetFileError:
-  return DatasetFileError(f"Dataset {name} in {dataset_dir} is damaged: {what}. "
-                          f"{rebuild_hint(name, dataset_dir, data_dir)}")
+  return DatasetFileError(
+    f"Dataset {name} in {dataset_dir} is damaged: {what}. "
+    f"{rebuild_hint(name, dataset_dir, data_dir)}"
+  )
 
 
 def _tf_reason(error: tf.errors.OpError) -> str:
@@ -89,19 +95,27 @@ def check_prepared(builder, data_dir: str | None) -> None:
     paths = [str(p) for p in split.filepaths]
     missing = [p for p in paths if not tf.io.gfile.exists(p)]
     if missing:
-      raise _error(f"split {split_name!r} lacks the file(s) {missing}", name, dataset_dir,
-                   data_dir)
+      raise _error(f"split {split_name!r} lacks the file(s) {missing}", name, dataset_dir, data_dir)
     if str(builder.info.file_format).lower().endswith("tfrecord") and int(split.num_bytes):
       expected = int(split.num_bytes) + _TFRECORD_FRAMING_BYTES * int(split.num_examples)
       found = sum(tf.io.gfile.stat(p).length for p in paths)
       if found != expected:
-        raise _error(f"the {len(paths)} file(s) of split {split_name!r} ({paths}) hold {found} "
-                     f"bytes where dataset_info.json says {expected} (truncated or "
-                     "overwritten)", name, dataset_dir, data_dir)
+        raise _error(
+          f"the {len(paths)} file(s) of split {split_name!r} ({paths}) hold {found} "
+          f"bytes where dataset_info.json says {expected} (truncated or "
+          "overwritten)",
+          name,
+          dataset_dir,
+          data_dir,
+        )
     for path in paths:
       try:
         for _ in tf.data.TFRecordDataset(path).take(1):
           pass
       except tf.errors.OpError as e:
-        raise _error(f"the first record of {path} cannot be read ({_tf_reason(e)})",
-                     name, dataset_dir, data_dir) from e
+        raise _error(
+          f"the first record of {path} cannot be read ({_tf_reason(e)})",
+          name,
+          dataset_dir,
+          data_dir,
+        ) from e

@@ -24,33 +24,33 @@ import os
 import time
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
-import numpy as np
 from absl import logging
 from etils import epath
+import numpy as np
 
 from input_pipeline import features
-from mopoe_jax import images
-from mopoe_jax import reports
-from mopoe_jax import text as text_lib
+from mopoe_jax.data import images
+from mopoe_jax.data import report_text as reports
+from mopoe_jax.data import text as text_lib
 
 # Reasons in the skip report.
-NO_FRONTAL = "no_frontal"              # no image of a frontal view listed
-NO_LATERAL = "no_lateral"              # no image of a lateral view listed
-REPORT_MISSING = "report_missing"      # no report for the study
-SECTION_EMPTY = "section_empty"        # the report has no (non-empty) configured section
-NO_MODALITY = "no_modality"            # all_studies: nothing usable left
-IMAGE_MISSING = "image_missing"        # listed, but no file
+NO_FRONTAL = "no_frontal"  # no image of a frontal view listed
+NO_LATERAL = "no_lateral"  # no image of a lateral view listed
+REPORT_MISSING = "report_missing"  # no report for the study
+SECTION_EMPTY = "section_empty"  # the report has no (non-empty) configured section
+NO_MODALITY = "no_modality"  # all_studies: nothing usable left
+IMAGE_MISSING = "image_missing"  # listed, but no file
 IMAGE_UNREADABLE = "image_unreadable"  # the file does not decode (truncated, corrupt)
-LABELS_MISSING = "labels_missing"      # no labels for the study: labels all NaN
+LABELS_MISSING = "labels_missing"  # no labels for the study: labels all NaN
 # Outcomes in the skip report.
-STUDY_SKIPPED = "study_skipped"                # the study is not in the dataset
+STUDY_SKIPPED = "study_skipped"  # the study is not in the dataset
 MODALITY_UNAVAILABLE = "modality_unavailable"  # written with that modality marked unavailable
-OTHER_IMAGE_USED = "other_image_used"          # a later image of the same view was used
-NOT_USED = "not_used"                          # the file plays no part (e.g. its view unknown)
-KEPT = "kept"                                  # written as it is (labels_missing)
+OTHER_IMAGE_USED = "other_image_used"  # a later image of the same view was used
+NOT_USED = "not_used"  # the file plays no part (e.g. its view unknown)
+KEPT = "kept"  # written as it is (labels_missing)
 
 # Selection modes.
-PAPER = "paper"              # frontal, lateral and a non-empty section; all three must load
+PAPER = "paper"  # frontal, lateral and a non-empty section; all three must load
 ALL_STUDIES = "all_studies"  # every study with at least one usable modality
 SELECTIONS = (PAPER, ALL_STUDIES)
 
@@ -60,13 +60,14 @@ SPLITS = ("train", "validation", "test")
 
 @dataclasses.dataclass(frozen=True)
 class ImageFile:
-  image_id: str                    # MIMIC: the dicom_id; IU: the image's file name stem
-  path: str                        # where the builder's image loader finds it
+  image_id: str  # MIMIC: the dicom_id; IU: the image's file name stem
+  path: str  # where the builder's image loader finds it
 
 
 @dataclasses.dataclass(frozen=True)
 class CandidateStudy:
   """A study of the collection with its candidate images of each view, best first."""
+
   study_id: str
   subject_id: str
   frontal: tuple[ImageFile, ...]
@@ -76,14 +77,15 @@ class CandidateStudy:
 @dataclasses.dataclass(frozen=True)
 class SelectedStudy:
   """A study that passed the selection; its images are loaded while the split is written."""
+
   study_id: str
   subject_id: str
   frontal: tuple[ImageFile, ...]
   lateral: tuple[ImageFile, ...]
-  text: str                        # the lower-cased section; "" where the text is unavailable
-  text_source: str                 # "findings", "impression" or ""
-  report_missing: bool             # no report (all_studies; listed in the skip report)
-  labels: np.ndarray | None        # float32 [14]; None where the study has no labels
+  text: str  # the lower-cased section; "" where the text is unavailable
+  text_source: str  # "findings", "impression" or ""
+  report_missing: bool  # no report (all_studies; listed in the skip report)
+  labels: np.ndarray | None  # float32 [14]; None where the study has no labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,17 +93,17 @@ class SkipRow:
   split: str
   subject_id: str
   study_id: str
-  image_id: str                    # "" where the row is about the study or its report
+  image_id: str  # "" where the row is about the study or its report
   reason: str
   outcome: str
 
 
 def select_split(
-    split: str,
-    studies: Sequence[CandidateStudy],
-    read_texts: Callable[[Sequence[CandidateStudy]], list[tuple[str, str] | None]],
-    labels: Mapping[str, np.ndarray],
-    selection: str,
+  split: str,
+  studies: Sequence[CandidateStudy],
+  read_texts: Callable[[Sequence[CandidateStudy]], list[tuple[str, str] | None]],
+  labels: Mapping[str, np.ndarray],
+  selection: str,
 ) -> tuple[list[SelectedStudy], list[SkipRow], tuple[int, int]]:
   """Applies the selection rule to the studies of one split.
 
@@ -145,10 +147,18 @@ def select_split(
     if selection == ALL_STUDIES and not (study.frontal or study.lateral or text):
       skip(study, NO_MODALITY)
       continue
-    selected.append(SelectedStudy(
-        study_id=study.study_id, subject_id=study.subject_id, frontal=study.frontal,
-        lateral=study.lateral, text=text, text_source=source, report_missing=found is None,
-        labels=labels.get(study.study_id)))
+    selected.append(
+      SelectedStudy(
+        study_id=study.study_id,
+        subject_id=study.subject_id,
+        frontal=study.frontal,
+        lateral=study.lateral,
+        text=text,
+        text_source=source,
+        report_missing=found is None,
+        labels=labels.get(study.study_id),
+      )
+    )
   return selected, skipped, (len(studies), sum(t is not None for t in texts))
 
 
@@ -159,7 +169,8 @@ def check_config(config) -> None:
     raise ValueError(f"image_size must be positive, got {config.image_size}.")
   if config.text_length < 2:
     raise ValueError(
-        f"text_length must be at least 2 (one word and <eos>), got {config.text_length}.")
+      f"text_length must be at least 2 (one word and <eos>), got {config.text_length}."
+    )
   if config.selection not in SELECTIONS:
     raise ValueError(f"Unknown selection {config.selection!r}; expected one of {SELECTIONS}.")
   if config.section not in reports.SECTIONS:
@@ -188,13 +199,13 @@ def read_csv(path: epath.Path, required: Sequence[str], fix: str) -> Iterator[di
         header = reader.fieldnames or []
         for column in required:
           if column not in header:
-            raise ValueError(
-                f"{path}: missing column {column!r} (columns found: {header}). {fix}")
+            raise ValueError(f"{path}: missing column {column!r} (columns found: {header}). {fix}")
         yield from reader
       except (OSError, EOFError, csv.Error, UnicodeDecodeError) as e:
         raise ValueError(
-            f"{path} is not a readable CSV{' (gzip)' if path.name.endswith('.gz') else ''}: "
-            f"{type(e).__name__}: {e}. {fix}") from e
+          f"{path} is not a readable CSV{' (gzip)' if path.name.endswith('.gz') else ''}: "
+          f"{type(e).__name__}: {e}. {fix}"
+        ) from e
 
 
 def default_num_workers() -> int:
@@ -202,18 +213,18 @@ def default_num_workers() -> int:
 
 
 def load_from_path(image: ImageFile, size: int) -> np.ndarray:
-  """The default image loader: `mopoe_jax.images.load_image` of the file at ``image.path``."""
+  """The default image loader: `mopoe_jax.data.images.load_image` of the file at ``image.path``."""
   return images.load_image(image.path, size)
 
 
 def make_example(
-    study: SelectedStudy,
-    split: str,
-    image_size: int,
-    text_length: int,
-    vocabulary: text_lib.Vocabulary,
-    require_all: bool,
-    load_image: Callable[[ImageFile, int], np.ndarray] = load_from_path,
+  study: SelectedStudy,
+  split: str,
+  image_size: int,
+  text_length: int,
+  vocabulary: text_lib.Vocabulary,
+  require_all: bool,
+  load_image: Callable[[ImageFile, int], np.ndarray] = load_from_path,
 ) -> tuple[dict | None, dict[str, str], list[SkipRow]]:
   """Loads one selected study: (the example or None where it is skipped, the image id used per
   view, its skip rows).
@@ -222,8 +233,9 @@ def make_example(
   ``require_all`` (the paper selection) a study lacking any modality is skipped; otherwise the
   missing modality is marked unavailable (zeros / all <pad>), and only a study left with no
   modality at all is skipped. ``load_image`` raises FileNotFoundError for an absent file and one
-  of `mopoe_jax.images.IMAGE_ERRORS` for one that does not decode.
+  of `mopoe_jax.data.images.IMAGE_ERRORS` for one that does not decode.
   """
+
   def row(image_id: str, reason: str, outcome: str) -> SkipRow:
     return SkipRow(split, study.subject_id, study.study_id, image_id, reason, outcome)
 
@@ -237,8 +249,9 @@ def make_example(
       except FileNotFoundError:
         failures.append((image.image_id, IMAGE_MISSING))
       except images.IMAGE_ERRORS as e:
-        logging.warning("Study %s: cannot decode %s (%s: %s).",
-                        study.study_id, image.path, type(e).__name__, e)
+        logging.warning(
+          "Study %s: cannot decode %s (%s: %s).", study.study_id, image.path, type(e).__name__, e
+        )
         failures.append((image.image_id, IMAGE_UNREADABLE))
       else:
         used[view] = image.image_id
@@ -250,8 +263,10 @@ def make_example(
 
   available = np.asarray(["frontal" in loaded, "lateral" in loaded, bool(study.text)])
   if not available.any() or (require_all and not available.all()):
-    rows = [dataclasses.replace(r, outcome=STUDY_SKIPPED)
-            if r.outcome == MODALITY_UNAVAILABLE else r for r in rows]
+    rows = [
+      dataclasses.replace(r, outcome=STUDY_SKIPPED) if r.outcome == MODALITY_UNAVAILABLE else r
+      for r in rows
+    ]
     if not rows:  # all_studies: nothing was listed, nothing could be used.
       rows.append(row("", NO_MODALITY, STUDY_SKIPPED))
     return None, used, rows
@@ -267,20 +282,23 @@ def make_example(
   else:
     ids = np.full((text_length,), text_lib.PAD_ID, dtype=np.int32)
   example = {
-      "frontal": loaded.get("frontal", blank),
-      "lateral": loaded.get("lateral", blank),
-      "text": ids,
-      "report": study.text,
-      "available": available,
-      "labels": labels,
-      "finding": features.finding_from_labels(labels),
-      "study_id": study.study_id,
+    "frontal": loaded.get("frontal", blank),
+    "lateral": loaded.get("lateral", blank),
+    "text": ids,
+    "report": study.text,
+    "available": available,
+    "labels": labels,
+    "finding": features.finding_from_labels(labels),
+    "study_id": study.study_id,
   }
   return example, used, rows
 
 
 def ordered_map(
-    pool: concurrent.futures.Executor, fn: Callable, items: Iterable, window: int,
+  pool: concurrent.futures.Executor,
+  fn: Callable,
+  items: Iterable,
+  window: int,
 ) -> Iterator:
   """fn over items in the pool, results in input order, at most ``window`` in flight."""
   pending = collections.deque()
@@ -292,8 +310,7 @@ def ordered_map(
     yield pending.popleft().result()
 
 
-def write_skip_report(path: epath.Path, rows: Iterable[SkipRow],
-                      header: tuple[str, ...]) -> None:
+def write_skip_report(path: epath.Path, rows: Iterable[SkipRow], header: tuple[str, ...]) -> None:
   """Writes the skip report CSV: ``header`` names SkipRow's six fields in their order."""
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
@@ -314,9 +331,14 @@ class SplitWriter:
     load_image: (ImageFile, size) -> uint8 [size, size, 1] (`make_example`).
   """
 
-  def __init__(self, builder, family: str, skip_report_header: tuple[str, ...],
-               extra_features: Callable[[SelectedStudy, dict[str, str]], dict],
-               load_image: Callable[[ImageFile, int], np.ndarray] = load_from_path):
+  def __init__(
+    self,
+    builder,
+    family: str,
+    skip_report_header: tuple[str, ...],
+    extra_features: Callable[[SelectedStudy, dict[str, str]], dict],
+    load_image: Callable[[ImageFile, int], np.ndarray] = load_from_path,
+  ):
     self._builder = builder
     self._family = family
     self._header = skip_report_header
@@ -325,8 +347,15 @@ class SplitWriter:
     self._summaries = {}
     builder.info.metadata["skipped"] = {}
 
-  def examples(self, split: str, studies: list[SelectedStudy], skipped: list[SkipRow],
-               listed: int, vocabulary: text_lib.Vocabulary, num_workers: int):
+  def examples(
+    self,
+    split: str,
+    studies: list[SelectedStudy],
+    skipped: list[SkipRow],
+    listed: int,
+    vocabulary: text_lib.Vocabulary,
+    num_workers: int,
+  ):
     """Yields (study_id, example) in the order of ``studies``; images load in a thread pool."""
     config = self._builder.builder_config
     rows = list(skipped)
@@ -334,15 +363,19 @@ class SplitWriter:
     available = np.zeros(len(features.MODALITIES), dtype=np.int64)
     impression = 0
     load = functools.partial(
-        make_example, split=split, image_size=config.image_size,
-        text_length=config.text_length, vocabulary=vocabulary,
-        require_all=config.selection == PAPER, load_image=self._load_image)
+      make_example,
+      split=split,
+      image_size=config.image_size,
+      text_length=config.text_length,
+      vocabulary=vocabulary,
+      require_all=config.selection == PAPER,
+      load_image=self._load_image,
+    )
     start = last_log = time.monotonic()
     try:
       with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
         results = ordered_map(pool, load, studies, window=4 * num_workers)
-        for done, (study, (example, used, study_rows)) in enumerate(
-            zip(studies, results), start=1):
+        for done, (study, (example, used, study_rows)) in enumerate(zip(studies, results), start=1):
           rows.extend(study_rows)
           if example is not None:
             written += 1
@@ -354,8 +387,15 @@ class SplitWriter:
           if now - last_log >= 30 or done == len(studies):
             last_log = now
             rate = done / max(now - start, 1e-9)
-            logging.info("%s %s: %d/%d studies loaded (%.0f/s, ETA %.0f s).", self._family,
-                         split, done, len(studies), rate, (len(studies) - done) / rate)
+            logging.info(
+              "%s %s: %d/%d studies loaded (%.0f/s, ETA %.0f s).",
+              self._family,
+              split,
+              done,
+              len(studies),
+              rate,
+              (len(studies) - done) / rate,
+            )
     finally:
       self._finish_split(split, rows, listed, written, available, impression)
 
@@ -369,19 +409,32 @@ class SplitWriter:
     counts = collections.Counter(f"{r.reason}/{r.outcome}" for r in rows)
     skipped_studies = len({r.study_id for r in rows if r.outcome == STUDY_SKIPPED})
     builder.info.metadata["skipped"][split] = {
-        "listed": listed, "written": written, "skipped_studies": skipped_studies,
-        "counts": dict(sorted(counts.items())),
+      "listed": listed,
+      "written": written,
+      "skipped_studies": skipped_studies,
+      "counts": dict(sorted(counts.items())),
     }
     name = f"{self._family}/{builder.builder_config.name}"
     logging.info(
-        "%s %s: wrote %d of %d studies (available: frontal %d, lateral %d, text %d; text from "
-        "IMPRESSION %d); skipped %d studies; skip report rows by reason/outcome: %s; skip "
-        "report: %s", name, split, written, listed, *available.tolist(), impression,
-        skipped_studies, dict(sorted(counts.items())) or "none", final_path)
+      "%s %s: wrote %d of %d studies (available: frontal %d, lateral %d, text %d; text from "
+      "IMPRESSION %d); skipped %d studies; skip report rows by reason/outcome: %s; skip "
+      "report: %s",
+      name,
+      split,
+      written,
+      listed,
+      *available.tolist(),
+      impression,
+      skipped_studies,
+      dict(sorted(counts.items())) or "none",
+      final_path,
+    )
     self._summaries[split] = (written, listed, counts)
     if len(self._summaries) == len(SPLITS):
       total = sum((c for _, _, c in self._summaries.values()), collections.Counter())
       logging.info(
-          "%s build done: wrote %s studies; skip report rows by reason/outcome: %s.", name,
-          ", ".join(f"{s} {w} of {n}" for s, (w, n, _) in self._summaries.items()),
-          dict(sorted(total.items())) or "none")
+        "%s build done: wrote %s studies; skip report rows by reason/outcome: %s.",
+        name,
+        ", ".join(f"{s} {w} of {n}" for s, (w, n, _) in self._summaries.items()),
+        dict(sorted(total.items())) or "none",
+      )

@@ -6,11 +6,11 @@
   latents = model.encode(studies)                               # posterior of what each has
   outputs = model.generate(studies, targets=("lateral", "text"), num_samples=2, seed=0)
 
-Needs no dataset and no TensorFlow: the workdir's ``model.json`` (`mopoe_jax.model_file`)
+Needs no dataset and no TensorFlow: the workdir's ``model.json`` (`mopoe_jax.training.model_file`)
 holds the config, the vocabulary and the preprocessing, its ``checkpoints/`` the parameters.
 A study is any non-empty subset of a frontal view, a lateral view and a report; images are
-read as the dataset builders read them (`mopoe_jax.images.load_image`), reports through the
-same section parsing and tokenizer (`mopoe_jax.reports`, `mopoe_jax.text`).
+read as the dataset builders read them (`mopoe_jax.data.images.load_image`), reports through the
+same section parsing and tokenizer (`mopoe_jax.data.report_text`, `mopoe_jax.data.text`).
 
 Everything runs in fixed-size batches of jitted programs on the device JAX has (one compile per
 program and batch size); results do not depend on the batch size, and a seed fixes every
@@ -29,24 +29,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mopoe_jax import evaluate as evaluate_lib
-from mopoe_jax import images as images_lib
-from mopoe_jax import model_file
-from mopoe_jax import reports as reports_lib
-from mopoe_jax import subsets as subsets_lib
-from mopoe_jax import text as text_lib
-from mopoe_jax import visualize
-from mopoe_jax.datasource import MODALITIES
-from mopoe_jax.evaluators.common import posteriors
-from mopoe_jax.evaluators.generation import decode_latents
-from mopoe_jax.model import is_text
+from mopoe_jax.data import images as images_lib
+from mopoe_jax.data import modalities, visualize
+from mopoe_jax.data import report_text as reports_lib
+from mopoe_jax.data import text as text_lib
+from mopoe_jax.data.modalities import MODALITIES, is_text
+from mopoe_jax.training import model_file, restore
+from mopoe_jax.vae import subsets as subsets_lib
+from mopoe_jax.vae.latents import check_latent, decode_latents, posteriors
 
-IMAGE_MODALITIES = ("frontal", "lateral")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# A study folder's files per modality come from the registry (`mopoe_jax.data.modalities`).
+IMAGE_MODALITIES = modalities.IMAGE_MODALITIES
 REPORT_FILE = "report.txt"
-REPORT_SUFFIXES = (".txt", ".xml")  # report.xml: an Open-i (Indiana University) XML report
 MAX_REPORT_BYTES = 1_000_000
-LATENTS = ("sample", "mean")
 
 
 class StudyError(ValueError):
@@ -56,6 +51,7 @@ class StudyError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Study:
   """One study's inputs, preprocessed: images uint8 [S, S, 1], the report's text as read."""
+
   name: str
   frontal: np.ndarray | None = None
   lateral: np.ndarray | None = None
@@ -64,8 +60,11 @@ class Study:
   @property
   def present(self) -> tuple[str, ...]:
     """The modalities this study has, in the order of `MODALITIES`."""
-    return tuple(m for m in MODALITIES
-                 if (self.report if m == "text" else getattr(self, m)) is not None)
+    return tuple(m for m in MODALITIES if self.get(m) is not None)
+
+  def get(self, modality: str):
+    """The study's input of ``modality``: an image uint8 [S, S, 1], the report text, or None."""
+    return self.report if modalities.is_text(modality) else getattr(self, modality)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,8 +105,7 @@ def read_report(path: str) -> str:
     raise StudyError(f"{path}: {e}") from e
   if not text_lib.tokenize(text):
     has_sections = report.lstrip().startswith("<") or reports_lib.split_sections(report)
-    why = ("it has sections but no FINDINGS or IMPRESSION text" if has_sections
-           else "it is empty")
+    why = "it has sections but no FINDINGS or IMPRESSION text" if has_sections else "it is empty"
     raise StudyError(f"{path}: no report words ({why})")
   return text
 
@@ -126,26 +124,39 @@ def read_study(directory: str, image_size: int) -> Study:
   if not os.path.isdir(directory):
     raise StudyError(f"{directory}: not a folder")
   names = {n.lower(): n for n in os.listdir(directory)}
-  found = {m: _one_file(directory, names, m, IMAGE_SUFFIXES) for m in IMAGE_MODALITIES}
-  report = _one_file(directory, names, "report", REPORT_SUFFIXES)
-  if not any(found.values()) and report is None:
-    raise StudyError(f"{directory}: no modality: expected frontal.png/.jpg, lateral.png/.jpg "
-                     f"or {REPORT_FILE}")
-  return Study(name=os.path.basename(os.path.normpath(directory)),
-               **{m: read_image(p, image_size) for m, p in found.items() if p},
-               report=read_report(report) if report else None)
+  found = {}
+  for modality in modalities.REGISTRY:
+    for stem in modality.file_stems:
+      path = _one_file(directory, names, stem, modality.file_suffixes)
+      if path:
+        found[modality.name] = path
+        break
+  if not found:
+    files = [f"{m.file_stems[0]}{'/'.join(m.file_suffixes[:2])}" for m in modalities.REGISTRY]
+    expected = ", ".join(files[:-1]) + " or " + files[-1]
+    raise StudyError(f"{directory}: no modality: expected {expected}")
+  inputs = {
+    ("report" if modalities.is_text(m) else m): (
+      read_report(p) if modalities.is_text(m) else read_image(p, image_size)
+    )
+    for m, p in found.items()
+  }
+  return Study(name=os.path.basename(os.path.normpath(directory)), **inputs)
 
 
-def read_studies(folder: str, image_size: int,
-                 progress: bool = False) -> tuple[list[Study], list[tuple[str, str]]]:
+def read_studies(
+  folder: str, image_size: int, progress: bool = False
+) -> tuple[list[Study], list[tuple[str, str]]]:
   """Every study folder directly under ``folder`` (sorted by name): (the studies that could be
   read, [(folder name, why not)] for the others)."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such folder of studies")
   names = sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
   if not names:
-    raise ValueError(f"{folder} has no study folders (one folder per study, holding "
-                     f"frontal.png, lateral.png and/or {REPORT_FILE})")
+    raise ValueError(
+      f"{folder} has no study folders (one folder per study, holding "
+      f"frontal.png, lateral.png and/or {REPORT_FILE})"
+    )
   studies, failures = [], []
   for name in _progress(names, "reading studies", progress):
     try:
@@ -160,6 +171,7 @@ def _progress(items, desc: str, enabled: bool, unit: str = "study"):
   if not enabled:
     return items
   import tqdm  # pylint: disable=g-import-not-at-top
+
   return tqdm.tqdm(items, desc=desc, unit=unit)
 
 
@@ -187,8 +199,16 @@ def _latents(mu, logvar, keys, num_samples: int, latent: str):
 class TrainedModel:
   """A restored model with its config, vocabulary and preprocessing (`load`)."""
 
-  def __init__(self, model, variables, config, vocabulary: text_lib.Vocabulary, step: int,
-               workdir: str, batch_size: int = 64):
+  def __init__(
+    self,
+    model,
+    variables,
+    config,
+    vocabulary: text_lib.Vocabulary,
+    step: int,
+    workdir: str,
+    batch_size: int = 64,
+  ):
     self.model, self.variables, self.config = model, variables, config
     self.vocabulary, self.step, self.workdir = vocabulary, step, workdir
     self.batch_size = batch_size
@@ -203,8 +223,9 @@ class TrainedModel:
     skipped, as in training), or ``step``."""
     config, words, content = model_file.read(workdir)
     vocabulary = text_lib.Vocabulary(words)
-    step, model, variables = evaluate_lib.restore_model(
-        config, workdir, dataset=content["dataset"], vocab_size=len(vocabulary), step=step)
+    step, model, variables = restore.restore_model(
+      config, workdir, dataset=content["dataset"], vocab_size=len(vocabulary), step=step
+    )
     return cls(model, variables, config, vocabulary, step, workdir, batch_size)
 
   # -- inputs --------------------------------------------------------------------------------
@@ -212,8 +233,10 @@ class TrainedModel:
   def _usable(self, study: Study) -> tuple[str, ...]:
     present = tuple(m for m in study.present if m in self.modalities)
     if not present:
-      raise StudyError(f"study {study.name}: none of its modalities {study.present} is one of "
-                       f"the model's {self.modalities}")
+      raise StudyError(
+        f"study {study.name}: none of its modalities {study.present} is one of "
+        f"the model's {self.modalities}"
+      )
     return present
 
   def _subset_of(self, study: Study, wanted: Sequence[str] | str | None) -> int:
@@ -228,21 +251,26 @@ class TrainedModel:
       raise ValueError(f"subset {wanted!r}: each modality must be one of {self.modalities}")
     missing = [m for m in wanted if m not in present]
     if missing:
-      raise StudyError(f"study {study.name} has no {', '.join(missing)} for the subset "
-                       f"{'+'.join(wanted)}")
+      raise StudyError(
+        f"study {study.name} has no {', '.join(missing)} for the subset {'+'.join(wanted)}"
+      )
     name = "+".join(m for m in self.modalities if m in wanted)
     if name not in self.subset_names:
-      raise ValueError(f"subset {name!r} is not one of the model's ({self.subset_names}; "
-                       f"variant {self.config.model.variant!r})")
+      raise ValueError(
+        f"subset {name!r} is not one of the model's ({self.subset_names}; "
+        f"variant {self.config.model.variant!r})"
+      )
     return self.subset_names.index(name)
 
   def batch(self, studies: Sequence[Study]) -> dict[str, np.ndarray]:
     """The pipeline batch of ``studies`` (zeros and <pad> where a modality is missing)."""
     n, s = len(studies), self.image_size
-    out = {"frontal": np.zeros((n, s, s, 1), np.uint8), "lateral": np.zeros((n, s, s, 1),
-                                                                            np.uint8),
-           "text": np.full((n, self.text_length), text_lib.PAD_ID, np.int32),
-           "available": np.zeros((n, len(MODALITIES)), bool)}
+    out = {
+      "frontal": np.zeros((n, s, s, 1), np.uint8),
+      "lateral": np.zeros((n, s, s, 1), np.uint8),
+      "text": np.full((n, self.text_length), text_lib.PAD_ID, np.int32),
+      "available": np.zeros((n, len(MODALITIES)), bool),
+    }
     for i, study in enumerate(studies):
       for m in self._usable(study):
         if is_text(m):
@@ -250,8 +278,10 @@ class TrainedModel:
         else:
           image = getattr(study, m)
           if image.shape != (s, s, 1):
-            raise StudyError(f"study {study.name}: {m} has shape {image.shape}, the model "
-                             f"reads ({s}, {s}, 1) (read it with read_image)")
+            raise StudyError(
+              f"study {study.name}: {m} has shape {image.shape}, the model "
+              f"reads ({s}, {s}, 1) (read it with read_image)"
+            )
           out[m][i] = image
         out["available"][i, MODALITIES.index(m)] = True
     return out
@@ -266,8 +296,12 @@ class TrainedModel:
 
   # -- encoding ------------------------------------------------------------------------------
 
-  def encode(self, studies: Sequence[Study], subset: Sequence[str] | str | None = None,
-             progress: bool = False) -> dict:
+  def encode(
+    self,
+    studies: Sequence[Study],
+    subset: Sequence[str] | str | None = None,
+    progress: bool = False,
+  ) -> dict:
     """Each study's posterior of ``subset`` (e.g. "frontal+text"; None: of all its modalities).
 
     Returns {"mu": float32 [N, D], "logvar": float32 [N, D], "subset": [N] subset names}.
@@ -279,13 +313,17 @@ class TrainedModel:
     mus, logvars = [], []
     for rows in _progress(list(self._chunks(len(studies))), "encoding", progress, "batch"):
       batch = {k: self._padded(v) for k, v in self.batch(studies[rows]).items()}
-      mu, logvar = _selected_posteriors(self.model, self.variables, batch,
-                                        self._padded(index[rows]))
+      mu, logvar = _selected_posteriors(
+        self.model, self.variables, batch, self._padded(index[rows])
+      )
       count = rows.stop - rows.start
       mus.append(np.asarray(mu)[:count])
       logvars.append(np.asarray(logvar)[:count])
-    return {"mu": np.concatenate(mus), "logvar": np.concatenate(logvars),
-            "subset": [self.subset_names[i] for i in index]}
+    return {
+      "mu": np.concatenate(mus),
+      "logvar": np.concatenate(logvars),
+      "subset": [self.subset_names[i] for i in index],
+    }
 
   # -- generation ----------------------------------------------------------------------------
 
@@ -294,12 +332,19 @@ class TrainedModel:
     outs = []
     for rows in self._chunks(z.shape[0]):
       out = jax.device_get(decode_latents(self.model, self.variables, self._padded(z[rows])))
-      outs.append({m: v[:rows.stop - rows.start] for m, v in out.items()})
+      outs.append({m: v[: rows.stop - rows.start] for m, v in out.items()})
     return {m: np.concatenate([o[m] for o in outs]) for m in self.modalities}
 
-  def generate(self, studies: Sequence[Study], given: Sequence[str] | str | None = None,
-               targets: Sequence[str] | None = None, num_samples: int = 1, seed: int = 0,
-               latent: str = "sample", progress: bool = False) -> list[dict]:
+  def generate(
+    self,
+    studies: Sequence[Study],
+    given: Sequence[str] | str | None = None,
+    targets: Sequence[str] | None = None,
+    num_samples: int = 1,
+    seed: int = 0,
+    latent: str = "sample",
+    progress: bool = False,
+  ) -> list[dict]:
     """Every target modality decoded from each study's posterior of ``given``.
 
     Args:
@@ -315,14 +360,20 @@ class TrainedModel:
       Per study a dict: "given" (the subset's name), then per target modality uint8
       [n, S, S] images or n report strings.
     """
-    return self.generate_from(self.encode(studies, given, progress=progress), targets,
-                              num_samples, seed, latent)
+    return self.generate_from(
+      self.encode(studies, given, progress=progress), targets, num_samples, seed, latent
+    )
 
-  def generate_from(self, encoded: dict, targets: Sequence[str] | None = None,
-                    num_samples: int = 1, seed: int = 0, latent: str = "sample") -> list[dict]:
+  def generate_from(
+    self,
+    encoded: dict,
+    targets: Sequence[str] | None = None,
+    num_samples: int = 1,
+    seed: int = 0,
+    latent: str = "sample",
+  ) -> list[dict]:
     """`generate` from what `encode` returned (row i is study i of the seed's draws)."""
-    if latent not in LATENTS:
-      raise ValueError(f"latent must be one of {LATENTS}, got {latent!r}")
+    check_latent(latent)
     if num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     targets = tuple(self.modalities if targets is None else targets)
@@ -332,7 +383,8 @@ class TrainedModel:
     if not encoded["subset"]:
       return []
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
-        jnp.arange(len(encoded["subset"])))
+      jnp.arange(len(encoded["subset"]))
+    )
     z = np.asarray(_latents(encoded["mu"], encoded["logvar"], keys, num_samples, latent))
     n = z.shape[1]
     generated = self._decode(z.reshape(-1, z.shape[-1]))
@@ -340,7 +392,7 @@ class TrainedModel:
     for i, subset in enumerate(encoded["subset"]):
       result = {"given": subset}
       for m in targets:
-        values = generated[m][i * n:(i + 1) * n]
+        values = generated[m][i * n : (i + 1) * n]
         if is_text(m):
           result[m] = [self.vocabulary.decode(ids) for ids in values]
         else:
@@ -348,12 +400,15 @@ class TrainedModel:
       results.append(result)
     return results
 
-  def reconstruct(self, studies: Sequence[Study], seed: int = 0,
-                  latent: str = "mean") -> list[dict]:
+  def reconstruct(
+    self, studies: Sequence[Study], seed: int = 0, latent: str = "mean"
+  ) -> list[dict]:
     """Each study's own modalities decoded from the posterior of all of them."""
     results = self.generate(studies, None, None, 1, seed, latent)
-    return [{k: v for k, v in r.items() if k == "given" or k in self._usable(st)}
-            for r, st in zip(results, studies)]
+    return [
+      {k: v for k, v in r.items() if k == "given" or k in self._usable(st)}
+      for r, st in zip(results, studies)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -363,8 +418,10 @@ class TrainedModel:
 def check_output_folder(output: str) -> None:
   """Raises FileExistsError unless ``output`` is absent or an empty folder."""
   if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-    raise FileExistsError(f"{output} exists and is not an empty folder; give a new one (or "
-                          "an empty one) for the outputs")
+    raise FileExistsError(
+      f"{output} exists and is not an empty folder; give a new one (or "
+      "an empty one) for the outputs"
+    )
 
 
 def _side_by_side(model: TrainedModel, study: Study, generated: dict) -> np.ndarray | None:
@@ -374,8 +431,12 @@ def _side_by_side(model: TrainedModel, study: Study, generated: dict) -> np.ndar
   if not columns:
     return None
   s = model.image_size
-  given = np.stack([getattr(study, m) if getattr(study, m) is not None
-                    else np.zeros((s, s, 1), np.uint8) for m in columns])
+  given = np.stack(
+    [
+      getattr(study, m) if getattr(study, m) is not None else np.zeros((s, s, 1), np.uint8)
+      for m in columns
+    ]
+  )
   rows = [given]
   samples = len(generated[columns[0]])
   for i in range(samples):
@@ -384,8 +445,16 @@ def _side_by_side(model: TrainedModel, study: Study, generated: dict) -> np.ndar
   return visualize.image_grid(rows, available=available + [None] * samples, separator_after=1)
 
 
-def run_folder(model: TrainedModel, input_dir: str, output_dir: str, *, mode: str = "generate",
-               given: str | None = None, num_samples: int = 1, seed: int = 0) -> dict:
+def run_folder(
+  model: TrainedModel,
+  input_dir: str,
+  output_dir: str,
+  *,
+  mode: str = "generate",
+  given: str | None = None,
+  num_samples: int = 1,
+  seed: int = 0,
+) -> dict:
   """Encodes (and, for ``mode='generate'``, generates from) every study folder of
   ``input_dir`` and writes, per study, under ``output_dir/<study>/``:
 
@@ -414,16 +483,27 @@ def run_folder(model: TrainedModel, input_dir: str, output_dir: str, *, mode: st
   written = {"studies": 0, "images": 0, "reports": 0, "latents": 0}
   if usable:
     encoded = model.encode(usable, given, progress=True)
-    np.savez(os.path.join(output_dir, "latents.npz"), names=[st.name for st in usable],
-             mu=encoded["mu"], logvar=encoded["logvar"], subset=encoded["subset"])
-    outputs = (model.generate_from(encoded, None, num_samples, seed)
-               if mode == "generate" else [None] * len(usable))
-    for i, (study, generated) in enumerate(
-        _progress(list(zip(usable, outputs)), "writing", True)):
+    np.savez(
+      os.path.join(output_dir, "latents.npz"),
+      names=[st.name for st in usable],
+      mu=encoded["mu"],
+      logvar=encoded["logvar"],
+      subset=encoded["subset"],
+    )
+    outputs = (
+      model.generate_from(encoded, None, num_samples, seed)
+      if mode == "generate"
+      else [None] * len(usable)
+    )
+    for i, (study, generated) in enumerate(_progress(list(zip(usable, outputs)), "writing", True)):
       folder = os.path.join(output_dir, study.name)
       os.makedirs(folder)
-      np.savez(os.path.join(folder, "latents.npz"), mu=encoded["mu"][i],
-               logvar=encoded["logvar"][i], subset=encoded["subset"][i])
+      np.savez(
+        os.path.join(folder, "latents.npz"),
+        mu=encoded["mu"][i],
+        logvar=encoded["logvar"][i],
+        subset=encoded["subset"][i],
+      )
       written["latents"] += 1
       if generated is not None:
         for m in model.modalities:
@@ -435,16 +515,23 @@ def run_folder(model: TrainedModel, input_dir: str, output_dir: str, *, mode: st
             written["reports"] += len(generated[m])
           else:
             for j, image in enumerate(generated[m]):
-              visualize.save_png(os.path.join(folder, f"generated_{m}_{j}.png"),
-                                 image[..., None])
+              visualize.save_png(os.path.join(folder, f"generated_{m}_{j}.png"), image[..., None])
             written["images"] += len(generated[m])
         grid = _side_by_side(model, study, generated)
         if grid is not None:
           visualize.save_png(os.path.join(folder, "side_by_side.png"), grid)
       written["studies"] += 1
   summary = dict(written, skipped=failures, output=output_dir, step=model.step)
-  logging.info("Wrote %d studies to %s (step %d): %d generated images, %d generated reports, "
-               "%d latents; skipped %d%s", written["studies"], output_dir, model.step,
-               written["images"], written["reports"], written["latents"], len(failures),
-               "".join(f"\n  {name}: {why}" for name, why in failures))
+  logging.info(
+    "Wrote %d studies to %s (step %d): %d generated images, %d generated reports, "
+    "%d latents; skipped %d%s",
+    written["studies"],
+    output_dir,
+    model.step,
+    written["images"],
+    written["reports"],
+    written["latents"],
+    len(failures),
+    "".join(f"\n  {name}: {why}" for name, why in failures),
+  )
   return summary

@@ -25,7 +25,7 @@ if not os.environ.get("MOPOE_TEST_XLA_CACHE"):
 
 import jax  # noqa: E402
 
-from mopoe_jax import runtime  # noqa: E402
+from mopoe_jax.platform import runtime  # noqa: E402
 
 # The XLA flags that main.py sets: the persistent cache's keys include XLA_FLAGS, so main.py
 # subprocesses (which inherit them) load what this process compiled, and the reverse.
@@ -38,7 +38,6 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
 
 # The slow tier (`-m slow`; the fast one is `-m "not slow"`): a test that trains or evaluates
 # end to end through these fixtures is slow, as is one marked so itself (main.py or a benchmark
@@ -56,7 +55,9 @@ def pytest_collection_modifyitems(items):
 def synthetic_tiny_dir(tmp_path_factory):
   """Builds synthetic_cxr/tiny (32 px, 32 tokens, 384/128/128 studies) once per session."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   import input_pipeline.synthetic_cxr  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   tfds.builder("synthetic_cxr/tiny", data_dir=data_dir).download_and_prepare()
   return data_dir
@@ -65,28 +66,44 @@ def synthetic_tiny_dir(tmp_path_factory):
 def prepare_from(builder, manual_dir):
   """``builder.download_and_prepare`` from ``manual_dir`` (a manual-download builder)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+  )
   return builder
 
 
 def examples_by_study(builder) -> dict:
   """split -> {study_id: numpy example} of a prepared builder."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return {split: {ex["study_id"].decode(): ex
-                  for ex in tfds.as_numpy(builder.as_dataset(split=split))}
-          for split in builder.info.splits}
+
+  return {
+    split: {ex["study_id"].decode(): ex for ex in tfds.as_numpy(builder.as_dataset(split=split))}
+    for split in builder.info.splits
+  }
 
 
 def run_prepare_command(family: str, manual_dir, data_dir):
   """``python -m input_pipeline.<family> --config=paper --manual_dir=... --data_dir=...`` as the
   docs give it; returns (its stderr, the prepared builder, loaded in this process)."""
   import importlib  # pylint: disable=g-import-not-at-top
+
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   result = subprocess.run(
-      [sys.executable, "-m", f"input_pipeline.{family}", "--config=paper",
-       f"--manual_dir={manual_dir}", f"--data_dir={data_dir}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      f"input_pipeline.{family}",
+      "--config=paper",
+      f"--manual_dir={manual_dir}",
+      f"--data_dir={data_dir}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   importlib.import_module(f"input_pipeline.{family}")  # registers the builder here
   return result.stderr, tfds.builder(f"{family}/paper", data_dir=str(data_dir))
@@ -95,6 +112,7 @@ def run_prepare_command(family: str, manual_dir, data_dir):
 def tiny_config(data_dir: str, **train_overrides):
   """configs/tiny.py pointed at ``data_dir`` with train fields overridden."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
+
   config = tiny.get_config()
   config.data.data_dir = data_dir
   for key, value in train_overrides.items():
@@ -107,13 +125,18 @@ def small_config(modalities=("frontal", "lateral", "text")):
   layer kept (residual blocks included). For tests that build the model from arrays and whose
   property does not depend on its depth; their programs compile in about a third less time."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
+
   config = tiny.get_config()
   config.data.modalities = tuple(modalities)
   config.data.image_size = config.data.text_length = 16
-  config.model.update(rec_weights=(1 / len(modalities),) * len(modalities),
-                      image_encoder_widths=(8, 16, 16), image_decoder_widths=(16, 16, 8),
-                      text_encoder_widths=(16,) * 4, text_decoder_widths=(16,) * 4,
-                      conv_impl="xla")  # XLA's own convolutions: fewer kernels to compile
+  config.model.update(
+    rec_weights=(1 / len(modalities),) * len(modalities),
+    image_encoder_widths=(8, 16, 16),
+    image_decoder_widths=(16, 16, 8),
+    text_encoder_widths=(16,) * 4,
+    text_decoder_widths=(16,) * 4,
+    conv_impl="xla",
+  )  # XLA's own convolutions: fewer kernels to compile
   return config
 
 
@@ -124,6 +147,7 @@ def load_data(config):
   """The data source of ``config.data`` (`input_pipeline.tfds_source.load`), loaded once per
   session."""
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+
   key = config.data.to_json()
   if key not in _loaded:
     _loaded[key] = tfds_source.load(config.data)
@@ -133,7 +157,9 @@ def load_data(config):
 def train_run(config, workdir: str):
   """`train.train_and_evaluate` as main.py calls it: the data source and a TensorBoard writer."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from mopoe_jax import train  # pylint: disable=g-import-not-at-top
+
+  from mopoe_jax.training import loop as train  # pylint: disable=g-import-not-at-top
+
   writer = metric_writers.create_default_writer(workdir)
   try:
     return train.train_and_evaluate(config, workdir, load_data(config), writer)
@@ -145,8 +171,13 @@ def train_run(config, workdir: str):
 def straight_run(synthetic_tiny_dir, tmp_path_factory):
   """30 steps of the tiny config in one go, checkpoints and evaluations every 10 (keep 2)."""
   workdir = str(tmp_path_factory.mktemp("straight"))
-  config = tiny_config(synthetic_tiny_dir, num_steps=30, checkpoint_every_steps=10,
-                       eval_every_steps=10, log_every_steps=5)
+  config = tiny_config(
+    synthetic_tiny_dir,
+    num_steps=30,
+    checkpoint_every_steps=10,
+    eval_every_steps=10,
+    log_every_steps=5,
+  )
   return config, workdir, train_run(config, workdir)
 
 
@@ -156,18 +187,31 @@ def straight_run(synthetic_tiny_dir, tmp_path_factory):
 
 def state_tree(state) -> dict:
   """What a resumed run must reproduce: parameters, BatchNorm statistics, optimizer state, step."""
-  return jax.device_get({"params": state.params, "batch_stats": state.batch_stats,
-                         "opt_state": state.opt_state, "step": state.step})
+  return jax.device_get(
+    {
+      "params": state.params,
+      "batch_stats": state.batch_stats,
+      "opt_state": state.opt_state,
+      "step": state.step,
+    }
+  )
 
 
 def assert_trees_equal(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
   """Same tree structure, and every leaf equal (bit for bit unless a tolerance is given)."""
-  assert jax.tree.structure(a) == jax.tree.structure(b), (jax.tree.structure(a),
-                                                          jax.tree.structure(b))
+  assert jax.tree.structure(a) == jax.tree.structure(b), (
+    jax.tree.structure(a),
+    jax.tree.structure(b),
+  )
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
     x, y = np.asarray(x), np.asarray(y)
-    assert x.shape == y.shape and x.dtype == y.dtype, (jax.tree_util.keystr(path), x.shape,
-                                                       y.shape, x.dtype, y.dtype)
+    assert x.shape == y.shape and x.dtype == y.dtype, (
+      jax.tree_util.keystr(path),
+      x.shape,
+      y.shape,
+      x.dtype,
+      y.dtype,
+    )
     if rtol == 0 and atol == 0:
       np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
     else:
@@ -202,29 +246,45 @@ def subprocess_cache_dir():
 
 def subprocess_env(**extra) -> dict:
   """The environment of a main.py subprocess: CPU, fast compiles (as in this process)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-             TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    CUDA_VISIBLE_DEVICES="",
+  )
   env.update(extra)
   return env
 
 
 def main_command(data_dir: str, workdir: str, cache_dir: str, *overrides: str) -> list[str]:
   """``python main.py`` on the tiny config of ``data_dir`` with ``--config.x=y`` overrides."""
-  return [sys.executable, os.path.join(REPO, "main.py"), "--config=" + os.path.join(
-      REPO, "configs", "tiny.py"), f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-          f"--config.train.compilation_cache_dir={cache_dir}", *overrides]
+  return [
+    sys.executable,
+    os.path.join(REPO, "main.py"),
+    "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    f"--config.train.compilation_cache_dir={cache_dir}",
+    *overrides,
+  ]
 
 
 def restored_state_tree(config, workdir: str, step: int) -> dict:
   """`state_tree` of the checkpoint of ``step`` in ``workdir``, restored on this process's first
   device (whatever the number of devices that wrote it)."""
   import functools  # pylint: disable=g-import-not-at-top
-  from mopoe_jax import checkpointing, model as model_lib  # pylint: disable=g-import-not-at-top
-  from mopoe_jax import sharding, step as step_lib  # pylint: disable=g-import-not-at-top
+
+  from mopoe_jax.platform import sharding  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.training import step as step_lib
+  from mopoe_jax.vae import model as model_lib
+
   model = model_lib.create_model(config, len(load_data(config).vocab))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  shapes = jax.eval_shape(functools.partial(step_lib.init_state, model, config),
-                          jax.random.PRNGKey(0))
+  shapes = jax.eval_shape(
+    functools.partial(step_lib.init_state, model, config), jax.random.PRNGKey(0)
+  )
   abstract = sharding.abstract(shapes, device)
   manager = checkpointing.create_manager(workdir, read_only=True)
   return state_tree(checkpointing.restore_train_state(manager, abstract, step))
@@ -240,18 +300,24 @@ def restored_state_tree(config, workdir: str, step: int) -> dict:
 TWO_MODALITIES = {"data.modalities": ("frontal", "text"), "model.rec_weights": (0.5, 0.5)}
 # 4 steps, checkpoints, evaluations and logs every 2, no image grids (their program would
 # compile in every process; tests/test_train.py checks the grids): the multi-host test's settings.
-TWO_DEVICE_TRAIN = {"train.checkpoint_every_steps": 2, "train.eval_every_steps": 2,
-                    "train.log_every_steps": 2, "train.eval_batches": 1,
-                    "train.image_grid_studies": 0}
+TWO_DEVICE_TRAIN = {
+  "train.checkpoint_every_steps": 2,
+  "train.eval_every_steps": 2,
+  "train.log_every_steps": 2,
+  "train.eval_batches": 1,
+  "train.image_grid_studies": 0,
+}
 TWO_DEVICE_STEPS = 4
-TWO_DEVICE_OVERRIDES = tuple(f"--config.{k}={v!r}" for k, v in {**TWO_MODALITIES,
-                                                                 **TWO_DEVICE_TRAIN}.items())
+TWO_DEVICE_OVERRIDES = tuple(
+  f"--config.{k}={v!r}" for k, v in {**TWO_MODALITIES, **TWO_DEVICE_TRAIN}.items()
+)
 
 
 def two_device_config(data_dir: str, **train_overrides):
   """`tiny_config` with `TWO_MODALITIES` and the train fields of `TWO_DEVICE_OVERRIDES`."""
-  config = tiny_config(data_dir, **{k.split(".", 1)[1]: v for k, v in TWO_DEVICE_TRAIN.items()},
-                       **train_overrides)
+  config = tiny_config(
+    data_dir, **{k.split(".", 1)[1]: v for k, v in TWO_DEVICE_TRAIN.items()}, **train_overrides
+  )
   for key, value in TWO_MODALITIES.items():
     section, field = key.split(".")
     config[section][field] = value
@@ -270,8 +336,9 @@ class BackgroundRun:
   def start(self) -> None:
     if self._proc is None:
       with open(self._log_path, "w") as log:
-        self._proc = subprocess.Popen(self._command, env=self._env, stdout=log,
-                                      stderr=subprocess.STDOUT)
+        self._proc = subprocess.Popen(
+          self._command, env=self._env, stdout=log, stderr=subprocess.STDOUT
+        )
 
   def workdir(self) -> str:
     self.start()
@@ -297,12 +364,20 @@ def two_device_run(synthetic_tiny_dir, subprocess_cache_dir, tmp_path_factory):
   (which waits for it)."""
   workdir = tmp_path_factory.mktemp("two_devices")
   run = BackgroundRun(
-      [sys.executable, os.path.join(REPO, "tests", "two_shards.py"),
-       "--config=" + os.path.join(REPO, "configs", "tiny.py"), f"--workdir={workdir / 'run'}",
-       f"--config.data.data_dir={synthetic_tiny_dir}",
-       f"--config.train.compilation_cache_dir={subprocess_cache_dir}", *TWO_DEVICE_OVERRIDES,
-       f"--config.train.num_steps={TWO_DEVICE_STEPS}"],
-      str(workdir / "run"), str(workdir / "run.log"),
-      subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), timeout_s=600)
+    [
+      sys.executable,
+      os.path.join(REPO, "tests", "two_shards.py"),
+      "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+      f"--workdir={workdir / 'run'}",
+      f"--config.data.data_dir={synthetic_tiny_dir}",
+      f"--config.train.compilation_cache_dir={subprocess_cache_dir}",
+      *TWO_DEVICE_OVERRIDES,
+      f"--config.train.num_steps={TWO_DEVICE_STEPS}",
+    ],
+    str(workdir / "run"),
+    str(workdir / "run.log"),
+    subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+    timeout_s=600,
+  )
   yield run
   run.stop()

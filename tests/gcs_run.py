@@ -22,9 +22,15 @@ def main(argv):
   from absl import logging  # pylint: disable=g-import-not-at-top
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from conftest import two_device_config  # pylint: disable=g-import-not-at-top
+
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.evaluation import evaluate
+  from mopoe_jax.platform import paths, runtime
+
   # pylint: disable-next=g-import-not-at-top
-  from mopoe_jax import checkpointing, evaluate, paths, runtime, train
+  from mopoe_jax.training import checkpointing
+  from mopoe_jax.training import loop as train
+
   logging.info("XLA_FLAGS=%s", runtime.apply_defaults())
   config = two_device_config(FLAGS.data_dir, num_steps=FLAGS.num_steps)
   config.train.compilation_cache_dir = paths.join(FLAGS.workdir, "xla_cache")
@@ -53,6 +59,7 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+
   FLAGS = flags.FLAGS
   flags.DEFINE_string("workdir", None, "gs://bucket/run")
   flags.DEFINE_string("tensorboard", None, "A local folder for the metric writer.")

@@ -24,38 +24,82 @@ from PIL import Image
 # uniform grey image of that value, "corrupt" a PNG cut after a third of its bytes, "absent" no
 # file at all.
 STUDIES = [
-    ("1", [("CXR1_1_IM-0001-3001", "Frontal", 200), ("CXR1_1_IM-0001-4001", "Lateral", 60)],
-     "Heart size normal. Lungs are clear.", "No acute disease.", ["normal"]),
-    # Two frontal images: the first by name does not decode, the second is used.
-    ("2", [("CXR2_IM-0652-1001", "Frontal", "corrupt"), ("CXR2_IM-0652-1002", "Frontal", 180),
-           ("CXR2_IM-0652-2001", "Lateral", 70)],
-     "The heart is enlarged. Streaky basilar opacity.", "Cardiomegaly.",
-     ["Cardiomegaly/mild", "Pulmonary Atelectasis/base/left", "Calcified Granuloma/lung"]),
-    ("3", [("CXR3_IM-1384-1001", "Frontal", 150)],  # no lateral
-     "Lungs are clear.", "Normal.", ["normal"]),
-    ("4", [("CXR4_IM-2050-1001", "Frontal", 150), ("CXR4_IM-2050-2001", "Lateral", 90)],
-     None, "No active disease.", ["normal"]),  # no FINDINGS element
-    ("5", [("CXR5_IM-2117-1003002", "Frontal", 120), ("CXR5_IM-2117-1004003", "Lateral", 40)],
-     "", "Old granuloma.", ["Calcified Granuloma/lung/upper lobe/right"]),  # empty FINDINGS
-    ("6", [("CXR6_IM-2192-1001", "Frontal", 110), ("CXR6_IM-2192-2001", "Lateral", 30)],
-     "Small right effusion. A catheter is seen.", "Effusion.", None),  # no <MeSH>
-    # A third image the projections table does not list: not used.
-    ("7", [("CXR7_IM-2263-1001", "Frontal", 100), ("CXR7_IM-2263-2001", "Lateral", 20),
-           ("CXR7_IM-2263-3001", None, 255)],
-     "Right pleural effusion. A line is in place.", "Effusion.",
-     ["Pleural Effusion/right/small", "Catheters, Indwelling"]),
-    ("8", "truncated", None, None, None),  # the XML does not parse
-    ("9", [("CXR9_IM-2407-1001", "Frontal", "absent"), ("CXR9_IM-2407-2001", "Lateral", 80)],
-     "Lungs are clear.", "Normal.", ["normal"]),  # the frontal PNG is missing
-    ("10", [], "Lungs are clear.", "Normal.", ["No Indexing"]),  # no parentImage
+  (
+    "1",
+    [("CXR1_1_IM-0001-3001", "Frontal", 200), ("CXR1_1_IM-0001-4001", "Lateral", 60)],
+    "Heart size normal. Lungs are clear.",
+    "No acute disease.",
+    ["normal"],
+  ),
+  # Two frontal images: the first by name does not decode, the second is used.
+  (
+    "2",
+    [
+      ("CXR2_IM-0652-1001", "Frontal", "corrupt"),
+      ("CXR2_IM-0652-1002", "Frontal", 180),
+      ("CXR2_IM-0652-2001", "Lateral", 70),
+    ],
+    "The heart is enlarged. Streaky basilar opacity.",
+    "Cardiomegaly.",
+    ["Cardiomegaly/mild", "Pulmonary Atelectasis/base/left", "Calcified Granuloma/lung"],
+  ),
+  (
+    "3",
+    [("CXR3_IM-1384-1001", "Frontal", 150)],  # no lateral
+    "Lungs are clear.",
+    "Normal.",
+    ["normal"],
+  ),
+  (
+    "4",
+    [("CXR4_IM-2050-1001", "Frontal", 150), ("CXR4_IM-2050-2001", "Lateral", 90)],
+    None,
+    "No active disease.",
+    ["normal"],
+  ),  # no FINDINGS element
+  (
+    "5",
+    [("CXR5_IM-2117-1003002", "Frontal", 120), ("CXR5_IM-2117-1004003", "Lateral", 40)],
+    "",
+    "Old granuloma.",
+    ["Calcified Granuloma/lung/upper lobe/right"],
+  ),  # empty FINDINGS
+  (
+    "6",
+    [("CXR6_IM-2192-1001", "Frontal", 110), ("CXR6_IM-2192-2001", "Lateral", 30)],
+    "Small right effusion. A catheter is seen.",
+    "Effusion.",
+    None,
+  ),  # no <MeSH>
+  # A third image the projections table does not list: not used.
+  (
+    "7",
+    [
+      ("CXR7_IM-2263-1001", "Frontal", 100),
+      ("CXR7_IM-2263-2001", "Lateral", 20),
+      ("CXR7_IM-2263-3001", None, 255),
+    ],
+    "Right pleural effusion. A line is in place.",
+    "Effusion.",
+    ["Pleural Effusion/right/small", "Catheters, Indwelling"],
+  ),
+  ("8", "truncated", None, None, None),  # the XML does not parse
+  (
+    "9",
+    [("CXR9_IM-2407-1001", "Frontal", "absent"), ("CXR9_IM-2407-2001", "Lateral", 80)],
+    "Lungs are clear.",
+    "Normal.",
+    ["normal"],
+  ),  # the frontal PNG is missing
+  ("10", [], "Lungs are clear.", "Normal.", ["No Indexing"]),  # no parentImage
 ]
 
 # Words of the made-up bulk reports, by finding.
 _BULK_FINDINGS = {
-    "normal": ("heart size is normal", "lungs are clear", "no effusion"),
-    "Cardiomegaly/moderate": ("heart is enlarged", "cardiac silhouette is large"),
-    "Opacity/lung/base/left": ("opacity at the left base", "hazy left basilar density"),
-    "Pleural Effusion/right": ("right pleural effusion", "blunted right angle"),
+  "normal": ("heart size is normal", "lungs are clear", "no effusion"),
+  "Cardiomegaly/moderate": ("heart is enlarged", "cardiac silhouette is large"),
+  "Opacity/lung/base/left": ("opacity at the left base", "hazy left basilar density"),
+  "Pleural Effusion/right": ("right pleural effusion", "blunted right angle"),
 }
 
 XML_TEMPLATE = """<?xml version="1.0" encoding="utf-8"?>
@@ -127,13 +171,19 @@ def report_xml(study_id, images, findings, impression, majors) -> str:
   else:
     findings_xml = f'            <AbstractText Label="FINDINGS">{esc(findings)}</AbstractText>\n'
 
-  mesh = ("" if majors is None else "   <MeSH>\n" + "".join(
-      f"      <major>{esc(m)}</major>\n" for m in majors)
-      + "      <automatic>Made-up automatic term</automatic>\n   </MeSH>\n")
-  image_xml = "".join(IMAGE_TEMPLATE.format(stem=stem, n=n + 1)
-                      for n, (stem, _, _) in enumerate(images))
-  return XML_TEMPLATE.format(id=study_id, findings=findings_xml, impression=esc(impression),
-                             mesh=mesh, images=image_xml)
+  mesh = (
+    ""
+    if majors is None
+    else "   <MeSH>\n"
+    + "".join(f"      <major>{esc(m)}</major>\n" for m in majors)
+    + "      <automatic>Made-up automatic term</automatic>\n   </MeSH>\n"
+  )
+  image_xml = "".join(
+    IMAGE_TEMPLATE.format(stem=stem, n=n + 1) for n, (stem, _, _) in enumerate(images)
+  )
+  return XML_TEMPLATE.format(
+    id=study_id, findings=findings_xml, impression=esc(impression), mesh=mesh, images=image_xml
+  )
 
 
 def png_bytes(value: int, shape=(300, 240)) -> bytes:
@@ -153,14 +203,29 @@ def bulk_studies(count: int, seed: int = 0):
     major = list(_BULK_FINDINGS)[kind]
     words = ". ".join(rng.sample(_BULK_FINDINGS[major], 2)) + "."
     value = 60 + 40 * kind + rng.randrange(20)
-    studies.append((study_id, [(f"CXR{study_id}_IM-{5000 + i:04d}-1001", "Frontal", value),
-                               (f"CXR{study_id}_IM-{5000 + i:04d}-2001", "Lateral", 255 - value)],
-                    words, "Made-up impression.", [major]))
+    studies.append(
+      (
+        study_id,
+        [
+          (f"CXR{study_id}_IM-{5000 + i:04d}-1001", "Frontal", value),
+          (f"CXR{study_id}_IM-{5000 + i:04d}-2001", "Lateral", 255 - value),
+        ],
+        words,
+        "Made-up impression.",
+        [major],
+      )
+    )
   return studies
 
 
-def write_fake_iu(root: str, studies=STUDIES, reports_as: str = "tgz", images_as: str = "tgz",
-                  projections: bool = True, kaggle_names: bool = True) -> str:
+def write_fake_iu(
+  root: str,
+  studies=STUDIES,
+  reports_as: str = "tgz",
+  images_as: str = "tgz",
+  projections: bool = True,
+  kaggle_names: bool = True,
+) -> str:
   """Writes the manual dir; returns ``root``.
 
   reports_as / images_as: "tgz" (the archives as downloaded) or "folder" (unpacked: the reports

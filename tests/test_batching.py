@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from input_pipeline import features
-from input_pipeline import batching
-from mopoe_jax import text
-from mopoe_jax import sharding
+from input_pipeline import batching, builders, features
+from mopoe_jax.data import text
+from mopoe_jax.platform import sharding
 
 IMAGE_SIZE, TEXT_LENGTH = 8, 6
 NUM_TRAIN, NUM_TEST = 40, 13
@@ -45,20 +44,25 @@ class FakeCxr(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=features.study_features(IMAGE_SIZE, TEXT_LENGTH),
-        metadata=tfds.core.MetadataDict(vocabulary=VOCAB))
+      features=features.study_features(IMAGE_SIZE, TEXT_LENGTH),
+      metadata=tfds.core.MetadataDict(vocabulary=VOCAB),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {"train": self._generate_examples(0, NUM_TRAIN),
-            "test": self._generate_examples(TEST_ID_OFFSET, NUM_TEST)}
+    return {
+      "train": self._generate_examples(0, NUM_TRAIN),
+      "test": self._generate_examples(TEST_ID_OFFSET, NUM_TEST),
+    }
 
   def _generate_examples(self, offset, count):
     rng = np.random.default_rng(offset)
     for i in range(offset, offset + count):
       complete = _is_complete(i)
       labels = rng.choice([1.0, 0.0, -1.0, np.nan], size=len(features.LABELS)).astype(np.float32)
-      yield str(i), {
+      yield (
+        str(i),
+        {
           "frontal": np.full((IMAGE_SIZE, IMAGE_SIZE, 1), i % 256, np.uint8),
           "lateral": np.full((IMAGE_SIZE, IMAGE_SIZE, 1), (i % 256) if complete else 0, np.uint8),
           "text": np.array([3, 4, text.EOS_ID] + [text.PAD_ID] * (TEXT_LENGTH - 3), np.int32),
@@ -67,14 +71,22 @@ class FakeCxr(tfds.core.GeneratorBasedBuilder):
           "labels": labels,
           "finding": np.int32(i),
           "study_id": f"s{i}",
-      }
+        },
+      )
 
 
 def _config(data_dir, **overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict({
-      "name": "fake_cxr", "data_dir": str(data_dir), "manual_dir": None,
-      "require_complete": False, "train_split": "train", "shuffle_buffer_size": 64,
-      "prefetch": 2})
+  config = ml_collections.ConfigDict(
+    {
+      "name": "fake_cxr",
+      "data_dir": str(data_dir),
+      "manual_dir": None,
+      "require_complete": False,
+      "train_split": "train",
+      "shuffle_buffer_size": 64,
+      "prefetch": 2,
+    }
+  )
   config.update(overrides)
   return config
 
@@ -119,9 +131,15 @@ def test_get_builder_prepares_once_and_loads_vocabulary(builder, data_dir):
   assert again.info.splits["train"].num_examples == NUM_TRAIN
 
 
-def test_get_builder_names_a_missing_builder_package(monkeypatch, data_dir):
-  monkeypatch.setitem(batching._BUILDER_MODULES, "absent_cxr", "input_pipeline.absent_cxr")
-  with pytest.raises(ModuleNotFoundError, match="input_pipeline.absent_cxr"):
+def test_builders_are_found_by_their_folders():
+  assert builders.families() == {
+    name: f"input_pipeline.{name}" for name in ("iu_xray", "mimic_cxr", "synthetic_cxr")
+  }
+  assert builders.family_of("mimic_cxr/paper:1.0.0") == "mimic_cxr"
+
+
+def test_get_builder_names_the_builders_for_an_unknown_dataset(data_dir):
+  with pytest.raises(ValueError, match=r"absent_cxr/small.*\['iu_xray', 'mimic_cxr'"):
     batching.get_builder(_config(data_dir, name="absent_cxr/small"))
 
 
@@ -129,12 +147,12 @@ def test_train_batch_keys_shapes_and_dtypes(builder, data_dir):
   (batch,) = _train(builder, data_dir, 1, global_batch_size=8, seed=0)
   assert sorted(batch) == sorted(batching.BATCH_KEYS)
   expected = {
-      "frontal": ((8, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8),
-      "lateral": ((8, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8),
-      "text": ((8, TEXT_LENGTH), np.int32),
-      "available": ((8, 3), np.bool_),
-      "labels": ((8, len(features.LABELS)), np.float32),
-      "finding": ((8,), np.int32),
+    "frontal": ((8, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8),
+    "lateral": ((8, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8),
+    "text": ((8, TEXT_LENGTH), np.int32),
+    "available": ((8, 3), np.bool_),
+    "labels": ((8, len(features.LABELS)), np.float32),
+    "finding": ((8,), np.int32),
   }
   for key, (shape, dtype) in expected.items():
     assert batch[key].shape == shape, key
@@ -145,7 +163,7 @@ def test_train_batch_keys_shapes_and_dtypes(builder, data_dir):
 
 def test_train_epochs_are_permutations_and_seeds_matter(builder, data_dir):
   batches = _train(builder, data_dir, 10, global_batch_size=8, seed=1)  # 2 epochs of 5 steps
-  epochs = [sorted(i for b in batches[e * 5:(e + 1) * 5] for i in _ids(b)) for e in range(2)]
+  epochs = [sorted(i for b in batches[e * 5 : (e + 1) * 5] for i in _ids(b)) for e in range(2)]
   assert epochs[0] == epochs[1] == list(range(NUM_TRAIN))
   order = [_ids(b) for b in batches]
   assert order[:5] != order[5:], "each epoch must be shuffled anew"
@@ -174,8 +192,7 @@ def test_resume_far_into_training_reads_at_most_one_epoch(builder, data_dir):
   epoch_start = 5 * 10**6 * 5  # 5 steps per epoch
   start = time.perf_counter()
   at_epoch = _train(builder, data_dir, 3, global_batch_size=8, seed=4, start_step=epoch_start)
-  (resumed,) = _train(builder, data_dir, 1, global_batch_size=8, seed=4,
-                      start_step=epoch_start + 2)
+  (resumed,) = _train(builder, data_dir, 1, global_batch_size=8, seed=4, start_step=epoch_start + 2)
   assert time.perf_counter() - start < 30
   np.testing.assert_array_equal(at_epoch[2]["finding"], resumed["finding"])
   np.testing.assert_array_equal(at_epoch[2]["frontal"], resumed["frontal"])
@@ -192,15 +209,18 @@ def test_require_complete_keeps_complete_studies_only(builder, data_dir):
 
 def test_process_shards_are_disjoint_and_cover_the_split(builder, data_dir):
   config = _config(data_dir)
-  shards = [_eval_ids(builder, config, "train", batch_size=6, process_index=p, process_count=2)
-            for p in range(2)]
+  shards = [
+    _eval_ids(builder, config, "train", batch_size=6, process_index=p, process_count=2)
+    for p in range(2)
+  ]
   (ids0, batches0), (ids1, batches1) = shards
   assert not set(ids0) & set(ids1)
   assert sorted(ids0 + ids1) == list(range(NUM_TRAIN))
   assert len(batches0) == len(batches1)
   for p, ids in enumerate((ids0, ids1)):
-    batches = _train(builder, data_dir, 4, global_batch_size=8, seed=0, process_index=p,
-                     process_count=2)
+    batches = _train(
+      builder, data_dir, 4, global_batch_size=8, seed=0, process_index=p, process_count=2
+    )
     assert all(b["finding"].shape == (4,) for b in batches)
     seen = {i for b in batches for i in _ids(b)}
     assert seen <= set(ids), f"process {p} trained on another process's studies"
@@ -215,23 +235,30 @@ def test_eval_covers_every_study_once_with_padding_masked(builder, data_dir):
   np.testing.assert_array_equal(batches[-1]["valid"], [True, True, True, False, False])
   assert not batches[-1]["frontal"][3:].any()
   # Two processes, 7 + 6 studies, 2 rows each: both yield 4 batches, together every study once.
-  per_process = [_eval_ids(builder, config, "test", batch_size=4, process_index=p,
-                           process_count=2) for p in range(2)]
+  per_process = [
+    _eval_ids(builder, config, "test", batch_size=4, process_index=p, process_count=2)
+    for p in range(2)
+  ]
   assert [len(b) for _, b in per_process] == [4, 4]
   assert sorted(per_process[0][0] + per_process[1][0]) == sorted(ids)
 
 
 def test_indivisible_batches_are_refused(builder, data_dir):
-  with pytest.raises(ValueError, match=r"^global batch 30 does not divide over 4 devices; use a "
-                     r"multiple of 4, e.g. 32$"):
+  with pytest.raises(
+    ValueError,
+    match=r"^global batch 30 does not divide over 4 devices; use a "
+    r"multiple of 4, e.g. 32$",
+  ):
     sharding.check_batch_divisible(30, 4)
   sharding.check_batch_divisible(32, 4)
   with pytest.raises(ValueError, match="global batch 30 does not divide over 4 processes"):
-    batching.train_iterator(builder, _config(data_dir), global_batch_size=30, seed=0,
-                            process_index=0, process_count=4)
+    batching.train_iterator(
+      builder, _config(data_dir), global_batch_size=30, seed=0, process_index=0, process_count=4
+    )
   with pytest.raises(ValueError, match="global batch 9 does not divide over 2 processes"):
-    batching.eval_iterator(builder, _config(data_dir), "test", batch_size=9, process_index=0,
-                           process_count=2)
+    batching.eval_iterator(
+      builder, _config(data_dir), "test", batch_size=9, process_index=0, process_count=2
+    )
   with pytest.raises(ValueError, match="fewer than one batch"):
     batching.train_iterator(builder, _config(data_dir), global_batch_size=64, seed=0)
 
@@ -257,7 +284,7 @@ def test_to_global_batch_splits_rows_over_four_devices():
   # A fresh process, as the number of CPU devices is fixed when JAX starts.
   script = textwrap.dedent("""
       import numpy as np
-      from mopoe_jax import sharding
+      from mopoe_jax.platform import sharding
       mesh = sharding.make_data_mesh()
       assert mesh.shape == {"data": 4}, mesh
       batch = {"x": np.arange(8 * 3, dtype=np.float32).reshape(8, 3), "valid": np.ones(8, bool)}
@@ -276,11 +303,11 @@ def test_to_global_batch_splits_rows_over_four_devices():
       else:
         raise AssertionError("a batch of 6 over 4 devices was accepted")
   """)
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
   root = pathlib.Path(__file__).parents[1]
-  result = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -292,6 +319,7 @@ def test_train_batches_come_from_the_configured_split(builder, data_dir):
 
 def test_the_locked_default_config_sets_every_pipeline_knob(builder, data_dir):
   from configs import default  # pylint: disable=g-import-not-at-top
+
   config = default.get_config().lock()
   config.data.shuffle_buffer_size = None  # a uniform permutation of the whole shard
   config.data.prefetch = 1
@@ -299,7 +327,12 @@ def test_the_locked_default_config_sets_every_pipeline_knob(builder, data_dir):
   for key in ("shuffle_buffer_size", "prefetch", "train_split", "require_complete"):
     assert key in config.data, key
     data_config[key] = config.data[key]
-  epoch = sum((_ids(b) for b in _take(batching.train_iterator(
-      builder, data_config, global_batch_size=8, seed=0), 3)), [])
+  epoch = sum(
+    (
+      _ids(b)
+      for b in _take(batching.train_iterator(builder, data_config, global_batch_size=8, seed=0), 3)
+    ),
+    [],
+  )
   # require_complete (the paper's): one epoch is 3 batches of distinct complete studies.
   assert len(set(epoch)) == 24 and set(epoch) <= set(COMPLETE_TRAIN)

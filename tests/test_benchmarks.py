@@ -18,8 +18,20 @@ pytestmark = pytest.mark.slow  # the benchmark's processes
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "step_throughput.py")
 TIMEOUT_S = 480  # a few tens of seconds on a quiet 2-core machine; minutes when it is busy
-TINY = ("--sizes", "tiny", "--batch", "8", "--steps", "2", "--rounds", "1", "--device", "cpu",
-        "--timeout", "400")
+TINY = (
+  "--sizes",
+  "tiny",
+  "--batch",
+  "8",
+  "--steps",
+  "2",
+  "--rounds",
+  "1",
+  "--device",
+  "cpu",
+  "--timeout",
+  "400",
+)
 
 
 # A sitecustomize that makes these packages unimportable, as they are on the GPU machine the
@@ -51,10 +63,17 @@ def _run(tmp_path, *flags, returncode=0, block_tensorflow=False):
   env.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
   env.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["MOPOE_TEST_XLA_CACHE"])  # conftest.py
   env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-  proc = subprocess.run([sys.executable, SCRIPT, *TINY, "--out", str(out), *flags],
-                        capture_output=True, text=True, timeout=TIMEOUT_S, cwd=REPO, env=env)
+  proc = subprocess.run(
+    [sys.executable, SCRIPT, *TINY, "--out", str(out), *flags],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_S,
+    cwd=REPO,
+    env=env,
+  )
   assert proc.returncode == returncode, (
-      f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+    f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+  )
   with open(f"{out}.json") as f:
     report = json.load(f)
   assert os.path.getsize(f"{out}.md") > 0
@@ -78,9 +97,20 @@ def variants_and_a_crashed_worker(tmp_path_factory):
   start-up, before importing torch (so no torch is needed). The float32 variant is the program
   of the other tests here (a cache hit); the xla convolutions are checked against the cpu ones
   in tests/test_layers.py."""
-  return _run(tmp_path_factory.mktemp("variants"), "--no-peak", "--compute-dtype",
-              "float32,bfloat16", "--conv-impl", "cpu", "--parallel-build", "yes",
-              "--simulate-crash", "torch:startup", returncode=1, block_tensorflow=True)
+  return _run(
+    tmp_path_factory.mktemp("variants"),
+    "--no-peak",
+    "--compute-dtype",
+    "float32,bfloat16",
+    "--conv-impl",
+    "cpu",
+    "--parallel-build",
+    "yes",
+    "--simulate-crash",
+    "torch:startup",
+    returncode=1,
+    block_tensorflow=True,
+  )
 
 
 def test_jax_worker_runs_several_variants_without_tensorflow(variants_and_a_crashed_worker):
@@ -143,7 +173,10 @@ def test_worker_crash_while_timed_keeps_the_other_results(tmp_path):
   report, _ = _run(tmp_path, "--no-peak", "--simulate-crash", "torch:steps", returncode=1)
   [failure] = report["failures"]
   assert (failure["framework"], failure["phase"], failure["signal"]) == (
-      "torch", "steps", "SIGSEGV")
+    "torch",
+    "steps",
+    "SIGSEGV",
+  )
   [case] = report["cases"]
   assert case["jax_examples_per_s"] > 0 and "torch f32" not in case["variants"]
 
@@ -153,42 +186,86 @@ def test_gpu_summary_and_markdown(tmp_path):
   sys.path.insert(0, REPO)
   from benchmarks import step_throughput as st  # pylint: disable=g-import-not-at-top
   from benchmarks import step_throughput_report as sr  # pylint: disable=g-import-not-at-top
+
   args = st.parse_args(["--sizes", "tiny", "--device", "gpu", "--no-peak"])
   run = st.Run(args, "gpu", "--device")
   # Every JAX variant the issue asks for on a GPU: both dtypes with both convolution forms.
   assert {v.name for v in run.variants} == {
-      "jax float32 conv xla", "jax float32 conv cpu", "jax bfloat16 conv xla",
-      "jax bfloat16 conv cpu", "torch amp", "torch f32"}
-  run.hellos = {"jax": {"device_kind": "NVIDIA H200", "backend": "gpu", "versions": {}},
-                "torch": {"device_kind": "NVIDIA H200", "versions": {}}}
-  timing = {"median": 0.05, "q25": 0.049, "q75": 0.051, "iqr": 0.002, "min": 0.048,
-            "max": 0.052, "n": 6}
+    "jax float32 conv xla",
+    "jax float32 conv cpu",
+    "jax bfloat16 conv xla",
+    "jax bfloat16 conv cpu",
+    "torch amp",
+    "torch f32",
+  }
+  run.hellos = {
+    "jax": {"device_kind": "NVIDIA H200", "backend": "gpu", "versions": {}},
+    "torch": {"device_kind": "NVIDIA H200", "versions": {}},
+  }
+  timing = {
+    "median": 0.05,
+    "q25": 0.049,
+    "q75": 0.051,
+    "iqr": 0.002,
+    "min": 0.048,
+    "max": 0.052,
+    "n": 6,
+  }
 
   def variant(framework, name, **extra):
-    return dict(framework=framework, variant=name, phases={"compile_s": 30.0}, params=1,
-                warmup_step_s=[0.1], step_wall_s=timing, step_cpu_s=timing,
-                examples_per_s=4000.0, threads_busy=1.0, memory={"device_peak_bytes": 2 ** 33},
-                **extra)
+    return dict(
+      framework=framework,
+      variant=name,
+      phases={"compile_s": 30.0},
+      params=1,
+      warmup_step_s=[0.1],
+      step_wall_s=timing,
+      step_cpu_s=timing,
+      examples_per_s=4000.0,
+      threads_busy=1.0,
+      memory={"device_peak_bytes": 2**33},
+      **extra,
+    )
 
-  case = {"size": "paper", "batch": 200, "steps": 6, "rounds": 3,
-          "load_during": {"min": 0.1, "max": 0.2},
-          "variants": {"jax bfloat16": variant("jax", "jax bfloat16", compute_dtype="bfloat16",
-                                               xla_flops_per_step=2.2e13),
-                       "torch amp": variant("torch", "torch amp", mode="amp",
-                                            model_flops_per_step=2.2e13)}}
+  case = {
+    "size": "paper",
+    "batch": 200,
+    "steps": 6,
+    "rounds": 3,
+    "load_during": {"min": 0.1, "max": 0.2},
+    "variants": {
+      "jax bfloat16": variant(
+        "jax", "jax bfloat16", compute_dtype="bfloat16", xla_flops_per_step=2.2e13
+      ),
+      "torch amp": variant("torch", "torch amp", mode="amp", model_flops_per_step=2.2e13),
+    },
+  }
   run._summarize(case, 200)  # pylint: disable=protected-access
   jax_v = case["variants"]["jax bfloat16"]
   assert jax_v["mfu"] == pytest.approx(2.2e13 / 0.05 / 989e12)
-  assert jax_v["peak_memory"]["bytes"] == 2 ** 33
+  assert jax_v["peak_memory"]["bytes"] == 2**33
   assert case["ratio"] == pytest.approx(1.0)
   sr.print_case(case, gpu=True)
-  report = dict(run.report, cases=[case], total_s=60.0, settings={
-      "command": "python benchmarks/step_throughput.py", "device": "gpu",
-      "device_reason": "--device", "omp_wait_policy": "PASSIVE", "threads": 2})
-  report["machine"] = {"cpu": {"model": "x", "extensions": [], "native_bf16": False,
-                               "logical_cpus": 16}, "device_kind": "NVIDIA H200",
-                       "versions": {"jax": "0"}, "cores": None, "load_start": 0.1,
-                       "load_end": 0.2}
+  report = dict(
+    run.report,
+    cases=[case],
+    total_s=60.0,
+    settings={
+      "command": "python benchmarks/step_throughput.py",
+      "device": "gpu",
+      "device_reason": "--device",
+      "omp_wait_policy": "PASSIVE",
+      "threads": 2,
+    },
+  )
+  report["machine"] = {
+    "cpu": {"model": "x", "extensions": [], "native_bf16": False, "logical_cpus": 16},
+    "device_kind": "NVIDIA H200",
+    "versions": {"jax": "0"},
+    "cores": None,
+    "load_start": 0.1,
+    "load_end": 0.2,
+  }
   st.write_markdown(str(tmp_path / "gpu.md"), report)
   text = (tmp_path / "gpu.md").read_text()
   assert "MFU 44.5%" in text and "(GPU)" in text
@@ -201,15 +278,28 @@ def test_compile_time_counts_what_an_optimized_program_holds():
   tuple-typed instructions."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   sys.path.insert(0, REPO)
   from benchmarks import compile_time  # pylint: disable=g-import-not-at-top
 
-  assert compile_time._opcode(  # pylint: disable=protected-access
-      "  %add.1 = f32[2]{0} add(f32[2]{0} %a, f32[2]{0} %b), metadata={op_name=\"x\"}") == "add"
-  assert compile_time._opcode(  # pylint: disable=protected-access
-      "  %w = (s32[], f32[4,3]{1,0}) while((s32[], f32[4,3]{1,0}) %t), condition=%c") == "while"
-  assert compile_time._opcode(  # pylint: disable=protected-access
-      "ENTRY %main.10 (Arg_0.1: f32[4,3]) -> f32[] {") is None
+  assert (
+    compile_time._opcode(  # pylint: disable=protected-access
+      '  %add.1 = f32[2]{0} add(f32[2]{0} %a, f32[2]{0} %b), metadata={op_name="x"}'
+    )
+    == "add"
+  )
+  assert (
+    compile_time._opcode(  # pylint: disable=protected-access
+      "  %w = (s32[], f32[4,3]{1,0}) while((s32[], f32[4,3]{1,0}) %t), condition=%c"
+    )
+    == "while"
+  )
+  assert (
+    compile_time._opcode(  # pylint: disable=protected-access
+      "ENTRY %main.10 (Arg_0.1: f32[4,3]) -> f32[] {"
+    )
+    is None
+  )
 
   def f(x, n):
     _, y = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, jnp.sin(c[1])), (0, x))

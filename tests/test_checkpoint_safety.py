@@ -10,12 +10,14 @@ import os
 import re
 import shutil
 
+from conftest import assert_trees_equal, load_data, state_tree, tiny_config, train_run
 import pytest
 
-from conftest import assert_trees_equal, load_data, state_tree, tiny_config, train_run
 from input_pipeline import tfds_source
-from mopoe_jax import text as text_lib
-from mopoe_jax import checkpointing, evaluate, fingerprint, train
+from mopoe_jax.data import text as text_lib
+from mopoe_jax.evaluation import evaluate
+from mopoe_jax.training import checkpointing, fingerprint
+from mopoe_jax.training import loop as train
 
 DAMAGES = ("truncated_file", "deleted_file", "stray_tmp_directory")
 
@@ -29,8 +31,12 @@ def _copy_run(workdir: str, tmp_path) -> str:
 def _largest_array_file(step_dir: str) -> str:
   """The largest data file (TensorStore's chunks live in directories named 'd') of the
   parameters and batch statistics."""
-  files = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(step_dir, "model"))
-           for f in names if os.path.basename(root) == "d"]
+  files = [
+    os.path.join(root, f)
+    for root, _, names in os.walk(os.path.join(step_dir, "model"))
+    for f in names
+    if os.path.basename(root) == "d"
+  ]
   return max(files, key=os.path.getsize)
 
 
@@ -61,8 +67,9 @@ def _eval_config(config):
 # Orbax's abandoned reads of a failed restore must not report it again (a traceback storm).
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("how", DAMAGES)
-def test_training_resumes_from_the_newest_checkpoint_that_restores(straight_run, tmp_path, how,
-                                                                   caplog, capfd):
+def test_training_resumes_from_the_newest_checkpoint_that_restores(
+  straight_run, tmp_path, how, caplog, capfd
+):
   config, workdir, straight = straight_run
   work = _copy_run(workdir, tmp_path)
   _damage(work, 30, how)
@@ -74,8 +81,11 @@ def test_training_resumes_from_the_newest_checkpoint_that_restores(straight_run,
   if how == "stray_tmp_directory":
     assert "incomplete checkpoint write(s) left by an interrupted save" in caplog.text
     return
-  failures = [r.getMessage() for r in caplog.records
-              if r.getMessage().startswith("Cannot restore the checkpoint of step 30")]
+  failures = [
+    r.getMessage()
+    for r in caplog.records
+    if r.getMessage().startswith("Cannot restore the checkpoint of step 30")
+  ]
   assert len(failures) == 1 and "\n" not in failures[0], failures  # one line, no traceback
   assert "trying step 20" in failures[0]
   # The damaged step was moved aside, not deleted, and step 30 saved afresh.
@@ -97,8 +107,9 @@ def test_evaluation_uses_the_newest_checkpoint_that_restores(straight_run, tmp_p
   assert results["settings"]["step"] == 20
   assert sorted(os.listdir(checkpointing.checkpoint_dir(work))) == before  # nothing touched
   if how != "stray_tmp_directory":
-    assert re.search(r"Cannot restore the checkpoint of step 30 in \S+ \(.+\); trying step 20",
-                     caplog.text)
+    assert re.search(
+      r"Cannot restore the checkpoint of step 30 in \S+ \(.+\); trying step 20", caplog.text
+    )
 
 
 def test_no_checkpoint_that_restores_is_one_clear_error(straight_run, tmp_path):
@@ -127,12 +138,14 @@ def test_no_checkpoint_that_restores_is_one_clear_error(straight_run, tmp_path):
 def no_array_restore(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("an array was restored before the fields were checked")
+
   monkeypatch.setattr(checkpointing, "restore_train_state", fail)
   monkeypatch.setattr(checkpointing, "restore_model_variables", fail)
 
 
-def test_another_vocabulary_is_refused_before_any_array_is_read(straight_run, tmp_path,
-                                                                no_array_restore):
+def test_another_vocabulary_is_refused_before_any_array_is_read(
+  straight_run, tmp_path, no_array_restore
+):
   config, workdir, _ = straight_run
   workdir = _copy_run(workdir, tmp_path)
   data = load_data(config)
@@ -153,20 +166,23 @@ def test_every_differing_shape_field_is_named(straight_run, no_array_restore):
   with pytest.raises(fingerprint.MismatchError) as error:
     evaluate.evaluate(other, workdir, load_data(config))
   assert "model.latent_dim: 16 in the checkpoint, 8 now" in str(error.value)
-  assert ("model.text_decoder_widths: [16, 16, 16, 16, 16] in the checkpoint, "
-          "[16, 16, 16, 16, 8] now") in str(error.value)
+  assert (
+    "model.text_decoder_widths: [16, 16, 16, 16, 16] in the checkpoint, [16, 16, 16, 16, 8] now"
+  ) in str(error.value)
 
 
-def test_another_batch_size_cannot_resume_the_data_position_unless_allowed(straight_run,
-                                                                           tmp_path,
-                                                                           no_array_restore):
+def test_another_batch_size_cannot_resume_the_data_position_unless_allowed(
+  straight_run, tmp_path, no_array_restore
+):
   config, workdir, _ = straight_run
   workdir = _copy_run(workdir, tmp_path)
   other = tiny_config(config.data.data_dir, num_steps=30, batch_size=64)
-  with pytest.raises(fingerprint.MismatchError,
-                     match=r"(?s)Cannot resume the exact data position of the checkpoint of step "
-                     r"30 .*train.batch_size: 32 in the checkpoint, 64 now.*"
-                     r"allow_data_order_change=true"):
+  with pytest.raises(
+    fingerprint.MismatchError,
+    match=r"(?s)Cannot resume the exact data position of the checkpoint of step "
+    r"30 .*train.batch_size: 32 in the checkpoint, 64 now.*"
+    r"allow_data_order_change=true",
+  ):
     train.train_and_evaluate(other, workdir, load_data(other), writer=None)
   # Allowed: the check passes (and warns); evaluation never minds the data order.
   data = load_data(config)
@@ -180,8 +196,9 @@ def test_another_batch_size_cannot_resume_the_data_position_unless_allowed(strai
 
 def test_metadata_without_fields_is_refused():
   config = tiny_config("/nowhere")
-  now = fingerprint.fields(config, dataset="synthetic_cxr/tiny/1.0.0", vocab_size=166,
-                           process_count=1)
+  now = fingerprint.fields(
+    config, dataset="synthetic_cxr/tiny/1.0.0", vocab_size=166, process_count=1
+  )
   with pytest.raises(fingerprint.MismatchError, match=r"records no settings \(keys: \['a'\]\)"):
     fingerprint.check({"a": 1}, config, now, step=20, directory="d", resuming=False)
 
@@ -206,8 +223,11 @@ def test_errors_inside_the_loop_lose_nothing(straight_run, tmp_path, monkeypatch
   with caplog.at_level(logging.ERROR), pytest.raises(OSError, match="simulated read error"):
     train_run(config, work)
   assert checkpointing.create_manager(work, read_only=True).latest_step() == 7
-  assert re.search(r"Stopping on OSError: simulated read error in a shard; saved the state of "
-                   r"step 7 to \S+ first", caplog.text)
+  assert re.search(
+    r"Stopping on OSError: simulated read error in a shard; saved the state of "
+    r"step 7 to \S+ first",
+    caplog.text,
+  )
   monkeypatch.setattr(tfds_source.TfdsData, "train_batches", real_batches)
 
   # 2. The evaluation at step 10 fails: the checkpoint of step 10 was written before it ran.

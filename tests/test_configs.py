@@ -24,7 +24,7 @@ def _table_rows(header: str) -> list[tuple[str, ...]]:
   start = lines.index(header)
   assert lines[start + 1].startswith("| --- |"), lines[start + 1]
   rows = []
-  for line in lines[start + 2:]:
+  for line in lines[start + 2 :]:
     if not line.startswith("|"):
       break
     cells = [c.strip().replace("`", "") for c in line.strip().strip("|").split(" | ")]
@@ -34,8 +34,9 @@ def _table_rows(header: str) -> list[tuple[str, ...]]:
 
 def _starts_with_value(text: str, value) -> bool:
   shown = str(value)
-  return text == shown or (text.startswith(shown) and not text[len(shown)].isalnum()
-                           and text[len(shown)] != ".")
+  return text == shown or (
+    text.startswith(shown) and not text[len(shown)].isalnum() and text[len(shown)] != "."
+  )
 
 
 def test_the_docs_list_every_deviation_of_the_paper_config():
@@ -63,10 +64,17 @@ def test_the_docs_list_every_change_of_the_recommended_config():
   assert {k for k in flat_paper if flat_paper[k] != flat_ours[k]} == changed
 
 
-@pytest.mark.parametrize("field, value", [
-    ("model.prior_expert", "none"), ("train.plateau_factor", 1.0),
-    ("data.finding_rule", "reference"), ("model.mask_text_padding", False),
-    ("model.embedding_zero_id", 0), ("data.require_complete", True)])
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("model.prior_expert", "none"),
+    ("train.plateau_factor", 1.0),
+    ("data.finding_rule", "reference"),
+    ("model.mask_text_padding", False),
+    ("model.embedding_zero_id", 0),
+    ("data.require_complete", True),
+  ],
+)
 def test_the_paper_config_is_the_reference_model(field, value):
   assert _field(default.get_config(), field) == value
 

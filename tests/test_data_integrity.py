@@ -3,11 +3,10 @@
 import os
 import shutil
 
+from conftest import tiny_config
 import pytest
 
-from conftest import tiny_config
-from input_pipeline import tfds_source
-from input_pipeline import integrity
+from input_pipeline import integrity, tfds_source
 
 SHARD = "synthetic_cxr-{split}.tfrecord-00000-of-00001"
 
@@ -15,8 +14,7 @@ SHARD = "synthetic_cxr-{split}.tfrecord-00000-of-00001"
 @pytest.fixture
 def damaged_copy(synthetic_tiny_dir, tmp_path):
   """A copy of the prepared tiny dataset: (data_dir, the dataset's directory)."""
-  shutil.copytree(os.path.join(synthetic_tiny_dir, "synthetic_cxr"),
-                  tmp_path / "synthetic_cxr")
+  shutil.copytree(os.path.join(synthetic_tiny_dir, "synthetic_cxr"), tmp_path / "synthetic_cxr")
   return str(tmp_path), str(tmp_path / "synthetic_cxr" / "tiny" / "1.0.0")
 
 
@@ -62,7 +60,10 @@ def test_a_garbage_dataset_info_is_named(damaged_copy):
 
 
 def test_the_mimic_hint_is_the_readme_command():
-  hint = integrity.rebuild_hint("mimic_cxr/all_studies", "/d/mimic_cxr/all_studies/1.0.0",
-                                "/data/tfds")
-  assert ("python -m input_pipeline.mimic_cxr --config=all_studies "
-          "--manual_dir=/path/to/mimic-cxr-jpg/2.0.0 --data_dir=/data/tfds") in hint
+  hint = integrity.rebuild_hint(
+    "mimic_cxr/all_studies", "/d/mimic_cxr/all_studies/1.0.0", "/data/tfds"
+  )
+  assert (
+    "python -m input_pipeline.mimic_cxr --config=all_studies "
+    "--manual_dir=/path/to/mimic-cxr-jpg/2.0.0 --data_dir=/data/tfds"
+  ) in hint

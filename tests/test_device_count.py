@@ -4,10 +4,10 @@ over 16 devices."""
 import subprocess
 import sys
 
+from conftest import REPO, subprocess_env, tiny_config
 import pytest
 
-from conftest import REPO, subprocess_env, tiny_config
-from mopoe_jax import step as step_lib
+from mopoe_jax.training import step as step_lib
 
 
 def test_per_device_batch_decides_the_global_batch_and_grids_round_up():
@@ -30,7 +30,9 @@ import sys
 sys.path.insert(0, "tests")
 from conftest import small_config  # also the suite's compile settings and cache
 import jax, numpy as np
-from mopoe_jax import model as model_lib, programs, sharding, step as step_lib
+from mopoe_jax.vae import model as model_lib
+from mopoe_jax.training import programs, step as step_lib
+from mopoe_jax.platform import sharding
 assert jax.device_count() == 16, jax.devices()
 config = small_config(modalities=("frontal", "text"))
 config.train.per_device_batch_size = 2
@@ -55,10 +57,15 @@ print("ROWS_PER_DEVICE", frontal.sharding.shard_shape(frontal.shape))
 @pytest.mark.slow  # a subprocess with 16 virtual devices compiling the train step
 @pytest.mark.timeout(600)
 def test_the_tiny_train_step_lowers_and_compiles_over_16_devices():
-  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=16",
-                       PYTHONPATH=REPO)
-  out = subprocess.run([sys.executable, "-c", _SIXTEEN_DEVICES], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=540)
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=16", PYTHONPATH=REPO)
+  out = subprocess.run(
+    [sys.executable, "-c", _SIXTEEN_DEVICES],
+    env=env,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=540,
+  )
   assert out.returncode == 0, out.stderr[-4000:]
   assert "BATCH 32 GRID 16" in out.stdout
   assert "ALL_REDUCE True" in out.stdout  # gradients and BatchNorm statistics over 16 devices

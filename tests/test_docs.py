@@ -37,7 +37,8 @@ def _sources():
 
 def test_slug_follows_github():
   assert slug("## Subsets, products of experts and the mixture".lstrip("#")) == (
-      "subsets-products-of-experts-and-the-mixture")
+    "subsets-products-of-experts-and-the-mixture"
+  )
   assert slug("The paper's model, and where it differs") == "the-papers-model-and-where-it-differs"
   assert slug("`model.conv_impl` choices") == "modelconv_impl-choices"
 
@@ -77,17 +78,22 @@ def test_the_readme_links_every_doc_and_no_spec_outside_the_repo_is_cited():
   readme = (REPO / "README.md").read_text()
   for doc in sorted(DOCS.glob("*.md")):
     assert f"(docs/{doc.name})" in readme, doc.name
-  cited = [str(p.relative_to(REPO)) for p in _sources()
-           if re.search("SPEC" r" §|SPEC\.md", p.read_text())]
+  cited = [
+    str(p.relative_to(REPO)) for p in _sources() if re.search("SPEC" r" §|SPEC\.md", p.read_text())
+  ]
   assert not cited, cited
 
 
 def test_the_readme_and_the_package_docstring_name_exactly_the_public_names():
   import mopoe_jax  # pylint: disable=g-import-not-at-top
+
   readme = (REPO / "README.md").read_text()
-  section = readme[readme.index("## Public names"):readme.index("## Documentation")]
+  section = readme[readme.index("## Public names") : readme.index("## Documentation")]
   listed = set(re.findall(r"`(\w+)`", section)) - {"mopoe_jax"}
   assert listed == set(mopoe_jax.__all__), listed ^ set(mopoe_jax.__all__)
-  docstring = {line.split("(")[0].strip() for line in mopoe_jax.__doc__.splitlines()
-               if re.match(r"  \w+\(", line)}
+  docstring = {
+    line.split("(")[0].strip()
+    for line in mopoe_jax.__doc__.splitlines()
+    if re.match(r"  \w+\(", line)
+  }
   assert docstring == set(mopoe_jax.__all__), docstring ^ set(mopoe_jax.__all__)

@@ -1,32 +1,38 @@
 """Tests of the evaluators: probes, generation grids, coherence, likelihood, reports.
 
-One module-scoped run of `evaluate.run_evaluation` on `synthetic_cxr/tiny` with a randomly initialised
-tiny model (configs/tiny.py) feeds most tests; the probe and likelihood math is also tested
-directly on hand-made arrays.
+One module-scoped run of `evaluate.run_evaluation` on `synthetic_cxr/tiny` with a randomly
+initialised tiny model (configs/tiny.py) feeds most tests; the probe and likelihood math is also
+tested directly on hand-made arrays.
 """
 
 import json
 import os
 import types
 
+from conftest import load_data, tiny_config
 import jax
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 from scipy import stats
 
-from conftest import load_data, tiny_config
 from input_pipeline import features
-from mopoe_jax import charts
-from mopoe_jax import classifiers
-from mopoe_jax import evaluate
-from mopoe_jax.evaluators import likelihood, probes as probes_lib
-from mopoe_jax import model as model_lib
-from mopoe_jax import subsets
-from mopoe_jax import visualize
+from mopoe_jax.data import labels as labels_lib
+from mopoe_jax.data import visualize
+from mopoe_jax.evaluation import charts, classifiers, evaluate, likelihood
+from mopoe_jax.evaluation import probes as probes_lib
+from mopoe_jax.vae import model as model_lib
+from mopoe_jax.vae import subsets
 
-SUBSETS = ["frontal", "lateral", "text", "frontal+lateral", "frontal+text", "lateral+text",
-           "frontal+lateral+text"]
+SUBSETS = [
+  "frontal",
+  "lateral",
+  "text",
+  "frontal+lateral",
+  "frontal+text",
+  "lateral+text",
+  "frontal+lateral+text",
+]
 LIKELIHOOD_SAMPLES = 32
 
 
@@ -62,8 +68,15 @@ def evaluated(synthetic_tiny_dir, tmp_path_factory):
   writer = RecordingWriter()
   results = evaluate.run_evaluation(config, workdir, model, variables, data, writer=writer)
   return types.SimpleNamespace(
-      config=config, workdir=workdir, eval_dir=os.path.join(workdir, "eval"), results=results,
-      vocab=vocab, data=data, model=model, writer=writer)
+    config=config,
+    workdir=workdir,
+    eval_dir=os.path.join(workdir, "eval"),
+    results=results,
+    vocab=vocab,
+    data=data,
+    model=model,
+    writer=writer,
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -72,15 +85,19 @@ def evaluated(synthetic_tiny_dir, tmp_path_factory):
 
 def _easy_codes(rng, num, num_subsets=2, dim=4, prevalence=0.3, signal=2.0):
   targets = (rng.random((num, 2)) < prevalence).astype(np.int32)  # two labels
-  codes = np.stack([np.concatenate([targets * signal, np.zeros((num, dim - 2))], axis=1)
-                    + rng.normal(size=(num, dim)) for _ in range(num_subsets)])
+  codes = np.stack(
+    [
+      np.concatenate([targets * signal, np.zeros((num, dim - 2))], axis=1)
+      + rng.normal(size=(num, dim))
+      for _ in range(num_subsets)
+    ]
+  )
   return codes, np.ones((num, num_subsets), bool), targets
 
 
 def _probes(train, test, **kwargs):
   kwargs.setdefault("num_train_examples", 200)
-  return probes_lib.linear_probes(*train, *test, ["a", "b"], label_names=["Finding", "X"],
-                                  **kwargs)
+  return probes_lib.linear_probes(*train, *test, ["a", "b"], label_names=["Finding", "X"], **kwargs)
 
 
 def test_probe_beats_random_on_easy_codes():
@@ -183,14 +200,19 @@ def test_paired_difference_cancels_the_shared_draw_effect():
   expected = probes_lib.mean_interval(np.subtract(full, single))
   assert d["mean"] == pytest.approx(expected["mean"]) and d["interval"] == expected["interval"]
   assert d["interval"][0] > 0.0  # clearly positive, although the two intervals overlap
-  assert probes_lib.mean_interval(full)["interval"][0] < probes_lib.mean_interval(single)[
-      "interval"][1]
+  assert (
+    probes_lib.mean_interval(full)["interval"][0] < probes_lib.mean_interval(single)["interval"][1]
+  )
   # Draws where either value is missing are left out of the pairing.
   assert probes_lib.paired_difference([0.5, None, 0.7], [0.4, 0.3, None])["draws"] == [
-      pytest.approx(0.1)]
+    pytest.approx(0.1)
+  ]
   names = ["frontal", "lateral", "frontal+lateral"]
-  per_draw = {"frontal": {"F": single}, "lateral": {"F": list(np.array(single) - 0.1)},
-              "frontal+lateral": {"F": full}}
+  per_draw = {
+    "frontal": {"F": single},
+    "lateral": {"F": list(np.array(single) - 0.1)},
+    "frontal+lateral": {"F": full},
+  }
   best = probes_lib.full_minus_best_single(per_draw, "F", names)
   assert best["full"] == "frontal+lateral" and best["best_single"] == "frontal"
   assert best["mean"] == pytest.approx(d["mean"])
@@ -231,7 +253,7 @@ def test_legacy_metric_swaps_the_arguments():
 def test_label_targets_count_only_ones_as_positive():
   labels = np.full((1, len(features.LABELS)), np.nan, np.float32)
   labels[0, :4] = [1.0, 0.0, -1.0, 1.0]
-  targets = classifiers.label_targets(labels, "any_positive")
+  targets = labels_lib.label_targets(labels, "any_positive")
   assert targets.shape == (1, len(features.PROBE_LABELS))
   np.testing.assert_array_equal(targets[0, :5], [1, 1, 0, 0, 1])
   assert targets[0, 5:].sum() == 0
@@ -247,25 +269,24 @@ def _labels(**values):
 
 def test_finding_rules_on_hand_made_labels():
   studies = {
-      "one positive": (_labels(Edema=1.0), 1, 1),
-      "one positive plus one uncertain": (_labels(Edema=1.0, Pneumonia=-1.0), 0, 1),
-      "two positives plus one uncertain": (_labels(Edema=1.0, Atelectasis=1.0,
-                                                   Pneumonia=-1.0), 1, 1),
-      "uncertain only": (_labels(Pneumonia=-1.0), 0, 0),
-      "all blank": (_labels(), 0, 0),
-      "negatives only": (_labels(Edema=0.0, Fracture=0.0), 0, 0),
-      "No Finding does not count": (_labels(No_Finding=1.0), 0, 0),
-      "positive, blanks skipped": (_labels(Support_Devices=1.0, Edema=0.0), 1, 1),
+    "one positive": (_labels(Edema=1.0), 1, 1),
+    "one positive plus one uncertain": (_labels(Edema=1.0, Pneumonia=-1.0), 0, 1),
+    "two positives plus one uncertain": (_labels(Edema=1.0, Atelectasis=1.0, Pneumonia=-1.0), 1, 1),
+    "uncertain only": (_labels(Pneumonia=-1.0), 0, 0),
+    "all blank": (_labels(), 0, 0),
+    "negatives only": (_labels(Edema=0.0, Fracture=0.0), 0, 0),
+    "No Finding does not count": (_labels(No_Finding=1.0), 0, 0),
+    "positive, blanks skipped": (_labels(Support_Devices=1.0, Edema=0.0), 1, 1),
   }
   labels = np.stack([v[0] for v in studies.values()])
-  reference = classifiers.finding_targets(labels, "reference")
-  any_positive = classifiers.finding_targets(labels, "any_positive")
+  reference = labels_lib.finding_targets(labels, "reference")
+  any_positive = labels_lib.finding_targets(labels, "any_positive")
   for i, (name, (_, ref, anyp)) in enumerate(studies.items()):
     assert (reference[i], any_positive[i]) == (ref, anyp), name
   np.testing.assert_array_equal(any_positive, features.finding_from_labels(labels))
-  np.testing.assert_array_equal(classifiers.label_targets(labels, "reference")[:, 0], reference)
+  np.testing.assert_array_equal(labels_lib.label_targets(labels, "reference")[:, 0], reference)
   with pytest.raises(ValueError, match="data.finding_rule must be one of"):
-    classifiers.finding_targets(labels, "paper")
+    labels_lib.finding_targets(labels, "paper")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,7 +300,7 @@ def test_image_classifier_without_attributes_has_no_attribute_head():
   images = np.zeros((3, 16, 16, 1), np.float32)
   params = module.init(jax.random.PRNGKey(0), images)["params"]
   logits, attributes = module.apply({"params": params}, images)
-  assert logits.shape == (3, len(classifiers.LABEL_NAMES)) and attributes.shape == (3, 0)
+  assert logits.shape == (3, len(labels_lib.PROBE_LABELS)) and attributes.shape == (3, 0)
   assert len(params) == 3  # two convolutions and the label head
 
 
@@ -293,8 +314,9 @@ def test_summarize_likelihood_masks_and_averages():
   valid[4, 2] = False
   available = np.ones((n, m), bool)
   available[1, 1] = False
-  out = likelihood.summarize_likelihood(log_lik, log_ratio, kl, valid, available,
-                                        ["a", "b", "c"], ["x", "y"])
+  out = likelihood.summarize_likelihood(
+    log_lik, log_ratio, kl, valid, available, ["a", "b", "c"], ["x", "y"]
+  )
   assert out["a"]["x"]["log_px"] == pytest.approx((-2.0 * 4 + (-2.0 + np.log(3.0))) / 5)
   assert out["a"]["y"]["num_examples"] == 4
   assert out["c"]["x"]["num_examples"] == 4
@@ -331,8 +353,9 @@ def test_probes_json_has_the_exact_shape(evaluated):
   assert probes["settings"]["finding_rule"] == evaluated.config.data.finding_rule
   # Only the drawn train studies were encoded: the union of the seeded draws.
   num_train = evaluated.data.num_examples(evaluated.config.data.train_split)
-  draws = probes_lib.probe_draws(num_train, evaluated.config.eval.probe_train_examples, repeats,
-                                 evaluated.config.eval.seed)
+  draws = probes_lib.probe_draws(
+    num_train, evaluated.config.eval.probe_train_examples, repeats, evaluated.config.eval.seed
+  )
   assert probes["num_examples"]["train_studies"] == np.unique(draws).size < num_train
   with open(os.path.join(evaluated.eval_dir, "probes.md")) as f:
     table = f.read()
@@ -363,12 +386,20 @@ def test_selected_batches_are_the_studies_at_the_indices(evaluated):
   indices = np.array([0, 3, 10, 11, 200, data.num_examples(split) - 1])
   batches = list(data.selected_batches(split, indices, batch_size=4))
   assert len(batches) == 2 and all(b["frontal"].shape[0] == 4 for b in batches)
-  selected = {k: np.concatenate([b[k] for b in batches])[:indices.size]
-              for k in ("frontal", "text", "available", "labels", "valid")}
-  assert selected["valid"].all() and not batches[-1]["valid"][indices.size - 4:].any()
-  every = {k: np.concatenate([b[k][b["valid"]] for b in data.eval_batches(
-      split, batch_size=64, process_index=0, process_count=1)])[indices]
-           for k in ("frontal", "text", "available", "labels")}
+  selected = {
+    k: np.concatenate([b[k] for b in batches])[: indices.size]
+    for k in ("frontal", "text", "available", "labels", "valid")
+  }
+  assert selected["valid"].all() and not batches[-1]["valid"][indices.size - 4 :].any()
+  every = {
+    k: np.concatenate(
+      [
+        b[k][b["valid"]]
+        for b in data.eval_batches(split, batch_size=64, process_index=0, process_count=1)
+      ]
+    )[indices]
+    for k in ("frontal", "text", "available", "labels")
+  }
   for k, v in every.items():
     np.testing.assert_array_equal(np.nan_to_num(selected[k], nan=-9), np.nan_to_num(v, nan=-9))
   with pytest.raises(ValueError, match="sorted, unique"):
@@ -397,11 +428,17 @@ def test_generated_reports_are_vocabulary_words(evaluated):
   words = set(evaluated.vocab.words)
   assert set(reports) == set(SUBSETS + ["prior"])
   for name, texts in reports.items():
-    assert len(texts) == (evaluated.config.eval.prior_samples if name == "prior"
-                          else evaluated.config.eval.generation_studies)
+    assert len(texts) == (
+      evaluated.config.eval.prior_samples
+      if name == "prior"
+      else evaluated.config.eval.generation_studies
+    )
     assert all(set(text.split()) <= words for text in texts)
-    with open(os.path.join(evaluated.eval_dir, "generation",
-                           "prior.md" if name == "prior" else f"from_{name}.md")) as f:
+    with open(
+      os.path.join(
+        evaluated.eval_dir, "generation", "prior.md" if name == "prior" else f"from_{name}.md"
+      )
+    ) as f:
       page = f.read()
     assert all(text.replace("|", "\\|") in page for text in texts)
 
@@ -450,8 +487,9 @@ def test_results_and_report_are_written(evaluated):
 def test_classifier_checkpoint_is_reused_and_checked(evaluated):
   config = evaluated.config
   directory = classifiers.classifier_dir_from_config(config, evaluated.workdir)
-  kwargs = dict(modalities=evaluated.model.modalities, vocab_size=len(evaluated.vocab),
-                classifier_dir=directory)
+  kwargs = dict(
+    modalities=evaluated.model.modalities, vocab_size=len(evaluated.vocab), classifier_dir=directory
+  )
   restored = classifiers.get_classifiers(config, evaluated.data, **kwargs)
   assert "heart_width_ratio" in restored.attribute_names
   other = config.copy_and_resolve_references()
@@ -463,11 +501,12 @@ def test_classifier_checkpoint_is_reused_and_checked(evaluated):
 def test_grids_have_a_separator_and_missing_cells():
   above = {"frontal": np.ones((3, 4, 4, 1), np.float32)}
   below = {"frontal": np.zeros((3, 4, 4, 1), np.float32), "text": np.zeros((3, 5), np.int32)}
-  grid = visualize.comparison_grid(above, below,
-                                   above_available={"frontal": np.array([True, False, True])})
+  grid = visualize.comparison_grid(
+    above, below, above_available={"frontal": np.array([True, False, True])}
+  )
   assert grid.shape == (2 * 6 + 2 + 2, 3 * 6 + 2, 3) and grid.dtype == np.uint8
   assert tuple(grid[7, 5]) == visualize.SEPARATOR_RGB
-  assert tuple(grid[2, 2]) == (255, 255, 255)          # given, present
-  assert tuple(grid[2, 8]) == visualize.MISSING_RGB     # given, missing: diagonal
-  assert tuple(grid[10, 2]) == (0, 0, 0)               # generated
+  assert tuple(grid[2, 2]) == (255, 255, 255)  # given, present
+  assert tuple(grid[2, 8]) == visualize.MISSING_RGB  # given, missing: diagonal
+  assert tuple(grid[10, 2]) == (0, 0, 0)  # generated
   assert subsets.subset_names(("frontal", "lateral", "text")) == SUBSETS

@@ -20,11 +20,10 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import REPO, subprocess_env
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 import pytest
-
-from conftest import REPO, subprocess_env
 
 # Runs main.py with the given argv and, at exit, writes the files of every module imported after
 # start-up (what the interpreter's own start-up imported, such as a .pth hook, is not the job's).
@@ -106,17 +105,25 @@ def test_the_readme_job_imports_only_declared_distributions(subprocess_cache_dir
   env = subprocess_env(HOME=str(home))
   env.pop("TFDS_DATA_DIR", None)
   command = [
-      sys.executable, "-c", RECORDER, str(record), os.path.join(REPO, "main.py"),
-      "--config=" + os.path.join(REPO, "configs", "tiny.py"), f"--workdir={workdir}",
-      f"--config.train.compilation_cache_dir={subprocess_cache_dir}",
-      "--config.train.num_steps=4", "--config.train.eval_every_steps=4",
-      "--config.train.checkpoint_every_steps=4", "--config.train.log_every_steps=2",
-      "--config.classifier.num_steps=2", "--config.eval.probe_repeats=2",
-      # The programs of the other tests (the straight run's training, the evaluators'
-      # programs of tests/test_evaluation.py): loaded from the session's compilation cache.
-      "--config.eval.likelihood_samples=32"]
-  proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
-                        timeout=850)
+    sys.executable,
+    "-c",
+    RECORDER,
+    str(record),
+    os.path.join(REPO, "main.py"),
+    "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+    f"--workdir={workdir}",
+    f"--config.train.compilation_cache_dir={subprocess_cache_dir}",
+    "--config.train.num_steps=4",
+    "--config.train.eval_every_steps=4",
+    "--config.train.checkpoint_every_steps=4",
+    "--config.train.log_every_steps=2",
+    "--config.classifier.num_steps=2",
+    "--config.eval.probe_repeats=2",
+    # The programs of the other tests (the straight run's training, the evaluators'
+    # programs of tests/test_evaluation.py): loaded from the session's compilation cache.
+    "--config.eval.likelihood_samples=32",
+  ]
+  proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=850)
   assert proc.returncode == 0, proc.stderr[-6000:]
   log = proc.stderr
 
@@ -137,5 +144,6 @@ def test_the_readme_job_imports_only_declared_distributions(subprocess_cache_dir
     if dist not in closure:
       undeclared.setdefault(dist, path)
   assert not undeclared, (
-      "the README's job imports distributions that setup.cfg's install_requires does not bring "
-      f"in (declare them): {undeclared}")
+    "the README's job imports distributions that setup.cfg's install_requires does not bring "
+    f"in (declare them): {undeclared}"
+  )

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 import mopoe_jax
-from mopoe_jax import fusion, subsets
+from mopoe_jax.vae import fusion, subsets
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5])
 def test_subset_count_and_canonical_order(m):
   mask = mopoe_jax.subset_mask(m)
-  assert mask.shape == (2 ** m - 1, m) and mask.dtype == bool
-  assert len({tuple(r) for r in mask}) == 2 ** m - 1  # all distinct, none empty
+  assert mask.shape == (2**m - 1, m) and mask.dtype == bool
+  assert len({tuple(r) for r in mask}) == 2**m - 1  # all distinct, none empty
   assert mask.any(axis=1).all()
   sizes = mask.sum(axis=1)
   assert (np.diff(sizes) >= 0).all()  # by size
@@ -26,8 +26,14 @@ def test_subset_count_and_canonical_order(m):
 def test_subset_names_and_variants():
   mods = ("frontal", "lateral", "text")
   assert subsets.subset_names(mods) == [
-      "frontal", "lateral", "text", "frontal+lateral", "frontal+text", "lateral+text",
-      "frontal+lateral+text"]
+    "frontal",
+    "lateral",
+    "text",
+    "frontal+lateral",
+    "frontal+text",
+    "lateral+text",
+    "frontal+lateral+text",
+  ]
   assert subsets.variant_mask("poe", 3).tolist() == [[True, True, True]]
   assert subsets.variant_mask("moe", 3).tolist() == np.eye(3, dtype=bool).tolist()
   assert subsets.variant_mask("mopoe", 3).shape == (7, 3)
@@ -59,8 +65,9 @@ def test_poe_of_two_gaussians_matches_closed_form():
 def test_singletons_and_prior_expert_variants():
   mu, logvar = _experts(jax.random.PRNGKey(1))
   mask = mopoe_jax.subset_mask(3)
-  out = {p: mopoe_jax.subset_posteriors(mu, logvar, mask, prior_expert=p)
-         for p in fusion.PRIOR_EXPERTS}
+  out = {
+    p: mopoe_jax.subset_posteriors(mu, logvar, mask, prior_expert=p) for p in fusion.PRIOR_EXPERTS
+  }
   var = np.exp(logvar) + 1e-8
   for k in range(3):  # singletons are their own expert unless the prior joins them
     for p in ("none", "full_set"):
@@ -104,8 +111,7 @@ def test_invalid_subset_without_experts_stays_finite():
   mu, logvar = _experts(jax.random.PRNGKey(3), b=2)
   mask = mopoe_jax.subset_mask(3)
   available = np.array([[True, False, False], [True, True, True]])
-  mu_k, logvar_k = mopoe_jax.subset_posteriors(mu, logvar, mask, available,
-                                               prior_expert="none")
+  mu_k, logvar_k = mopoe_jax.subset_posteriors(mu, logvar, mask, available, prior_expert="none")
   assert np.isfinite(mu_k).all() and np.isfinite(logvar_k).all()
 
 
@@ -125,8 +131,7 @@ def test_bad_shapes_and_empty_examples_raise():
   with pytest.raises(ValueError, match="batch size 5 < 7 subsets"):
     mopoe_jax.mixture_assignment(5, 7)
   with pytest.raises(ValueError, match=r"weights must be \[B, K\] = \[5, 7\]"):
-    mopoe_jax.kl_divergence_terms(mu[:1].repeat(7, 0), logvar[:1].repeat(7, 0),
-                                  np.ones((5, 6)))
+    mopoe_jax.kl_divergence_terms(mu[:1].repeat(7, 0), logvar[:1].repeat(7, 0), np.ones((5, 6)))
 
 
 @pytest.mark.parametrize("b,k", [(200, 7), (64, 7), (7, 7), (10, 1), (33, 3)])
@@ -152,8 +157,11 @@ def test_assignment_reassigns_invalid_rows_to_valid_subsets():
   sliced = mopoe_jax.mixture_assignment(70, 7)
   keep = np.asarray(valid)[np.arange(70), sliced]
   np.testing.assert_array_equal(a[keep], sliced[keep])  # valid rows keep their slice
-  r = np.asarray(fusion.assign_subsets(jax.random.PRNGKey(1), fusion.valid_subsets(
-      mask, np.ones((7000, 3), bool), 7000), "random"))
+  r = np.asarray(
+    fusion.assign_subsets(
+      jax.random.PRNGKey(1), fusion.valid_subsets(mask, np.ones((7000, 3), bool), 7000), "random"
+    )
+  )
   assert np.abs(np.bincount(r, minlength=7) / 7000 - 1 / 7).max() < 0.02
 
 
@@ -163,7 +171,7 @@ def test_analytic_kl_matches_monte_carlo():
   analytic = float(fusion.gaussian_kl(mu, logvar)[0])
   z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.PRNGKey(0), (400_000, 3))
   log_q = -0.5 * jnp.sum((z - mu) ** 2 / jnp.exp(logvar) + logvar + jnp.log(2 * jnp.pi), -1)
-  log_p = -0.5 * jnp.sum(z ** 2 + jnp.log(2 * jnp.pi), -1)
+  log_p = -0.5 * jnp.sum(z**2 + jnp.log(2 * jnp.pi), -1)
   mc = float(jnp.mean(log_q - log_p))
   assert abs(mc - analytic) < 0.02 * analytic
 
@@ -176,8 +184,7 @@ def test_kl_divergence_terms_weights_subsets():
   w[2, 6] = 1.0
   kl = np.asarray(fusion.gaussian_kl(mu_k, logvar_k))  # [K, B]
   got = mopoe_jax.kl_divergence_terms(mu_k, logvar_k, w)
-  np.testing.assert_allclose(got, [kl[:, 0].mean(), (kl[0, 1] + kl[2, 1]) / 2, kl[6, 2]],
-                             rtol=1e-5)
+  np.testing.assert_allclose(got, [kl[:, 0].mean(), (kl[0, 1] + kl[2, 1]) / 2, kl[6, 2]], rtol=1e-5)
   # An invalid subset (weight 0) holding inf contributes nothing, not NaN.
   got = mopoe_jax.kl_divergence_terms(logvar_k.at[1].set(jnp.inf), logvar_k, w * (w > 0))
   assert np.isfinite(np.asarray(got)[1:]).all()

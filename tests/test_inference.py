@@ -12,16 +12,17 @@ import re
 import subprocess
 import sys
 
+from conftest import REPO, load_data, subprocess_env
 import jax
 import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import REPO, load_data, subprocess_env
-from mopoe_jax import images, inference, model_file, text
-from mopoe_jax import visualize
-from mopoe_jax.evaluators import generation
-from mopoe_jax.evaluators.common import posteriors
+from mopoe_jax import inference
+from mopoe_jax.data import images, text, visualize
+from mopoe_jax.evaluation import generation
+from mopoe_jax.training import model_file
+from mopoe_jax.vae.latents import posteriors
 
 # A sitecustomize that makes these packages unimportable (as where they are not installed).
 NO_TENSORFLOW = """
@@ -52,32 +53,40 @@ def test_images_of_any_depth_and_mode_become_the_same_grayscale(tmp_path):
   gray = rng.integers(0, 256, (40, 60), dtype=np.uint8)
   _png(tmp_path / "gray.png", gray)
   _png(tmp_path / "rgb.png", np.repeat(gray[..., None], 3, axis=-1))
-  _png(tmp_path / "rgba.png", np.concatenate([np.repeat(gray[..., None], 3, -1),
-                                              np.full((40, 60, 1), 7, np.uint8)], -1))
+  _png(
+    tmp_path / "rgba.png",
+    np.concatenate([np.repeat(gray[..., None], 3, -1), np.full((40, 60, 1), 7, np.uint8)], -1),
+  )
   _png(tmp_path / "g16.png", gray.astype(np.uint16) * 257)  # the same values in 16 bits
   Image.fromarray(gray).convert("P").save(tmp_path / "palette.png")
   expected = images.load_image(tmp_path / "gray.png", 16)
   assert expected.shape == (16, 16, 1) and expected.dtype == np.uint8
   # Centre crop then resize: the middle 40 x 40 columns of the source.
-  direct = np.asarray(Image.fromarray(gray[:, 10:50]).resize((16, 16),
-                                                             Image.Resampling.LANCZOS))
+  direct = np.asarray(Image.fromarray(gray[:, 10:50]).resize((16, 16), Image.Resampling.LANCZOS))
   np.testing.assert_array_equal(expected[..., 0], direct)
   for name in ("rgb", "rgba", "g16", "palette"):
-    np.testing.assert_array_equal(inference.read_image(str(tmp_path / f"{name}.png"), 16),
-                                  expected, err_msg=name)
+    np.testing.assert_array_equal(
+      inference.read_image(str(tmp_path / f"{name}.png"), 16), expected, err_msg=name
+    )
 
 
 def test_bad_images_name_the_file_and_the_reason(tmp_path, monkeypatch):
   (tmp_path / "text.png").write_text("not an image")
-  with pytest.raises(inference.StudyError, match=r"text\.png: not a readable image "
-                     r"\(UnidentifiedImageError: cannot identify image file\)"):
+  with pytest.raises(
+    inference.StudyError,
+    match=r"text\.png: not a readable image "
+    r"\(UnidentifiedImageError: cannot identify image file\)",
+  ):
     inference.read_image(str(tmp_path / "text.png"), 16)
   with pytest.raises(inference.StudyError, match=r"absent\.png: no such file"):
     inference.read_image(str(tmp_path / "absent.png"), 16)
   _png(tmp_path / "big.png", np.zeros((30, 40), np.uint8))
   monkeypatch.setattr(images, "MAX_PIXELS", 1000)
-  with pytest.raises(inference.StudyError, match=r"big\.png: too large to decode safely: 40 x "
-                     r"30 pixels is more than the 1,000"):
+  with pytest.raises(
+    inference.StudyError,
+    match=r"big\.png: too large to decode safely: 40 x "
+    r"30 pixels is more than the 1,000",
+  ):
     inference.read_image(str(tmp_path / "big.png"), 16)
 
 
@@ -87,12 +96,16 @@ def test_reports_are_read_as_the_builders_read_them(tmp_path):
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     return str(path)
 
-  assert inference.read_report(report("FINAL REPORT\nFINDINGS: Heart  NORMAL.\nIMPRESSION: "
-                                      "ok")) == "heart normal."
+  assert (
+    inference.read_report(report("FINAL REPORT\nFINDINGS: Heart  NORMAL.\nIMPRESSION: ok"))
+    == "heart normal."
+  )
   assert inference.read_report(report("INDICATION: x\nIMPRESSION: Clear lungs.")) == (
-      "clear lungs.")
+    "clear lungs."
+  )
   assert inference.read_report(report("  Lungs are clear.\n\nNo effusion. ")) == (
-      "lungs are clear. no effusion.")
+    "lungs are clear. no effusion."
+  )
   with pytest.raises(inference.StudyError, match=r"r\.txt: no report words \(it is empty\)"):
     inference.read_report(report(" \n\t"))
   with pytest.raises(inference.StudyError, match="has sections but no FINDINGS"):
@@ -163,10 +176,14 @@ def studies(trained):
       has[:] = [True, False, False]
     if i == 1:
       has[:] = [False, False, True]
-    out.append(inference.Study(
-        name=f"study{i}", frontal=batch["frontal"][i] if has[0] else None,
+    out.append(
+      inference.Study(
+        name=f"study{i}",
+        frontal=batch["frontal"][i] if has[0] else None,
         lateral=batch["lateral"][i] if has[1] else None,
-        report=model.vocabulary.decode(batch["text"][i]) if has[2] else None))
+        report=model.vocabulary.decode(batch["text"][i]) if has[2] else None,
+      )
+    )
   assert out[0].present == ("frontal",) and out[1].present == ("text",)
   return out
 
@@ -192,9 +209,17 @@ def test_generation_from_a_subset_equals_the_evaluators(trained, studies):
   batch["available"][:, 1:] = False  # the subset's modalities only
   mu_k, logvar_k, _ = posteriors(model.model, model.variables, batch)
   k = model.subset_names.index("frontal")
-  [(rows, theirs)] = list(generation.generate_from_posteriors(
-      model.model, model.variables, np.asarray(mu_k)[[k]], np.asarray(logvar_k)[[k]],
-      jax.random.key(0), batch_size=len(with_frontal), latent="mean"))
+  [(rows, theirs)] = list(
+    generation.generate_from_posteriors(
+      model.model,
+      model.variables,
+      np.asarray(mu_k)[[k]],
+      np.asarray(logvar_k)[[k]],
+      jax.random.key(0),
+      batch_size=len(with_frontal),
+      latent="mean",
+    )
+  )
   assert rows == slice(0, len(with_frontal))
   for i, out in enumerate(ours):
     assert out["given"] == "frontal"
@@ -209,8 +234,9 @@ def test_encode_is_batch_size_free_and_follows_each_studys_modalities(trained, s
   assert encoded["mu"].shape == (10, config.model.latent_dim)
   assert encoded["subset"][:2] == ["frontal", "text"]
   assert np.isfinite(encoded["mu"]).all() and np.isfinite(encoded["logvar"]).all()
-  other = inference.TrainedModel(model.model, model.variables, model.config, model.vocabulary,
-                                 model.step, workdir, batch_size=3)
+  other = inference.TrainedModel(
+    model.model, model.variables, model.config, model.vocabulary, model.step, workdir, batch_size=3
+  )
   again = other.encode(studies)
   # Batches of 3 and of 64 are different XLA programs whose sums may round differently (seen:
   # up to 3e-5 relative with jax 0.12 on Python 3.13); another study's data would differ by O(1).
@@ -218,8 +244,9 @@ def test_encode_is_batch_size_free_and_follows_each_studys_modalities(trained, s
   assert model.encode([])["mu"].shape == (0, config.model.latent_dim)
   assert not model.generate([])
   # A subset posterior that a study cannot give is refused, naming study and modality.
-  with pytest.raises(inference.StudyError, match="study study0 has no text for the subset "
-                                                 "frontal\\+text"):
+  with pytest.raises(
+    inference.StudyError, match="study study0 has no text for the subset frontal\\+text"
+  ):
     model.encode(studies[:1], subset="frontal+text")
   # The text-only study's posterior is the report's: the same as that of a study that has
   # only this report.
@@ -270,14 +297,21 @@ def test_the_readme_example_runs_where_tensorflow_cannot_be_imported(trained, tm
   (tmp_path / "runs").mkdir()
   os.symlink(workdir, tmp_path / "runs" / "synthetic")
   _write_studies(tmp_path / "my_studies", config.data.image_size)
-  proc = subprocess.run([sys.executable, "-c", _readme_example()], cwd=tmp_path,
-                        env=_no_tensorflow_env(tmp_path), capture_output=True, text=True,
-                        timeout=550)
+  proc = subprocess.run(
+    [sys.executable, "-c", _readme_example()],
+    cwd=tmp_path,
+    env=_no_tensorflow_env(tmp_path),
+    capture_output=True,
+    text=True,
+    timeout=550,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   lines = proc.stdout.strip().splitlines()
   assert [line.split()[:2] for line in lines] == [
-      ["frontal_only", "frontal"], ["full", "frontal+lateral+text"],
-      ["report_only", "text"]], proc.stdout
+    ["frontal_only", "frontal"],
+    ["full", "frontal+lateral+text"],
+    ["report_only", "text"],
+  ], proc.stdout
 
 
 @pytest.mark.timeout(600)
@@ -287,18 +321,34 @@ def test_the_command_writes_every_readable_study_and_names_the_bad_one(trained, 
   _write_studies(studies_dir, config.data.image_size)
   (studies_dir / "broken").mkdir()
   (studies_dir / "broken" / "frontal.png").write_text("garbage")
-  command = [sys.executable, os.path.join(REPO, "main.py"), f"--workdir={workdir}",
-             "--mode=generate", f"--input={studies_dir}", f"--output={out}", "--samples=2"]
+  command = [
+    sys.executable,
+    os.path.join(REPO, "main.py"),
+    f"--workdir={workdir}",
+    "--mode=generate",
+    f"--input={studies_dir}",
+    f"--output={out}",
+    "--samples=2",
+  ]
   env = _no_tensorflow_env(tmp_path)
   proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=550)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  assert re.search(r"Wrote 3 studies to \S+ \(step 30\): 12 generated images, 6 generated "
-                   r"reports, 3 latents; skipped 1\n  broken: \S+broken/frontal\.png: not a "
-                   r"readable image", proc.stderr), proc.stderr[-3000:]
+  assert re.search(
+    r"Wrote 3 studies to \S+ \(step 30\): 12 generated images, 6 generated "
+    r"reports, 3 latents; skipped 1\n  broken: \S+broken/frontal\.png: not a "
+    r"readable image",
+    proc.stderr,
+  ), proc.stderr[-3000:]
   assert sorted(os.listdir(out)) == ["frontal_only", "full", "latents.npz", "report_only"]
   assert sorted(os.listdir(out / "full")) == [
-      "generated_frontal_0.png", "generated_frontal_1.png", "generated_lateral_0.png",
-      "generated_lateral_1.png", "generated_report.txt", "latents.npz", "side_by_side.png"]
+    "generated_frontal_0.png",
+    "generated_frontal_1.png",
+    "generated_lateral_0.png",
+    "generated_lateral_1.png",
+    "generated_report.txt",
+    "latents.npz",
+    "side_by_side.png",
+  ]
   image = np.asarray(Image.open(out / "full" / "generated_lateral_1.png"))
   assert image.shape == (config.data.image_size,) * 2 and image.dtype == np.uint8
   reports = (out / "report_only" / "generated_report.txt").read_text().splitlines()
@@ -316,9 +366,11 @@ def test_the_command_writes_every_readable_study_and_names_the_bad_one(trained, 
 def test_the_throughput_benchmark_prints_both_operations(trained, capsys):
   sys.path.insert(0, REPO)
   from benchmarks import inference_throughput  # pylint: disable=g-import-not-at-top
+
   _, workdir, _ = trained
-  inference_throughput.main(["--workdir", workdir, "--batch", "8", "--studies", "12",
-                             "--repeats", "1"])
+  inference_throughput.main(
+    ["--workdir", workdir, "--batch", "8", "--studies", "12", "--repeats", "1"]
+  )
   out = capsys.readouterr().out
   assert "(step 30, image 32 px" in out and "batch 8, 12 studies" in out
   for name in ("encode", "generate"):

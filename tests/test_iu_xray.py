@@ -6,18 +6,16 @@ import os
 import subprocess
 import sys
 
+from conftest import examples_by_study, prepare_from, run_prepare_command, subprocess_env
+import iu_fake
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import iu_fake
-from conftest import examples_by_study, prepare_from, run_prepare_command, subprocess_env
-from input_pipeline import features
-from input_pipeline import study_writer
-from input_pipeline.iu_xray import collection
+from input_pipeline import features, study_writer
+from input_pipeline.iu_xray import collection, mesh_labels
 from input_pipeline.iu_xray import iu_xray_dataset_builder as iub
-from input_pipeline.iu_xray import mesh_labels
-from mopoe_jax import text as text_lib
+from mopoe_jax.data import text as text_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE, TEXT_LENGTH, MIN_COUNT = 32, 16, 1
@@ -25,13 +23,19 @@ IMAGE_SIZE, TEXT_LENGTH, MIN_COUNT = 32, 16, 1
 # to validation, 105 and 106 to test (the pinned hash below).
 STUDIES = iu_fake.STUDIES + iu_fake.bulk_studies(16)
 STUDY = {s[0]: s for s in STUDIES}
-BULK = [s[0] for s in STUDIES[len(iu_fake.STUDIES):]]
+BULK = [s[0] for s in STUDIES[len(iu_fake.STUDIES) :]]
 LABEL = {name: i for i, name in enumerate(features.LABELS)}
 
 
 def tiny_config(name, **kwargs):
-  return iub.IuXrayConfig(name=name, image_size=IMAGE_SIZE, text_length=TEXT_LENGTH,
-                          min_count=MIN_COUNT, num_workers=2, **kwargs)
+  return iub.IuXrayConfig(
+    name=name,
+    image_size=IMAGE_SIZE,
+    text_length=TEXT_LENGTH,
+    min_count=MIN_COUNT,
+    num_workers=2,
+    **kwargs,
+  )
 
 
 def build(manual_dir, data_dir, config):
@@ -69,8 +73,9 @@ def paper(fake_tree, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def all_studies(fake_tree, tmp_path_factory):
-  builder = build(fake_tree, tmp_path_factory.mktemp("iu_all"),
-                  tiny_config("tiny_all", selection="all_studies"))
+  builder = build(
+    fake_tree, tmp_path_factory.mktemp("iu_all"), tiny_config("tiny_all", selection="all_studies")
+  )
   return builder, examples(builder)
 
 
@@ -81,15 +86,25 @@ def flat(ex):
 # ----------------------------------------------------------------------------------------------
 # Names, labels, splits.
 
+
 def test_one_image_key_for_the_xml_the_archive_and_both_tables():
   for names, key in (
-      (("CXR2_IM-0652-1001", "NLMCXR_png/CXR2_IM-0652-1001.png", "2_IM-0652-1001.dcm.png",
-        "cxr2_IM-0652-1001.PNG", "./CXR2_IM-0652-1001.png"), "2_IM-0652-1001"),
-      # Report 1 names its images with the number twice; the Kaggle table once.
-      (("CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-3001.png", "1_IM-0001-3001.dcm.png"),
-       "1_IM-0001-3001"),
-      (("CXR2372_IM-0933-0001-0001", "2372_IM-0933-0001-0001.dcm.png"),
-       "2372_IM-0933-0001-0001"),
+    (
+      (
+        "CXR2_IM-0652-1001",
+        "NLMCXR_png/CXR2_IM-0652-1001.png",
+        "2_IM-0652-1001.dcm.png",
+        "cxr2_IM-0652-1001.PNG",
+        "./CXR2_IM-0652-1001.png",
+      ),
+      "2_IM-0652-1001",
+    ),
+    # Report 1 names its images with the number twice; the Kaggle table once.
+    (
+      ("CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-3001.png", "1_IM-0001-3001.dcm.png"),
+      "1_IM-0001-3001",
+    ),
+    (("CXR2372_IM-0933-0001-0001", "2372_IM-0933-0001-0001.dcm.png"), "2372_IM-0933-0001-0001"),
   ):
     assert {collection.image_key(n) for n in names} == {key}, names
   assert collection.image_key("CXR10_IM-0002-1001") != collection.image_key("CXR1_IM-0002-1001")
@@ -98,9 +113,12 @@ def test_one_image_key_for_the_xml_the_archive_and_both_tables():
 
 def test_mesh_terms_map_to_the_labels_of_the_table():
   labels = mesh_labels.labels_from_terms(
-      ["Cardiomegaly/mild", "Pulmonary Atelectasis/base/left", "Calcified Granuloma/lung"])
+    ["Cardiomegaly/mild", "Pulmonary Atelectasis/base/left", "Calcified Granuloma/lung"]
+  )
   assert {features.LABELS[i] for i in np.flatnonzero(labels == 1.0)} == {
-      "Cardiomegaly", "Atelectasis"}
+    "Cardiomegaly",
+    "Atelectasis",
+  }
   assert np.isnan(labels[LABEL["No Finding"]]) and np.isnan(labels[LABEL["Edema"]])
   assert not np.any(labels == 0.0) and not np.any(labels == -1.0)  # never negative or uncertain
   # A qualifier rule needs its qualifier; case does not matter.
@@ -116,8 +134,12 @@ def test_mesh_terms_map_to_the_labels_of_the_table():
   assert features.finding_from_labels(labels) == 1 and features.finding_from_labels(normal) == 0
   assert np.isnan(mesh_labels.labels_from_terms(["No Indexing"])).all()
   assert mesh_labels.unmapped_terms(
-      [["Calcified Granuloma/lung", "normal"], ["calcified granuloma", "No Indexing"],
-       ["Aorta/tortuous"]]) == {"calcified granuloma": 2, "aorta": 1}
+    [
+      ["Calcified Granuloma/lung", "normal"],
+      ["calcified granuloma", "No Indexing"],
+      ["Aorta/tortuous"],
+    ]
+  ) == {"calcified granuloma": 2, "aorta": 1}
 
 
 def test_every_label_of_the_rules_is_a_label_column():
@@ -130,7 +152,7 @@ def test_the_docs_show_the_rules_as_the_code_applies_them():
   lines = open(os.path.join(REPO_ROOT, "docs", "iu_xray.md")).read().splitlines()
   start = lines.index("| label | MeSH major term | qualifier |")
   rows = []
-  for line in lines[start + 2:]:
+  for line in lines[start + 2 :]:
     if not line.startswith("|"):
       break
     cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
@@ -149,8 +171,27 @@ def test_split_is_deterministic_follows_the_fractions_and_the_seed():
   # Pinned, so that a change of the hash (which would move reports between splits) is seen:
   # sha256(b"iu_xray/0/1") starts 91d58ef36d69ae75, 0.5697 of 2**64: train.
   assert [split(str(i))[:2] for i in range(1, 21)] == [
-      "tr", "tr", "tr", "tr", "tr", "te", "tr", "te", "tr", "tr",
-      "tr", "tr", "tr", "tr", "te", "tr", "tr", "tr", "tr", "tr"]
+    "tr",
+    "tr",
+    "tr",
+    "tr",
+    "tr",
+    "te",
+    "tr",
+    "te",
+    "tr",
+    "tr",
+    "tr",
+    "tr",
+    "tr",
+    "tr",
+    "te",
+    "tr",
+    "tr",
+    "tr",
+    "tr",
+    "tr",
+  ]
   assert {collection.split_of(i, 0, (1.0, 0.0, 0.0)) for i in ids[:200]} == {"train"}
 
 
@@ -165,6 +206,7 @@ def test_bad_config_values_are_named():
 
 # ----------------------------------------------------------------------------------------------
 # The paper selection on the fake tree.
+
 
 def test_paper_selects_frontal_lateral_findings(paper):
   builder, ex = paper
@@ -197,19 +239,25 @@ def test_labels_and_text(paper):
   e = flat(ex)
   assert e["1"]["labels"][LABEL["No Finding"]] == 1.0 and e["1"]["finding"] == 0
   assert {features.LABELS[i] for i in np.flatnonzero(e["7"]["labels"] == 1.0)} == {
-      "Pleural Effusion", "Support Devices"}
+    "Pleural Effusion",
+    "Support Devices",
+  }
   assert e["7"]["finding"] == 1
   assert np.isnan(e["6"]["labels"]).all()  # no <MeSH>: labels_missing, kept
   assert e["1"]["report"] == b"heart size normal. lungs are clear."
   vocabulary = text_lib.Vocabulary(builder.info.metadata["vocabulary"])
   np.testing.assert_array_equal(
-      e["1"]["text"], vocabulary.encode("heart size normal. lungs are clear.", TEXT_LENGTH))
+    e["1"]["text"], vocabulary.encode("heart size normal. lungs are clear.", TEXT_LENGTH)
+  )
   # From the train reports the rule selects, before their images load: 9 (its frontal PNG is
   # missing, so it is not written) counts, as in mimic_cxr.
-  train_texts = [STUDY[s][2].lower() for s in ["1", "2", "6", "7", "9"] + BULK
-                 if split(s) == "train"]
-  assert builder.info.metadata["vocabulary"] == text_lib.Vocabulary.build(
-      train_texts, min_count=MIN_COUNT).words
+  train_texts = [
+    STUDY[s][2].lower() for s in ["1", "2", "6", "7", "9"] + BULK if split(s) == "train"
+  ]
+  assert (
+    builder.info.metadata["vocabulary"]
+    == text_lib.Vocabulary.build(train_texts, min_count=MIN_COUNT).words
+  )
   unmapped = builder.info.metadata["labels"]["unmapped_terms"]
   assert unmapped == {"calcified granuloma": 2}
 
@@ -217,15 +265,15 @@ def test_labels_and_text(paper):
 def test_paper_skip_report(paper):
   builder, _ = paper
   expected = {
-      ("2", "CXR2_IM-0652-1001", "image_unreadable", "other_image_used"),
-      ("3", "", "no_lateral", "study_skipped"),
-      ("4", "", "section_empty", "study_skipped"),   # no FINDINGS element
-      ("5", "", "section_empty", "study_skipped"),   # an empty one
-      ("6", "", "labels_missing", "kept"),
-      ("7", "CXR7_IM-2263-3001", "view_unknown", "not_used"),
-      ("8", "", "report_unreadable", "study_skipped"),
-      ("9", "CXR9_IM-2407-1001", "image_missing", "study_skipped"),
-      ("10", "", "no_frontal", "study_skipped"),
+    ("2", "CXR2_IM-0652-1001", "image_unreadable", "other_image_used"),
+    ("3", "", "no_lateral", "study_skipped"),
+    ("4", "", "section_empty", "study_skipped"),  # no FINDINGS element
+    ("5", "", "section_empty", "study_skipped"),  # an empty one
+    ("6", "", "labels_missing", "kept"),
+    ("7", "CXR7_IM-2263-3001", "view_unknown", "not_used"),
+    ("8", "", "report_unreadable", "study_skipped"),
+    ("9", "CXR9_IM-2407-1001", "image_missing", "study_skipped"),
+    ("10", "", "no_frontal", "study_skipped"),
   }
   assert skip_rows(builder) == {(split(s), s, *rest) for s, *rest in expected}
   skipped = builder.info.metadata["skipped"]
@@ -237,30 +285,38 @@ def test_paper_skip_report(paper):
 # ----------------------------------------------------------------------------------------------
 # all_studies, unpacked folders, the impression, bad manual dirs.
 
+
 def test_all_studies_available_flags(all_studies):
   builder, ex = all_studies
   available = {s: e["available"].tolist() for s, e in flat(ex).items() if s not in BULK}
   assert available == {
-      "1": [True, True, True], "2": [True, True, True],
-      "3": [True, False, True],   # no lateral image
-      "4": [True, True, False],   # no FINDINGS
-      "5": [True, True, False],   # empty FINDINGS
-      "6": [True, True, True], "7": [True, True, True],
-      "9": [False, True, True],   # the frontal PNG is missing
-      "10": [False, False, True],  # no image at all
+    "1": [True, True, True],
+    "2": [True, True, True],
+    "3": [True, False, True],  # no lateral image
+    "4": [True, True, False],  # no FINDINGS
+    "5": [True, True, False],  # empty FINDINGS
+    "6": [True, True, True],
+    "7": [True, True, True],
+    "9": [False, True, True],  # the frontal PNG is missing
+    "10": [False, False, True],  # no image at all
   }
   assert ("9", "CXR9_IM-2407-1001", "image_missing", "modality_unavailable") in {
-      r[1:] for r in skip_rows(builder)}
+    r[1:] for r in skip_rows(builder)
+  }
   assert not flat(ex)["9"]["frontal"].any() and flat(ex)["9"]["frontal_image"] == b""
 
 
-def test_unpacked_folders_and_the_archive_table_names_give_the_same_dataset(paper,
-                                                                            tmp_path_factory):
-  manual_dir = iu_fake.write_fake_iu(str(tmp_path_factory.mktemp("iu_folders") / "m"),
-                                     STUDIES, reports_as="folder", images_as="folder",
-                                     kaggle_names=False)
-  builder = build(manual_dir, tmp_path_factory.mktemp("iu_folder_data"),
-                  tiny_config("tiny_paper"))
+def test_unpacked_folders_and_the_archive_table_names_give_the_same_dataset(
+  paper, tmp_path_factory
+):
+  manual_dir = iu_fake.write_fake_iu(
+    str(tmp_path_factory.mktemp("iu_folders") / "m"),
+    STUDIES,
+    reports_as="folder",
+    images_as="folder",
+    kaggle_names=False,
+  )
+  builder = build(manual_dir, tmp_path_factory.mktemp("iu_folder_data"), tiny_config("tiny_paper"))
   unpacked, archived = flat(examples(builder)), flat(paper[1])
   assert sorted(unpacked) == sorted(archived)
   for study_id, e in archived.items():
@@ -270,16 +326,22 @@ def test_unpacked_folders_and_the_archive_table_names_give_the_same_dataset(pape
 
 
 def test_impression_where_findings_are_empty(fake_tree, tmp_path):
-  builder = build(fake_tree, tmp_path, tiny_config("tiny_impression",
-                                                   section="findings_or_impression"))
+  builder = build(
+    fake_tree, tmp_path, tiny_config("tiny_impression", section="findings_or_impression")
+  )
   e = flat(examples(builder))
   assert e["4"]["report"] == b"no active disease." and e["5"]["report"] == b"old granuloma."
   assert e["1"]["report"] == b"heart size normal. lungs are clear."  # FINDINGS first
 
 
-@pytest.mark.parametrize("drop,where", [
-    ("NLMCXR_reports.tgz", r"openi\.nlm\.nih\.gov"), ("NLMCXR_png.tgz", r"openi\.nlm\.nih\.gov"),
-    ("indiana_projections.csv", "kaggle")])
+@pytest.mark.parametrize(
+  "drop,where",
+  [
+    ("NLMCXR_reports.tgz", r"openi\.nlm\.nih\.gov"),
+    ("NLMCXR_png.tgz", r"openi\.nlm\.nih\.gov"),
+    ("indiana_projections.csv", "kaggle"),
+  ],
+)
 def test_a_missing_input_is_named(fake_tree, tmp_path, drop, where):
   manual_dir = tmp_path / "m"
   manual_dir.mkdir()
@@ -300,8 +362,9 @@ def test_a_broken_archive_and_a_bad_table_are_named(fake_tree, tmp_path):
   with pytest.raises(ValueError, match=r"indiana_projections\.csv: missing column 'filename'"):
     build(manual_dir, tmp_path / "data", tiny_config("tiny_paper"))
   os.remove(manual_dir / "indiana_projections.csv")
-  os.symlink(os.path.join(fake_tree, "indiana_projections.csv"),
-             manual_dir / "indiana_projections.csv")
+  os.symlink(
+    os.path.join(fake_tree, "indiana_projections.csv"), manual_dir / "indiana_projections.csv"
+  )
   os.remove(manual_dir / "NLMCXR_reports.tgz")
   data = open(os.path.join(fake_tree, "NLMCXR_reports.tgz"), "rb").read()
   (manual_dir / "NLMCXR_reports.tgz").write_bytes(data[: len(data) // 2])
@@ -313,7 +376,7 @@ def test_a_broken_archive_and_a_bad_table_are_named(fake_tree, tmp_path):
   os.remove(manual_dir / "NLMCXR_png.tgz")
   data = bytearray(open(os.path.join(fake_tree, "NLMCXR_png.tgz"), "rb").read())
   middle = len(data) // 2
-  data[middle:middle + 64] = bytes(64)
+  data[middle : middle + 64] = bytes(64)
   (manual_dir / "NLMCXR_png.tgz").write_bytes(bytes(data))
   with pytest.raises(ValueError, match=r"NLMCXR_png\.tgz is not a readable \.tgz archive"):
     build(manual_dir, tmp_path / "data3", tiny_config("tiny_paper"))
@@ -322,8 +385,11 @@ def test_a_broken_archive_and_a_bad_table_are_named(fake_tree, tmp_path):
 def test_a_split_left_empty_is_named_with_its_reasons(tmp_path):
   # Reports 1-10 alone: none goes to validation (the pinned hash), so that split is empty.
   manual_dir = iu_fake.write_fake_iu(str(tmp_path / "m"), iu_fake.STUDIES)
-  with pytest.raises(ValueError, match=r"No report of the validation split passes the 'paper' "
-                                       r"selection \(0 reports in the split"):
+  with pytest.raises(
+    ValueError,
+    match=r"No report of the validation split passes the 'paper' "
+    r"selection \(0 reports in the split",
+  ):
     build(manual_dir, tmp_path / "data", tiny_config("tiny_paper"))
 
 
@@ -334,6 +400,7 @@ def test_missing_manual_dir_shows_the_instructions(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # The documented commands.
+
 
 @pytest.mark.slow  # the build command in a subprocess
 def test_documented_command_builds_the_paper_config(fake_tree, tmp_path):
@@ -348,10 +415,13 @@ def test_documented_command_builds_the_paper_config(fake_tree, tmp_path):
 def test_a_trained_model_reads_the_source_files_as_the_builder_stored_them(paper, tmp_path):
   """mopoe_jax.inference on the same PNGs gives the builder's arrays."""
   from mopoe_jax import inference  # pylint: disable=g-import-not-at-top
+
   _, ex = paper
   e = flat(ex)
-  for study_id, stem, key in (("2", "CXR2_IM-0652-1002", "frontal"),
-                              ("7", "CXR7_IM-2263-2001", "lateral")):
+  for study_id, stem, key in (
+    ("2", "CXR2_IM-0652-1002", "frontal"),
+    ("7", "CXR7_IM-2263-2001", "lateral"),
+  ):
     path = tmp_path / f"{stem}.png"
     value = dict((s, c) for s, _, c in STUDY[study_id][1])[stem]
     path.write_bytes(iu_fake.png_bytes(value))
@@ -369,6 +439,7 @@ def test_a_trained_model_reads_the_source_files_as_the_builder_stored_them(paper
 
 def test_user_xml_reports_fall_back_to_the_impression_and_name_their_problems(tmp_path):
   from mopoe_jax import inference  # pylint: disable=g-import-not-at-top
+
   path = tmp_path / "report.xml"
   path.write_text(iu_fake.report_xml(*STUDY["5"]))  # empty FINDINGS: the IMPRESSION is read
   assert inference.read_report(str(path)) == "old granuloma."
@@ -385,42 +456,59 @@ def test_user_xml_reports_fall_back_to_the_impression_and_name_their_problems(tm
 
 # configs/iu_xray.py (the paper's model, 128 px, 128 tokens) at minimal widths and sizes.
 _TINY_RUN = (
-    "--config.model.latent_dim=8",
-    "--config.model.image_encoder_widths=(4,4,4,4,4,4)",
-    "--config.model.image_decoder_widths=(4,4,4,4,4,4)",
-    "--config.model.text_encoder_widths=(8,8,8,8,8,8,8)",
-    "--config.model.text_decoder_widths=(8,8,8,8,8,8,8)",
-    "--config.model.conv_impl=xla",
-    "--config.train.batch_size=16", "--config.train.num_steps=6",
-    "--config.train.warmup_steps=2", "--config.train.log_every_steps=3",
-    "--config.train.eval_every_steps=6", "--config.train.checkpoint_every_steps=6",
-    "--config.train.image_grid_studies=2",
-    "--config.eval.batch_size=16", "--config.eval.probe_train_examples=40",
-    "--config.eval.probe_repeats=2", "--config.eval.probe_min_test_examples=5",
-    "--config.eval.generation_studies=2", "--config.eval.prior_samples=2",
-    "--config.eval.likelihood_samples=2", "--config.eval.likelihood_examples=4",
-    "--config.eval.likelihood_batch_size=4",
-    # Table 1 and the coherence classifiers (the parts that read the labels); the generation
-    # and likelihood evaluators do not depend on the dataset and are tested on synthetic_cxr.
-    "--config.eval.evaluators=('probes','coherence')",
-    "--config.classifier.image_widths=(4,4,4)", "--config.classifier.text_embed=4",
-    "--config.classifier.text_widths=(4,)", "--config.classifier.num_steps=4",
-    "--config.classifier.batch_size=8", "--config.classifier.shuffle_buffer_size=32",
+  "--config.model.latent_dim=8",
+  "--config.model.image_encoder_widths=(4,4,4,4,4,4)",
+  "--config.model.image_decoder_widths=(4,4,4,4,4,4)",
+  "--config.model.text_encoder_widths=(8,8,8,8,8,8,8)",
+  "--config.model.text_decoder_widths=(8,8,8,8,8,8,8)",
+  "--config.model.conv_impl=xla",
+  "--config.train.batch_size=16",
+  "--config.train.num_steps=6",
+  "--config.train.warmup_steps=2",
+  "--config.train.log_every_steps=3",
+  "--config.train.eval_every_steps=6",
+  "--config.train.checkpoint_every_steps=6",
+  "--config.train.image_grid_studies=2",
+  "--config.eval.batch_size=16",
+  "--config.eval.probe_train_examples=40",
+  "--config.eval.probe_repeats=2",
+  "--config.eval.probe_min_test_examples=5",
+  "--config.eval.generation_studies=2",
+  "--config.eval.prior_samples=2",
+  "--config.eval.likelihood_samples=2",
+  "--config.eval.likelihood_examples=4",
+  "--config.eval.likelihood_batch_size=4",
+  # Table 1 and the coherence classifiers (the parts that read the labels); the generation
+  # and likelihood evaluators do not depend on the dataset and are tested on synthetic_cxr.
+  "--config.eval.evaluators=('probes','coherence')",
+  "--config.classifier.image_widths=(4,4,4)",
+  "--config.classifier.text_embed=4",
+  "--config.classifier.text_widths=(4,)",
+  "--config.classifier.num_steps=4",
+  "--config.classifier.batch_size=8",
+  "--config.classifier.shuffle_buffer_size=32",
 )
 
 
 @pytest.mark.slow  # main.py in a subprocess: prepares, trains, evaluates
 def test_main_trains_and_evaluates_on_the_collection(tmp_path, subprocess_cache_dir):
-  manual_dir = iu_fake.write_fake_iu(str(tmp_path / "manual"),
-                                     iu_fake.STUDIES + iu_fake.bulk_studies(80))
+  manual_dir = iu_fake.write_fake_iu(
+    str(tmp_path / "manual"), iu_fake.STUDIES + iu_fake.bulk_studies(80)
+  )
   workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
-  command = [sys.executable, os.path.join(REPO_ROOT, "main.py"),
-             "--config=" + os.path.join(REPO_ROOT, "configs", "iu_xray.py"),
-             f"--workdir={workdir}", f"--config.data.manual_dir={manual_dir}",
-             f"--config.data.data_dir={data_dir}",
-             f"--config.train.compilation_cache_dir={subprocess_cache_dir}", *_TINY_RUN]
-  result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=900)
+  command = [
+    sys.executable,
+    os.path.join(REPO_ROOT, "main.py"),
+    "--config=" + os.path.join(REPO_ROOT, "configs", "iu_xray.py"),
+    f"--workdir={workdir}",
+    f"--config.data.manual_dir={manual_dir}",
+    f"--config.data.data_dir={data_dir}",
+    f"--config.train.compilation_cache_dir={subprocess_cache_dir}",
+    *_TINY_RUN,
+  ]
+  result = subprocess.run(
+    command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900
+  )
   assert result.returncode == 0, result.stderr[-5000:]
   assert "iu_xray/paper build done" in result.stderr
   assert os.path.isdir(workdir / "checkpoints" / "6")

@@ -3,6 +3,7 @@ networks convolve, the same parameters under both, "auto" choices per backend, a
 statistics over the rows in which a modality is present."""
 
 import chex
+from conftest import jaxpr_equations, small_config
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,11 +12,11 @@ import pytest
 
 from configs import default as default_config
 from configs import tiny as tiny_config
-from conftest import jaxpr_equations, small_config
-from mopoe_jax import cpu_conv, layers, model as model_lib, networks
+from mopoe_jax.vae import cpu_conv, layers, networks
+from mopoe_jax.vae import model as model_lib
 
 # ---------------------------------------------------------------------------------------------
-# The CPU rewrites (mopoe_jax.cpu_conv) against lax and the definition.
+# The CPU rewrites (mopoe_jax.vae.cpu_conv) against lax and the definition.
 
 
 def _reference_conv_transpose(x, w, s, p, op):
@@ -24,17 +25,20 @@ def _reference_conv_transpose(x, w, s, p, op):
   spatial = "HW"[:nd]
   pads = [(k - 1 - pp, k - 1 - pp + o) for k, pp, o in zip(w.shape[:nd], p, op)]
   return jax.lax.conv_transpose(
-      x, w, s, pads,
-      dimension_numbers=("N" + spatial + "C", spatial + "OI", "N" + spatial + "C"),
-      transpose_kernel=True)
+    x,
+    w,
+    s,
+    pads,
+    dimension_numbers=("N" + spatial + "C", spatial + "OI", "N" + spatial + "C"),
+    transpose_kernel=True,
+  )
 
 
 def _naive_conv_transpose(x, w, s, p, op):
   """The definition itself: out[s*i - p + t] += x[i] @ w[t] (numpy, small inputs only)."""
   nd = x.ndim - 2
   ks = w.shape[:nd]
-  outs = [(n - 1) * ss - 2 * pp + k + o
-          for n, ss, pp, k, o in zip(x.shape[1:-1], s, p, ks, op)]
+  outs = [(n - 1) * ss - 2 * pp + k + o for n, ss, pp, k, o in zip(x.shape[1:-1], s, p, ks, op)]
   y = np.zeros((x.shape[0], *outs, w.shape[-1]))
   for idx in np.ndindex(*x.shape[1:-1]):
     for t in np.ndindex(*ks):
@@ -55,11 +59,17 @@ def _value_and_grads(f, x, w, seed: int):
   def both(a, b):
     y, vjp = jax.vjp(f, a, b)
     return y, vjp(cot)
+
   return both(x, w)
 
 
 CASES = [  # (k, s, p, output_padding, n): every transposed convolution of the networks
-    (4, 2, 1, 0, 5), (3, 2, 1, 1, 4), (4, 1, 0, 0, 1), (1, 1, 0, 0, 3), (5, 3, 1, 0, 3)]
+  (4, 2, 1, 0, 5),
+  (3, 2, 1, 1, 4),
+  (4, 1, 0, 0, 1),
+  (1, 1, 0, 0, 3),
+  (5, 3, 1, 0, 3),
+]
 
 
 @pytest.mark.parametrize("c_out", [1, 8])  # 2-D: one gathered convolution / one per phase
@@ -73,22 +83,29 @@ def test_cpu_conv_transpose_equals_reference_values_and_gradients(nd, k, s, p, o
   fast, g_fast = _value_and_grads(lambda a, b: cpu_conv.conv_transpose(a, b, *args), x, w, k)
   ref, g_ref = _value_and_grads(lambda a, b: _reference_conv_transpose(a, b, *args), x, w, k)
   np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(fast, _naive_conv_transpose(np.asarray(x, np.float64),
-                                                         np.asarray(w, np.float64), *args),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    fast,
+    _naive_conv_transpose(np.asarray(x, np.float64), np.asarray(w, np.float64), *args),
+    rtol=1e-4,
+    atol=1e-4,
+  )
   for a, b in zip(g_fast, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape,k,s,p", [
-    ((2, 9, 3), 4, 2, 1),        # 1-D (text encoder): patches + dot
-    ((2, 4, 4, 3), 4, 2, 1),     # 2-D, 2 x 2 x 2 output rows: patches + dot
-    ((16, 8, 8, 3), 3, 2, 1),    # 2-D, 16 x 4 x 4 = 256 rows: patches + dot
-    ((8, 24, 24, 3), 4, 2, 0),   # 2-D, 968 rows, k - 2p + op != s: lax convolution
-    ((8, 16, 16, 3), 4, 2, 1),   # 2-D, 512 rows: input gradient as phase-form conv_transpose
-    ((8, 18, 18, 3), 3, 2, 1),   # 2-D, k3 s2 p1 (output_padding 1): phase-form input gradient
-    ((8, 17, 17, 3), 3, 2, 1),   # 2-D, odd size (k - 2p + op != s): lax convolution
-    ((2, 5, 3), 1, 1, 0)])
+@pytest.mark.parametrize(
+  "shape,k,s,p",
+  [
+    ((2, 9, 3), 4, 2, 1),  # 1-D (text encoder): patches + dot
+    ((2, 4, 4, 3), 4, 2, 1),  # 2-D, 2 x 2 x 2 output rows: patches + dot
+    ((16, 8, 8, 3), 3, 2, 1),  # 2-D, 16 x 4 x 4 = 256 rows: patches + dot
+    ((8, 24, 24, 3), 4, 2, 0),  # 2-D, 968 rows, k - 2p + op != s: lax convolution
+    ((8, 16, 16, 3), 4, 2, 1),  # 2-D, 512 rows: input gradient as phase-form conv_transpose
+    ((8, 18, 18, 3), 3, 2, 1),  # 2-D, k3 s2 p1 (output_padding 1): phase-form input gradient
+    ((8, 17, 17, 3), 3, 2, 1),  # 2-D, odd size (k - 2p + op != s): lax convolution
+    ((2, 5, 3), 1, 1, 0),
+  ],
+)
 def test_cpu_conv_equals_lax_convolution_values_and_gradients(shape, k, s, p):
   nd = len(shape) - 2
   rng = np.random.default_rng(sum(shape) + k)
@@ -99,7 +116,8 @@ def test_cpu_conv_equals_lax_convolution_values_and_gradients(shape, k, s, p):
   dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
   fast, g_fast = _value_and_grads(lambda a, b: cpu_conv.conv(a, b, *args), x, w, k)
   ref, g_ref = _value_and_grads(
-      lambda a, b: jax.lax.conv_general_dilated(a, b, *args, dimension_numbers=dn), x, w, k)
+    lambda a, b: jax.lax.conv_general_dilated(a, b, *args, dimension_numbers=dn), x, w, k
+  )
   np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
   for a, b in zip(g_fast, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -124,8 +142,7 @@ def test_conv_module_is_a_drop_in_for_nn_conv(impl):
   v_ours = ours.init(jax.random.key(1), x)
   v_theirs = theirs.init(jax.random.key(1), x)
   chex.assert_trees_all_close(v_ours, v_theirs)
-  np.testing.assert_allclose(ours.apply(v_ours, x), theirs.apply(v_theirs, x), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(ours.apply(v_ours, x), theirs.apply(v_theirs, x), rtol=1e-5, atol=1e-5)
 
 
 def test_cpu_conv_transpose_uses_the_phase_form():
@@ -141,8 +158,9 @@ def test_cpu_conv_transpose_uses_the_phase_form():
   jaxpr = jax.make_jaxpr(lambda a: cpu_conv.conv_transpose(a, w[0], (2,), (1,)))(x[:, 0])
   assert not [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
   # One output channel (the last decoder layer): all phases in one convolution to s^2 channels.
-  jaxpr = jax.make_jaxpr(lambda a: cpu_conv.conv_transpose(a, w[:3, :3, :, :1], (2, 2), (1, 1),
-                                                         (1, 1)))(x)
+  jaxpr = jax.make_jaxpr(
+    lambda a: cpu_conv.conv_transpose(a, w[:3, :3, :, :1], (2, 2), (1, 1), (1, 1))
+  )(x)
   convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
   assert len(convs) == 1 and convs[0].params["lhs_dilation"] == (1, 1)
   assert convs[0].invars[1].aval.shape == (2, 2, 8, 4)
@@ -152,23 +170,25 @@ def test_cpu_conv_transpose_uses_the_phase_form():
 # "xla" and "cpu" compute the same values and gradients wherever the networks convolve.
 
 CONV_CASES = [  # (x shape, k, s, p): the networks' convolutions (and both CPU paths of each)
-    ((2, 8, 8, 1), 3, 2, 1),     # image encoder stem (no bias): patches + dot
-    ((8, 16, 16, 3), 3, 2, 1),   # stem, 512 rows: phase-form input gradient (custom VJP)
-    ((2, 8, 8, 3), 4, 2, 1),     # image block k4 s2 p1: patches + dot
-    ((8, 16, 16, 3), 4, 2, 1),   # k4 s2 p1, 512 rows: phase-form input gradient
-    ((2, 4, 4, 3), 4, 2, 0),     # last image block, 4x4 -> 1x1
-    ((8, 18, 18, 3), 4, 2, 0),   # k4 s2 p0, 512 rows: lax convolution
-    ((2, 4, 4, 3), 1, 1, 0),     # image 1x1 convolution: patches + dot
-    ((8, 12, 12, 3), 1, 1, 0),   # 1x1, 1,152 rows: lax convolution
-    ((2, 8, 3), 4, 2, 1),        # text conv and blocks, 1-D k4 s2 p1
-    ((2, 5, 3), 1, 1, 0)]        # text 1x1 convolution
+  ((2, 8, 8, 1), 3, 2, 1),  # image encoder stem (no bias): patches + dot
+  ((8, 16, 16, 3), 3, 2, 1),  # stem, 512 rows: phase-form input gradient (custom VJP)
+  ((2, 8, 8, 3), 4, 2, 1),  # image block k4 s2 p1: patches + dot
+  ((8, 16, 16, 3), 4, 2, 1),  # k4 s2 p1, 512 rows: phase-form input gradient
+  ((2, 4, 4, 3), 4, 2, 0),  # last image block, 4x4 -> 1x1
+  ((8, 18, 18, 3), 4, 2, 0),  # k4 s2 p0, 512 rows: lax convolution
+  ((2, 4, 4, 3), 1, 1, 0),  # image 1x1 convolution: patches + dot
+  ((8, 12, 12, 3), 1, 1, 0),  # 1x1, 1,152 rows: lax convolution
+  ((2, 8, 3), 4, 2, 1),  # text conv and blocks, 1-D k4 s2 p1
+  ((2, 5, 3), 1, 1, 0),
+]  # text 1x1 convolution
 TRANSPOSE_CASES = [  # (x shape, k, s, p, output_padding, C_out)
-    ((2, 1, 1, 3), 4, 1, 0, 0, 5),  # image decoder's first block, 1x1 -> 4x4
-    ((2, 1, 3), 4, 1, 0, 0, 5),     # text decoder's first block, length 1 -> 4
-    ((2, 4, 4, 3), 4, 2, 1, 0, 8),  # image decoder blocks k4 s2 p1 (one conv per phase)
-    ((2, 5, 3), 4, 2, 1, 0, 5),     # text decoder blocks
-    ((2, 4, 4, 3), 3, 2, 1, 1, 1),  # image decoder's last layer to 1 channel (gathered)
-    ((2, 5, 3), 1, 1, 0, 0, 5)]     # text decoder's 1x1 convolutions (transposed)
+  ((2, 1, 1, 3), 4, 1, 0, 0, 5),  # image decoder's first block, 1x1 -> 4x4
+  ((2, 1, 3), 4, 1, 0, 0, 5),  # text decoder's first block, length 1 -> 4
+  ((2, 4, 4, 3), 4, 2, 1, 0, 8),  # image decoder blocks k4 s2 p1 (one conv per phase)
+  ((2, 5, 3), 4, 2, 1, 0, 5),  # text decoder blocks
+  ((2, 4, 4, 3), 3, 2, 1, 1, 1),  # image decoder's last layer to 1 channel (gathered)
+  ((2, 5, 3), 1, 1, 0, 0, 5),
+]  # text decoder's 1x1 convolutions (transposed)
 
 
 def _values_and_gradients(fn, x, w, rng):
@@ -182,13 +202,15 @@ def _values_and_gradients(fn, x, w, rng):
       y, vjp = jax.vjp(lambda a, b: fn(a, b, impl), x, w)
       out[impl] = (y, *vjp(cot))
     return out
+
   return run(x, w)
 
 
 def _assert_impls_agree(out):
   # float32 sums of <= 48 products (values) and <= a few hundred (gradients) of N(0, 1) terms.
-  for name, a, b, tol in zip(("value", "input gradient", "kernel gradient"), out["xla"],
-                             out["cpu"], (1e-5, 1e-4, 1e-4)):
+  for name, a, b, tol in zip(
+    ("value", "input gradient", "kernel gradient"), out["xla"], out["cpu"], (1e-5, 1e-4, 1e-4)
+  ):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=name)
 
 
@@ -208,19 +230,19 @@ def test_xla_and_cpu_transposed_convolutions_agree(shape, k, s, p, op, c_out):
   rng = np.random.default_rng(sum(shape) + k + p + c_out)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
   w = jnp.asarray(rng.normal(size=(*(k,) * nd, shape[-1], c_out)), jnp.float32)
-  fn = lambda a, b, impl: layers.conv_transpose(a, b, (s,) * nd, (p,) * nd, (op,) * nd,
-                                                impl=impl)
+  fn = lambda a, b, impl: layers.conv_transpose(a, b, (s,) * nd, (p,) * nd, (op,) * nd, impl=impl)
   _assert_impls_agree(_values_and_gradients(fn, x, w, rng))
 
 
 @pytest.mark.parametrize("network", ["image_encoder", "image_decoder"])
 def test_xla_runs_native_convolutions_only(network):
-  """"xla": no custom VJP, no patches + dot (every dot_general is a Dense layer's, rank 2), and
+  """ "xla": no custom VJP, no patches + dot (every dot_general is a Dense layer's, rank 2), and
   transposed convolutions as input-dilated convolutions; "cpu" has the rewrites."""
   c = tiny_config.get_config().model
   if network == "image_encoder":
-    make = lambda impl: networks.ImageEncoder(c.image_encoder_widths, c.latent_dim, 0.0,
-                                              conv_impl=impl)
+    make = lambda impl: networks.ImageEncoder(
+      c.image_encoder_widths, c.latent_dim, 0.0, conv_impl=impl
+    )
     x = jnp.zeros((2, 32, 32, 1))
   else:
     make = lambda impl: networks.ImageDecoder(c.image_decoder_widths, 0.0, conv_impl=impl)
@@ -233,16 +255,21 @@ def test_xla_runs_native_convolutions_only(network):
     def loss(v, a, module=module):
       y = module.apply(v, a, True, mutable=["batch_stats"])[0]
       return sum(jnp.sum(t) for t in jax.tree.leaves(y))
+
     forward = jaxpr_equations(jax.make_jaxpr(loss)(variables, x))
     backward = jaxpr_equations(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(variables, x))
     counts[impl] = {
-        "custom_vjp": sum("custom_vjp" in e.primitive.name for e in forward + backward),
-        "conv": sum(e.primitive.name == "conv_general_dilated" for e in backward),
-        "dilated_conv": sum(e.primitive.name == "conv_general_dilated"
-                            and any(d > 1 for d in e.params["lhs_dilation"])
-                            for e in forward),
-        "patches_dot": sum(e.primitive.name == "dot_general"
-                           and any(v.aval.ndim > 2 for v in e.invars) for e in backward)}
+      "custom_vjp": sum("custom_vjp" in e.primitive.name for e in forward + backward),
+      "conv": sum(e.primitive.name == "conv_general_dilated" for e in backward),
+      "dilated_conv": sum(
+        e.primitive.name == "conv_general_dilated" and any(d > 1 for d in e.params["lhs_dilation"])
+        for e in forward
+      ),
+      "patches_dot": sum(
+        e.primitive.name == "dot_general" and any(v.aval.ndim > 2 for v in e.invars)
+        for e in backward
+      ),
+    }
   xla, cpu = counts["xla"], counts["cpu"]
   assert xla["custom_vjp"] == 0 and xla["patches_dot"] == 0 and xla["conv"] > 0, counts
   assert cpu["patches_dot"] > 0, counts
@@ -266,16 +293,21 @@ def _model(config, vocab_size, conv_impl):
 def _inputs(config, batch, seed=0):
   rng = np.random.default_rng(seed)
   s, t = config.data.image_size, config.data.text_length
-  return {"frontal": jnp.asarray(rng.uniform(size=(batch, s, s, 1)), jnp.float32),
-          "lateral": jnp.asarray(rng.uniform(size=(batch, s, s, 1)), jnp.float32),
-          "text": jnp.asarray(rng.integers(0, 50, size=(batch, t)), jnp.int32)}
+  return {
+    "frontal": jnp.asarray(rng.uniform(size=(batch, s, s, 1)), jnp.float32),
+    "lateral": jnp.asarray(rng.uniform(size=(batch, s, s, 1)), jnp.float32),
+    "text": jnp.asarray(rng.integers(0, 50, size=(batch, t)), jnp.int32),
+  }
 
 
 def test_paper_model_has_the_same_parameter_tree_under_every_conv_impl():
   """Names, shapes and dtypes of every variable at the paper's sizes (V = 2,900)."""
   c = default_config.get_config()
-  inputs = {"frontal": jnp.zeros((8, 128, 128, 1)), "lateral": jnp.zeros((8, 128, 128, 1)),
-            "text": jnp.zeros((8, 128), jnp.int32)}
+  inputs = {
+    "frontal": jnp.zeros((8, 128, 128, 1)),
+    "lateral": jnp.zeros((8, 128, 128, 1)),
+    "text": jnp.zeros((8, 128), jnp.int32),
+  }
   rngs = {n: jax.random.key(0) for n in ("params", "sample", "dropout")}
   trees = {}
   for impl in layers.CONV_IMPLS:
@@ -294,11 +326,14 @@ def test_small_model_same_initial_values_and_outputs_under_both_conv_impls():
   inputs = _inputs(c, 8)
   rngs = {n: jax.random.key(i) for i, n in enumerate(("params", "sample", "dropout"))}
   models = {impl: _model(c, 50, impl) for impl in layers.CONV_IMPLS}
-  variables = {impl: jax.jit(lambda r, m=m: m.init(r, inputs, None, False))(rngs)
-               for impl, m in models.items()}
+  variables = {
+    impl: jax.jit(lambda r, m=m: m.init(r, inputs, None, False))(rngs) for impl, m in models.items()
+  }
   chex.assert_trees_all_equal(variables["xla"], variables["cpu"])
-  outs = {impl: jax.jit(lambda v, m=m: m.apply(v, inputs, None, False, rngs=rngs))(
-      variables["cpu"]) for impl, m in models.items()}
+  outs = {
+    impl: jax.jit(lambda v, m=m: m.apply(v, inputs, None, False, rngs=rngs))(variables["cpu"])
+    for impl, m in models.items()
+  }
   chex.assert_trees_all_close(outs["xla"], outs["cpu"], rtol=1e-4, atol=1e-4)
 
 
@@ -323,12 +358,18 @@ def test_auto_choices_resolve_per_backend(monkeypatch):
 
 def test_unknown_choices_are_rejected_with_the_field_and_the_choices():
   c = tiny_config.get_config()
-  with pytest.raises(ValueError, match=r"model.conv_impl must be one of \('auto', 'xla', "
-                                       r"'cpu'\), got 'cudnn'"):
+  with pytest.raises(
+    ValueError,
+    match=r"model.conv_impl must be one of \('auto', 'xla', "
+    r"'cpu'\), got 'cudnn'",
+  ):
     _model(c, 50, "cudnn")
   c.model.compute_dtype = "float16"
-  with pytest.raises(ValueError, match=r"model.compute_dtype must be one of \('auto', "
-                                       r"'float32', 'bfloat16'\), got 'float16'"):
+  with pytest.raises(
+    ValueError,
+    match=r"model.compute_dtype must be one of \('auto', "
+    r"'float32', 'bfloat16'\), got 'float16'",
+  ):
     _model(c, 50, "auto")
   with pytest.raises(ValueError, match="conv_impl must be one of"):  # modules take no 'auto'
     layers.Conv(4, (3,), conv_impl="auto").init(jax.random.key(0), jnp.zeros((1, 5, 2)))
@@ -345,8 +386,10 @@ def block_apply():
   block = layers.ResidualBlock(6, 4, 2, 1, dropout=0.0)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 8, 8, 3)), jnp.float32)
   variables = block.init(jax.random.key(0), x, False)
-  variables = {"params": variables["params"],  # running averages away from their init values
-               "batch_stats": jax.tree.map(lambda v: v + 0.5, variables["batch_stats"])}
+  variables = {
+    "params": variables["params"],  # running averages away from their init values
+    "batch_stats": jax.tree.map(lambda v: v + 0.5, variables["batch_stats"]),
+  }
 
   @jax.jit
   def apply(present):
@@ -355,6 +398,7 @@ def block_apply():
   @jax.jit
   def unmasked():
     return block.apply(variables, x, True, mutable=["batch_stats"])
+
   return variables, apply, unmasked
 
 
@@ -370,8 +414,9 @@ def test_no_row_present_gives_finite_outputs_and_keeps_the_running_averages(bloc
   chex.assert_trees_all_equal(updates["batch_stats"], variables["batch_stats"])
   # Some rows present: the running averages move.
   _, updates = apply(jnp.asarray([True, False] * 3))
-  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), updates["batch_stats"],
-                       variables["batch_stats"])
+  moved = jax.tree.map(
+    lambda a, b: bool(np.any(a != b)), updates["batch_stats"], variables["batch_stats"]
+  )
   assert all(jax.tree.leaves(moved))
 
 
@@ -384,28 +429,32 @@ def test_missing_rows_shift_neither_batch_statistics_nor_present_rows():
   inputs = _inputs(c, 8, seed=1)
   present = np.array([True, False, True, True, False, True, False, True])
   for name in ("lateral", "text"):
-    inputs[name] = jnp.where(present.reshape(-1, *(1,) * (inputs[name].ndim - 1)),
-                             inputs[name], 0)
+    inputs[name] = jnp.where(present.reshape(-1, *(1,) * (inputs[name].ndim - 1)), inputs[name], 0)
   available = np.stack([np.ones(8, bool), present, present], axis=1)
   variables = jax.jit(lambda: m.init(jax.random.key(0), inputs, False, method=m.encode))()
 
   @jax.jit
   def encode(inputs, available):
-    return m.apply(variables, inputs, True, available, method=m.encode,
-                   mutable=["batch_stats"])
+    return m.apply(variables, inputs, True, available, method=m.encode, mutable=["batch_stats"])
 
   (mu, logvar), updates = encode(inputs, jnp.asarray(available))
-  (mu_p, logvar_p), updates_p = encode(jax.tree.map(lambda v: v[present], inputs),
-                                       jnp.ones((5, 3), bool))
+  (mu_p, logvar_p), updates_p = encode(
+    jax.tree.map(lambda v: v[present], inputs), jnp.ones((5, 3), bool)
+  )
   for i, name in ((1, "lateral"), (2, "text")):
     np.testing.assert_allclose(mu[i][present], mu_p[i], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logvar[i][present], logvar_p[i], rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(updates["batch_stats"][f"encoders_{name}"],
-                                updates_p["batch_stats"][f"encoders_{name}"],
-                                rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+      updates["batch_stats"][f"encoders_{name}"],
+      updates_p["batch_stats"][f"encoders_{name}"],
+      rtol=1e-5,
+      atol=1e-6,
+    )
   # Without the mask the zero rows would have moved the statistics: the check can fail.
   (_, _), updates_all = encode(inputs, jnp.ones((8, 3), bool))
-  diff = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
-                      updates_all["batch_stats"]["encoders_lateral"],
-                      updates_p["batch_stats"]["encoders_lateral"])
+  diff = jax.tree.map(
+    lambda a, b: float(np.max(np.abs(a - b))),
+    updates_all["batch_stats"]["encoders_lateral"],
+    updates_p["batch_stats"]["encoders_lateral"],
+  )
   assert max(jax.tree.leaves(diff)) > 1e-3

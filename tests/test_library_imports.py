@@ -60,7 +60,8 @@ def test_every_library_module_imports_where_tensorflow_cannot_be_imported():
       for name in names:
         importlib.import_module(name)
       from configs import tiny
-      from mopoe_jax import model as model_lib, step as step_lib
+      from mopoe_jax.vae import model as model_lib
+      from mopoe_jax.training import step as step_lib
       config = tiny.get_config()
       model = model_lib.create_model(config, vocab_size=40)
       sc = step_lib.StepConfig.from_config(config, model, pad_id=1)
@@ -76,7 +77,8 @@ def test_every_library_module_imports_where_tensorflow_cannot_be_imported():
       print("OK", len(names))
       """)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        timeout=280, env=env, cwd=REPO)
+  proc = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, timeout=280, env=env, cwd=REPO
+  )
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
   assert int(proc.stdout.split("OK")[-1]) > 10  # every module was imported

@@ -1,9 +1,9 @@
-"""The programs a GPU or TPU would get, lowered on this CPU (mopoe_jax.lowering)."""
-
-import pytest
+"""The programs a GPU or TPU would get, lowered on this CPU (benchmarks.costing.lowering)."""
 
 from conftest import small_config
-from mopoe_jax import lowering
+import pytest
+
+from benchmarks.costing import lowering
 
 
 @pytest.fixture(scope="module")
@@ -12,18 +12,23 @@ def described():
   this host (batch 8)."""
   config = small_config()
   config.model.conv_impl = "auto"  # as configs/default.py: decided per platform
-  out = {p: {name: lowering.describe(e)
-             for name, e in lowering.export_programs(config, 64, p, 8).items()}
-         for p in ("cuda", "tpu", "cpu")}
+  out = {
+    p: {
+      name: lowering.describe(e) for name, e in lowering.export_programs(config, 64, p, 8).items()
+    }
+    for p in ("cuda", "tpu", "cpu")
+  }
   config.model.float32_text_logits = False
   out["cuda, bf16 logits"] = lowering.describe(
-      lowering.export_programs(config, 64, "cuda", 8)["train_step"])
+    lowering.export_programs(config, 64, "cuda", 8)["train_step"]
+  )
   return out
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_accelerator_programs_hold_native_bfloat16_convolutions_and_no_custom_calls(
-    described, platform):
+  described, platform
+):
   programs = described[platform]
   assert set(programs) == set(lowering.PROGRAMS)
   for name, d in programs.items():
@@ -41,7 +46,8 @@ def test_accelerator_programs_hold_native_bfloat16_convolutions_and_no_custom_ca
 def test_the_choices_follow_the_target_platform_not_the_host(described):
   cuda, tpu, host = (described[p]["train_step"] for p in ("cuda", "tpu", "cpu"))
   assert {k: v for k, v in cuda.items() if k != "platforms"} == {
-      k: v for k, v in tpu.items() if k != "platforms"}
+    k: v for k, v in tpu.items() if k != "platforms"
+  }
   # On this CPU host, 'auto' picks float32 and the CPU rewrites (patches and matrix products),
   # which the accelerator programs do not have.
   assert host["bf16_convolutions"] == 0

@@ -8,25 +8,34 @@ import os
 import shutil
 import zipfile
 
+from conftest import examples_by_study, prepare_from, run_prepare_command
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import examples_by_study, prepare_from, run_prepare_command
-from PIL import Image
-
 from input_pipeline import features
-from mopoe_jax import text as text_lib
 from input_pipeline.mimic_cxr import mimic_cxr_dataset_builder as mcb
-from mopoe_jax import reports
 from input_pipeline.mimic_cxr import selection
+from mopoe_jax.data import report_text as reports
+from mopoe_jax.data import text as text_lib
 
 IMAGE_SIZE, TEXT_LENGTH, MIN_COUNT = 32, 16, 1
 
 METADATA_HEADER = (
-    "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
-    "Rows", "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
-    "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning")
+  "dicom_id",
+  "subject_id",
+  "study_id",
+  "PerformedProcedureStepDescription",
+  "ViewPosition",
+  "Rows",
+  "Columns",
+  "StudyDate",
+  "StudyTime",
+  "ProcedureCodeSequence_CodeMeaning",
+  "ViewCodeSequence_CodeMeaning",
+  "PatientOrientationCodeSequence_CodeMeaning",
+)
 SPLIT_HEADER = ("dicom_id", "study_id", "subject_id", "split")
 LABEL_HEADER = ("subject_id", "study_id") + features.LABELS
 
@@ -38,69 +47,159 @@ LABEL_HEADER = ("subject_id", "study_id") + features.LABELS
 #   "truncated" a JPEG cut after 40% of its bytes;  "absent" listed but no file.
 
 STUDIES = [
-    # (subject, study, split, images, findings, impression, labels {name: value} or None)
-    ("10000032", "50000001", "train",
-     [("d01-pa", "PA", "21800506", "213014.531", "bands"),
-      ("d01-lat", "LATERAL", "21800506", "213014.531", "tall")],
-     "The lungs are clear. No pleural effusion or pneumothorax. The heart size is normal.",
-     "No acute cardiopulmonary process.", {"No Finding": "1.0"}),
-    # Two PA images: the earlier StudyTime wins although its dicom_id sorts last.
-    ("10000032", "50000002", "train",
-     [("d02-a-pa", "PA", "21800601", "120000", 200),
+  # (subject, study, split, images, findings, impression, labels {name: value} or None)
+  (
+    "10000032",
+    "50000001",
+    "train",
+    [
+      ("d01-pa", "PA", "21800506", "213014.531", "bands"),
+      ("d01-lat", "LATERAL", "21800506", "213014.531", "tall"),
+    ],
+    "The lungs are clear. No pleural effusion or pneumothorax. The heart size is normal.",
+    "No acute cardiopulmonary process.",
+    {"No Finding": "1.0"},
+  ),
+  # Two PA images: the earlier StudyTime wins although its dicom_id sorts last.
+  (
+    "10000032",
+    "50000002",
+    "train",
+    [
+      ("d02-a-pa", "PA", "21800601", "120000", 200),
       ("d02-b-pa", "PA", "21800601", "090000.5", 40),
-      ("d02-ll", "LL", "21800601", "090000.5", 120)],
-     "The heart is enlarged. Mild pulmonary edema may be present. No pleural effusion.",
-     "Cardiomegaly, possible edema.",
-     {"Cardiomegaly": "1.0", "Edema": "-1.0", "Pleural Effusion": "0.0"}),
-    ("10000764", "50000003", "train",
-     [("d03-pa", "PA", "21810101", "101010", 90)],  # no lateral
-     "Streaky opacity at the left base, likely atelectasis.", "Atelectasis.",
-     {"Atelectasis": "1.0"}),
-    ("10000764", "50000004", "train",
-     [("d04-pa", "PA", "21810202", "101010", 90),
-      ("d04-lat", "LATERAL", "21810202", "101010", 90)],
-     "", "No acute cardiopulmonary process.", {"No Finding": "1.0"}),  # empty FINDINGS
-    # The first PA (by date) is a truncated JPEG: the second is used.
-    ("11000011", "50000005", "train",
-     [("d05-pa1", "PA", "21820303", "080000", "truncated"),
+      ("d02-ll", "LL", "21800601", "090000.5", 120),
+    ],
+    "The heart is enlarged. Mild pulmonary edema may be present. No pleural effusion.",
+    "Cardiomegaly, possible edema.",
+    {"Cardiomegaly": "1.0", "Edema": "-1.0", "Pleural Effusion": "0.0"},
+  ),
+  (
+    "10000764",
+    "50000003",
+    "train",
+    [("d03-pa", "PA", "21810101", "101010", 90)],  # no lateral
+    "Streaky opacity at the left base, likely atelectasis.",
+    "Atelectasis.",
+    {"Atelectasis": "1.0"},
+  ),
+  (
+    "10000764",
+    "50000004",
+    "train",
+    [("d04-pa", "PA", "21810202", "101010", 90), ("d04-lat", "LATERAL", "21810202", "101010", 90)],
+    "",
+    "No acute cardiopulmonary process.",
+    {"No Finding": "1.0"},
+  ),  # empty FINDINGS
+  # The first PA (by date) is a truncated JPEG: the second is used.
+  (
+    "11000011",
+    "50000005",
+    "train",
+    [
+      ("d05-pa1", "PA", "21820303", "080000", "truncated"),
       ("d05-pa2", "PA", "21820303", "080500", 170),
-      ("d05-lat", "LATERAL", "21820303", "080500", 60)],
-     "The lungs are clear. The heart size is normal. Small left pleural effusion.",
-     "Small left effusion.", {"Pleural Effusion": "1.0", "No Finding": ""}),
-    # The only PA is listed but absent.
-    ("11000011", "50000006", "train",
-     [("d06-pa", "PA", "21820404", "080000", "absent"),
-      ("d06-lat", "LATERAL", "21820404", "080000", 80)],
-     "No focal consolidation. The heart size is normal.", "Normal.", {"No Finding": "1.0"}),
-    # Not in the label CSV; two laterals at the same time: the smaller dicom_id wins.
-    ("11000011", "50000007", "train",
-     [("d07-pa", "PA", "21820505", "080000", 100),
+      ("d05-lat", "LATERAL", "21820303", "080500", 60),
+    ],
+    "The lungs are clear. The heart size is normal. Small left pleural effusion.",
+    "Small left effusion.",
+    {"Pleural Effusion": "1.0", "No Finding": ""},
+  ),
+  # The only PA is listed but absent.
+  (
+    "11000011",
+    "50000006",
+    "train",
+    [
+      ("d06-pa", "PA", "21820404", "080000", "absent"),
+      ("d06-lat", "LATERAL", "21820404", "080000", 80),
+    ],
+    "No focal consolidation. The heart size is normal.",
+    "Normal.",
+    {"No Finding": "1.0"},
+  ),
+  # Not in the label CSV; two laterals at the same time: the smaller dicom_id wins.
+  (
+    "11000011",
+    "50000007",
+    "train",
+    [
+      ("d07-pa", "PA", "21820505", "080000", 100),
       ("d07-lat-b", "LATERAL", "21820505", "080000", 30),
-      ("d07-lat-a", "LATERAL", "21820505", "080000", 220)],
-     "Right pleural effusion is present. The lungs are otherwise clear.", "Effusion.", None),
-    ("12000022", "50000008", "validate",
-     [("d08-pa", "PA", "21830101", "111111", 100),
-      ("d08-lat", "LATERAL", "21830101", "111111", 100)],
-     "The lungs are clear. Cardiomegaly is seen.", "Cardiomegaly.",
-     {"Cardiomegaly": "1.0", "Support Devices": "-1.0"}),
-    ("12000022", "50000009", "validate",
-     [("d09-ap", "AP", "21830202", "111111", 100)],  # AP only
-     "Portable view. Lines and tubes are unchanged.", "Stable.", {"Support Devices": "1.0"}),
-    ("13000033", "50000010", "test",
-     [("d10-pa", "PA", "21840101", "121212", 100),
-      ("d10-lat", "LATERAL", "21840101", "121212", 100)],
-     "Pneumoperitoneum is seen. The lungs are clear.", "Free air.", {"No Finding": "0.0"}),
-    ("13000033", "50000011", "test",  # report absent
-     [("d11-pa", "PA", "21840202", "121212", 100),
-      ("d11-lat", "LATERAL", "21840202", "121212", 100)],
-     None, None, {"Lung Opacity": "1.0"}),
-    ("14000044", "50000012", "test",  # more than T - 1 tokens
-     [("d12-pa", "PA", "21850101", "131313", 100),
-      ("d12-lat", "LATERAL", "21850101", "131313", 100)],
-     "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax. "
-     "No focal consolidation.", "Normal chest.", {}),
-    ("14000044", "50000013", "test",  # an AP image, no report: nothing usable
-     [("d13-ap", "AP", "21850202", "131313", 100)], None, None, {}),
+      ("d07-lat-a", "LATERAL", "21820505", "080000", 220),
+    ],
+    "Right pleural effusion is present. The lungs are otherwise clear.",
+    "Effusion.",
+    None,
+  ),
+  (
+    "12000022",
+    "50000008",
+    "validate",
+    [
+      ("d08-pa", "PA", "21830101", "111111", 100),
+      ("d08-lat", "LATERAL", "21830101", "111111", 100),
+    ],
+    "The lungs are clear. Cardiomegaly is seen.",
+    "Cardiomegaly.",
+    {"Cardiomegaly": "1.0", "Support Devices": "-1.0"},
+  ),
+  (
+    "12000022",
+    "50000009",
+    "validate",
+    [("d09-ap", "AP", "21830202", "111111", 100)],  # AP only
+    "Portable view. Lines and tubes are unchanged.",
+    "Stable.",
+    {"Support Devices": "1.0"},
+  ),
+  (
+    "13000033",
+    "50000010",
+    "test",
+    [
+      ("d10-pa", "PA", "21840101", "121212", 100),
+      ("d10-lat", "LATERAL", "21840101", "121212", 100),
+    ],
+    "Pneumoperitoneum is seen. The lungs are clear.",
+    "Free air.",
+    {"No Finding": "0.0"},
+  ),
+  (
+    "13000033",
+    "50000011",
+    "test",  # report absent
+    [
+      ("d11-pa", "PA", "21840202", "121212", 100),
+      ("d11-lat", "LATERAL", "21840202", "121212", 100),
+    ],
+    None,
+    None,
+    {"Lung Opacity": "1.0"},
+  ),
+  (
+    "14000044",
+    "50000012",
+    "test",  # more than T - 1 tokens
+    [
+      ("d12-pa", "PA", "21850101", "131313", 100),
+      ("d12-lat", "LATERAL", "21850101", "131313", 100),
+    ],
+    "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax. "
+    "No focal consolidation.",
+    "Normal chest.",
+    {},
+  ),
+  (
+    "14000044",
+    "50000013",
+    "test",  # an AP image, no report: nothing usable
+    [("d13-ap", "AP", "21850202", "131313", 100)],
+    None,
+    None,
+    {},
+  ),
 ]
 STUDY = {s[1]: s for s in STUDIES}
 
@@ -167,8 +266,22 @@ def write_fake_mimic(root, reports_as="tree", drop_files=(), drop_column=None):
     study_dir = os.path.join(files, f"p{subject[:2]}", f"p{subject}", f"s{study}")
     os.makedirs(study_dir)
     for dicom, view, date, time, content in images:
-      metadata.append((dicom, subject, study, "CHEST (PA AND LAT)", view, 240, 300, date, time,
-                       "CHEST (PA AND LAT)", "postero-anterior", "Erect"))
+      metadata.append(
+        (
+          dicom,
+          subject,
+          study,
+          "CHEST (PA AND LAT)",
+          view,
+          240,
+          300,
+          date,
+          time,
+          "CHEST (PA AND LAT)",
+          "postero-anterior",
+          "Erect",
+        )
+      )
       split.append((dicom, study, subject, split_name))
       path = os.path.join(study_dir, f"{dicom}.jpg")
       if content == "absent":
@@ -188,8 +301,8 @@ def write_fake_mimic(root, reports_as="tree", drop_files=(), drop_column=None):
   header = METADATA_HEADER
   if drop_column:
     index = header.index(drop_column)
-    header = header[:index] + header[index + 1:]
-    metadata = [r[:index] + r[index + 1:] for r in metadata]
+    header = header[:index] + header[index + 1 :]
+    metadata = [r[:index] + r[index + 1 :] for r in metadata]
   _write_csv_gz(os.path.join(root, selection.METADATA_CSV), header, metadata)
   _write_csv_gz(os.path.join(root, selection.SPLIT_CSV), SPLIT_HEADER, split)
   _write_csv_gz(os.path.join(root, selection.CHEXPERT_CSV), LABEL_HEADER, labels)
@@ -209,8 +322,14 @@ def write_fake_mimic(root, reports_as="tree", drop_files=(), drop_column=None):
 
 
 def tiny_config(name, **kwargs):
-  return mcb.MimicCxrConfig(name=name, image_size=IMAGE_SIZE, text_length=TEXT_LENGTH,
-                            min_count=MIN_COUNT, num_workers=2, **kwargs)
+  return mcb.MimicCxrConfig(
+    name=name,
+    image_size=IMAGE_SIZE,
+    text_length=TEXT_LENGTH,
+    min_count=MIN_COUNT,
+    num_workers=2,
+    **kwargs,
+  )
 
 
 def build(manual_dir, data_dir, config):
@@ -244,19 +363,27 @@ def paper(fake_tree, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def all_studies(fake_tree, tmp_path_factory):
-  builder = build(fake_tree, tmp_path_factory.mktemp("data_all"),
-                  tiny_config("tiny_all", selection="all_studies"))
+  builder = build(
+    fake_tree, tmp_path_factory.mktemp("data_all"), tiny_config("tiny_all", selection="all_studies")
+  )
   return builder, examples(builder)
 
 
 # ----------------------------------------------------------------------------------------------
 # Reports.
 
+
 def test_sections_run_to_the_next_header():
   report = _report(STUDY["50000001"])
   sections = dict(reports.split_sections(report))
-  assert list(sections) == ["EXAMINATION", "INDICATION", "TECHNIQUE", "COMPARISON", "FINDINGS",
-                            "IMPRESSION"]
+  assert list(sections) == [
+    "EXAMINATION",
+    "INDICATION",
+    "TECHNIQUE",
+    "COMPARISON",
+    "FINDINGS",
+    "IMPRESSION",
+  ]
   assert sections["FINDINGS"] == STUDY["50000001"][4]  # whitespace normalised, case kept
   assert reports.section_text(report) == (STUDY["50000001"][4].lower(), "findings")
 
@@ -267,13 +394,16 @@ def test_findings_on_the_header_line_and_impression_fallback():
   empty = _report(STUDY["50000004"])
   assert reports.section_text(empty, "findings") == ("", "")
   assert reports.section_text(empty, "findings_or_impression") == (
-      "no acute cardiopulmonary process.", "impression")
+    "no acute cardiopulmonary process.",
+    "impression",
+  )
   with pytest.raises(ValueError, match="'summary'"):
     reports.section_text(report, "summary")
 
 
 # ----------------------------------------------------------------------------------------------
 # The paper selection.
+
 
 def test_paper_selects_pa_lateral_findings(paper):
   _, ex = paper
@@ -330,8 +460,9 @@ def test_text_and_train_only_vocabulary(paper):
   builder, ex = paper
   words = builder.info.metadata["vocabulary"]
   # Train studies selected by the CSVs and reports (50000006 is skipped later for its image).
-  train_texts = [expected_text(s) for s in ("50000001", "50000002", "50000005", "50000006",
-                                            "50000007")]
+  train_texts = [
+    expected_text(s) for s in ("50000001", "50000002", "50000005", "50000006", "50000007")
+  ]
   vocabulary = text_lib.Vocabulary.build(train_texts, min_count=MIN_COUNT)
   assert words == vocabulary.words
   assert "clear" in words and "heart" in words
@@ -341,8 +472,9 @@ def test_text_and_train_only_vocabulary(paper):
   for split in ex.values():
     for study_id, e in split.items():
       assert e["report"].decode() == expected_text(study_id)
-      np.testing.assert_array_equal(e["text"], vocabulary.encode(expected_text(study_id),
-                                                                 TEXT_LENGTH))
+      np.testing.assert_array_equal(
+        e["text"], vocabulary.encode(expected_text(study_id), TEXT_LENGTH)
+      )
   test_ids = ex["test"]["50000010"]["text"].tolist()
   assert test_ids[0] == text_lib.EXC_ID  # "pneumoperitoneum"
   # "pneumoperitoneum" and "seen" never occur in train reports.
@@ -351,30 +483,38 @@ def test_text_and_train_only_vocabulary(paper):
   assert len(text_lib.tokenize(expected_text("50000012"))) > TEXT_LENGTH
   assert long_ids[-1] == text_lib.EOS_ID and text_lib.PAD_ID not in long_ids
   short_ids = ex["train"]["50000001"]["text"].tolist()
-  assert short_ids[short_ids.index(text_lib.EOS_ID) + 1:] == [text_lib.PAD_ID] * (
-      TEXT_LENGTH - short_ids.index(text_lib.EOS_ID) - 1)
+  assert short_ids[short_ids.index(text_lib.EOS_ID) + 1 :] == [text_lib.PAD_ID] * (
+    TEXT_LENGTH - short_ids.index(text_lib.EOS_ID) - 1
+  )
 
 
 def test_paper_skip_report(paper):
   builder, _ = paper
   assert skip_rows(builder, "train") == {
-      ("50000003", "", "no_lateral", "study_skipped"),
-      ("50000004", "", "section_empty", "study_skipped"),
-      ("50000005", "d05-pa1", "image_unreadable", "other_image_used"),
-      ("50000006", "d06-pa", "image_missing", "study_skipped"),
-      ("50000007", "", "labels_missing", "kept"),
+    ("50000003", "", "no_lateral", "study_skipped"),
+    ("50000004", "", "section_empty", "study_skipped"),
+    ("50000005", "d05-pa1", "image_unreadable", "other_image_used"),
+    ("50000006", "d06-pa", "image_missing", "study_skipped"),
+    ("50000007", "", "labels_missing", "kept"),
   }
   assert skip_rows(builder, "validation") == {("50000009", "", "no_frontal", "study_skipped")}
   assert skip_rows(builder, "test") == {
-      ("50000011", "", "report_missing", "study_skipped"),
-      ("50000013", "", "no_frontal", "study_skipped"),
+    ("50000011", "", "report_missing", "study_skipped"),
+    ("50000013", "", "no_frontal", "study_skipped"),
   }
   skipped = builder.info.metadata["skipped"]
   assert skipped["train"] == {
-      "listed": 7, "written": 4, "skipped_studies": 3,
-      "counts": {"image_missing/study_skipped": 1, "image_unreadable/other_image_used": 1,
-                 "labels_missing/kept": 1, "no_lateral/study_skipped": 1,
-                 "section_empty/study_skipped": 1}}
+    "listed": 7,
+    "written": 4,
+    "skipped_studies": 3,
+    "counts": {
+      "image_missing/study_skipped": 1,
+      "image_unreadable/other_image_used": 1,
+      "labels_missing/kept": 1,
+      "no_lateral/study_skipped": 1,
+      "section_empty/study_skipped": 1,
+    },
+  }
   assert skipped["test"]["written"] == 2 and skipped["test"]["skipped_studies"] == 2
 
 
@@ -389,21 +529,23 @@ def test_metadata_comes_back_from_the_data_dir(paper):
 # ----------------------------------------------------------------------------------------------
 # The all_studies selection.
 
+
 def test_all_studies_available_flags(all_studies):
   _, ex = all_studies
   available = {s: e["available"].tolist() for split in ex.values() for s, e in split.items()}
   assert available == {
-      "50000001": [True, True, True], "50000002": [True, True, True],
-      "50000003": [True, False, True],   # no lateral
-      "50000004": [True, True, False],   # empty FINDINGS
-      "50000005": [True, True, True],
-      "50000006": [False, True, True],   # the PA file is absent
-      "50000007": [True, True, True],
-      "50000008": [True, True, True],
-      "50000009": [False, False, True],  # AP only: text only
-      "50000010": [True, True, True],
-      "50000011": [True, True, False],   # report absent
-      "50000012": [True, True, True],
+    "50000001": [True, True, True],
+    "50000002": [True, True, True],
+    "50000003": [True, False, True],  # no lateral
+    "50000004": [True, True, False],  # empty FINDINGS
+    "50000005": [True, True, True],
+    "50000006": [False, True, True],  # the PA file is absent
+    "50000007": [True, True, True],
+    "50000008": [True, True, True],
+    "50000009": [False, False, True],  # AP only: text only
+    "50000010": [True, True, True],
+    "50000011": [True, True, False],  # report absent
+    "50000012": [True, True, True],
   }
   assert sorted(ex["validation"]) == ["50000008", "50000009"]
   e = ex["train"]["50000006"]
@@ -414,25 +556,33 @@ def test_all_studies_available_flags(all_studies):
 
 def test_all_studies_vocabulary_and_skip_report(all_studies):
   builder, _ = all_studies
-  train_texts = [expected_text(s) for s in ("50000001", "50000002", "50000003", "50000005",
-                                            "50000006", "50000007")]
-  assert builder.info.metadata["vocabulary"] == text_lib.Vocabulary.build(
-      train_texts, min_count=MIN_COUNT).words
+  train_texts = [
+    expected_text(s)
+    for s in ("50000001", "50000002", "50000003", "50000005", "50000006", "50000007")
+  ]
+  assert (
+    builder.info.metadata["vocabulary"]
+    == text_lib.Vocabulary.build(train_texts, min_count=MIN_COUNT).words
+  )
   assert skip_rows(builder, "train") == {
-      ("50000005", "d05-pa1", "image_unreadable", "other_image_used"),
-      ("50000006", "d06-pa", "image_missing", "modality_unavailable"),
-      ("50000007", "", "labels_missing", "kept"),
+    ("50000005", "d05-pa1", "image_unreadable", "other_image_used"),
+    ("50000006", "d06-pa", "image_missing", "modality_unavailable"),
+    ("50000007", "", "labels_missing", "kept"),
   }
   assert skip_rows(builder, "validation") == set()
   assert skip_rows(builder, "test") == {
-      ("50000011", "", "report_missing", "modality_unavailable"),
-      ("50000013", "", "no_modality", "study_skipped"),
+    ("50000011", "", "report_missing", "modality_unavailable"),
+    ("50000013", "", "no_modality", "study_skipped"),
   }
 
 
 def test_impression_fallback_and_negbio(fake_tree, tmp_path):
-  config = tiny_config("tiny_all_impression", selection="all_studies",
-                       section="findings_or_impression", label_source="negbio")
+  config = tiny_config(
+    "tiny_all_impression",
+    selection="all_studies",
+    section="findings_or_impression",
+    label_source="negbio",
+  )
   builder = build(fake_tree, tmp_path, config)
   e = examples(builder)["train"]["50000004"]
   assert e["available"].tolist() == [True, True, True]
@@ -442,6 +592,7 @@ def test_impression_fallback_and_negbio(fake_tree, tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # Reports from the zip, bad manual dirs.
+
 
 def test_reports_zip_gives_the_same_dataset(paper, tmp_path_factory):
   manual_dir = write_fake_mimic(str(tmp_path_factory.mktemp("mimic_zip") / "m"), "zip")
@@ -455,8 +606,9 @@ def test_reports_zip_gives_the_same_dataset(paper, tmp_path_factory):
         np.testing.assert_array_equal(zipped[split][study_id][key], e[key])
 
 
-@pytest.mark.parametrize("missing", [selection.SPLIT_CSV, selection.METADATA_CSV,
-                                     selection.CHEXPERT_CSV, "files"])
+@pytest.mark.parametrize(
+  "missing", [selection.SPLIT_CSV, selection.METADATA_CSV, selection.CHEXPERT_CSV, "files"]
+)
 def test_missing_file_is_named(missing, tmp_path):
   manual_dir = write_fake_mimic(str(tmp_path / "m"), drop_files=(missing,))
   with pytest.raises(FileNotFoundError, match=rf"{missing}(.|\n)*physionet\.org"):
@@ -501,6 +653,7 @@ def test_bad_config_values_are_named():
 # ----------------------------------------------------------------------------------------------
 # The documented one-line preparation command.
 
+
 @pytest.mark.slow  # the build command in a subprocess
 def test_documented_command_builds_the_paper_config(fake_tree, tmp_path):
   """`python -m input_pipeline.mimic_cxr --config=paper --manual_dir=... --data_dir=...`."""
@@ -517,6 +670,7 @@ def test_documented_command_builds_the_paper_config(fake_tree, tmp_path):
 def test_a_trained_model_reads_the_source_files_as_the_builder_stored_them(paper, fake_tree):
   """mopoe_jax.inference on the same JPEGs and report file gives the builder's arrays."""
   from mopoe_jax import inference  # pylint: disable=g-import-not-at-top
+
   builder, ex = paper
   vocabulary = text_lib.Vocabulary(builder.info.metadata["vocabulary"])
   for split, study_id in (("train", "50000001"), ("test", "50000010")):

@@ -14,19 +14,30 @@ import os
 import socket
 import subprocess
 
+from conftest import (
+  TWO_DEVICE_OVERRIDES,
+  TWO_DEVICE_STEPS,
+  assert_trees_equal,
+  main_command,
+  restored_state_tree,
+  subprocess_env,
+  two_device_config,
+)
 import pytest
 
-from conftest import (TWO_DEVICE_OVERRIDES, TWO_DEVICE_STEPS, assert_trees_equal, main_command,
-                      restored_state_tree, subprocess_env, two_device_config)
-from mopoe_jax import checkpointing
+from mopoe_jax.training import checkpointing
 
 pytestmark = pytest.mark.slow  # main.py in subprocesses
 
 NUM_PROCESSES = 2
 PHASE_TIMEOUT_S = 420
 COMMON = TWO_DEVICE_OVERRIDES  # checkpoints, evaluations and logs every 2 steps
-EVALUATION = ('--config.eval.evaluators=("likelihood",)', "--config.eval.likelihood_examples=8",
-              "--config.eval.likelihood_samples=2", "--config.eval.likelihood_batch_size=8")
+EVALUATION = (
+  '--config.eval.evaluators=("likelihood",)',
+  "--config.eval.likelihood_examples=8",
+  "--config.eval.likelihood_samples=2",
+  "--config.eval.likelihood_batch_size=8",
+)
 
 
 def _free_port() -> int:
@@ -48,15 +59,24 @@ def _run_processes(base_command, log_prefix, started=lambda: None, as_slurm=Fals
   for i, log in enumerate(logs):
     env, flags = subprocess_env(), []
     if as_slurm:
-      env.update(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="127.0.0.1",
-                 SLURM_NTASKS=str(NUM_PROCESSES), SLURM_PROCID=str(i), SLURM_LOCALID=str(i),
-                 JAX_COORDINATOR_PORT=str(port))
+      env.update(
+        SLURM_JOB_ID="4242",
+        SLURM_STEP_NODELIST="127.0.0.1",
+        SLURM_NTASKS=str(NUM_PROCESSES),
+        SLURM_PROCID=str(i),
+        SLURM_LOCALID=str(i),
+        JAX_COORDINATOR_PORT=str(port),
+      )
     else:
-      flags = [f"--config.train.coordinator_address=127.0.0.1:{port}",
-               f"--config.train.num_processes={NUM_PROCESSES}", f"--config.train.process_id={i}"]
+      flags = [
+        f"--config.train.coordinator_address=127.0.0.1:{port}",
+        f"--config.train.num_processes={NUM_PROCESSES}",
+        f"--config.train.process_id={i}",
+      ]
     with open(log, "w") as f:
-      procs.append(subprocess.Popen([*base_command, *flags], env=env, stdout=f,
-                                    stderr=subprocess.STDOUT))
+      procs.append(
+        subprocess.Popen([*base_command, *flags], env=env, stdout=f, stderr=subprocess.STDOUT)
+      )
   try:
     started()
     codes = [p.wait(timeout=PHASE_TIMEOUT_S) for p in procs]
@@ -73,13 +93,15 @@ def _run_processes(base_command, log_prefix, started=lambda: None, as_slurm=Fals
 
 @pytest.mark.timeout(1500)
 def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices(
-    synthetic_tiny_dir, subprocess_cache_dir, two_device_run, tmp_path):
+  synthetic_tiny_dir, subprocess_cache_dir, two_device_run, tmp_path
+):
   assert TWO_DEVICE_STEPS == 4
   workdir = str(tmp_path / "multihost")
   command = main_command(synthetic_tiny_dir, workdir, subprocess_cache_dir, *COMMON)
   # 1. Train 2 steps on two processes of a SLURM step, checkpoint, stop.
-  logs = _run_processes([*command, "--mode=train", "--config.train.num_steps=2"],
-                        tmp_path / "train", as_slurm=True)
+  logs = _run_processes(
+    [*command, "--mode=train", "--config.train.num_steps=2"], tmp_path / "train", as_slurm=True
+  )
   for i, log in enumerate(logs):
     assert f"Several processes (SLURM job 4242: task {i} of 2 on 127.0.0.1)" in log
   manager = checkpointing.create_manager(workdir, read_only=True)
@@ -90,10 +112,16 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
   # The reference (two_device_run) runs beside this phase: process 0 loads its programs from
   # the cache and then mostly waits for process 1, which compiles (a core is free). In phase 1
   # both processes compile everything and a third process would only slow them down.
-  logs = _run_processes([*command, "--mode=train_and_evaluate", "--config.train.num_steps=4",
-                         *EVALUATION], tmp_path / "resume", started=two_device_run.start)
-  assert all("Several processes (config.train.coordinator_address, config.train.num_processes, "
-             "config.train.process_id)" in log for log in logs)
+  logs = _run_processes(
+    [*command, "--mode=train_and_evaluate", "--config.train.num_steps=4", *EVALUATION],
+    tmp_path / "resume",
+    started=two_device_run.start,
+  )
+  assert all(
+    "Several processes (config.train.coordinator_address, config.train.num_processes, "
+    "config.train.process_id)" in log
+    for log in logs
+  )
   assert all("Resumed from step 2" in log for log in logs)
   # Both processes load the step that phase 1 traced and stored, and still match (below).
   assert all("Loaded the traced train_step" in log for log in logs)

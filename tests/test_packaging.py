@@ -13,16 +13,22 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 RUNTIME_CODE = ["mopoe_jax", "input_pipeline", "configs", "main.py"]
 # Declared without being imported by name, and why.
 NOT_IMPORTED = {
-    "tensorboard": "clu's metric writers need it installed to write event files",
-    "etils": "imported as `from etils import epath`, declared with its epath extra",
-    "importlib_resources": "tensorflow-datasets imports it without declaring it "
-                           "(tests/test_fresh_install.py)",
-    "gcsfs": "etils.epath's fsspec backend loads it for gs:// paths (tests/test_gcs.py)",
+  "tensorboard": "clu's metric writers need it installed to write event files",
+  "etils": "imported as `from etils import epath`, declared with its epath extra",
+  "importlib_resources": "tensorflow-datasets imports it without declaring it "
+  "(tests/test_fresh_install.py)",
+  "gcsfs": "etils.epath's fsspec backend loads it for gs:// paths (tests/test_gcs.py)",
 }
 # Import names whose distribution is named differently and may not be installed here.
-ALIASES = {"tensorflow": {"tensorflow", "tensorflow-cpu"}, "sklearn": {"scikit-learn"},
-           "PIL": {"pillow"}, "absl": {"absl-py"}, "orbax": {"orbax-checkpoint"},
-           "ml_collections": {"ml-collections"}, "tensorflow_datasets": {"tensorflow-datasets"}}
+ALIASES = {
+  "tensorflow": {"tensorflow", "tensorflow-cpu"},
+  "sklearn": {"scikit-learn"},
+  "PIL": {"pillow"},
+  "absl": {"absl-py"},
+  "orbax": {"orbax-checkpoint"},
+  "ml_collections": {"ml-collections"},
+  "tensorflow_datasets": {"tensorflow-datasets"},
+}
 
 
 def _requirements(value: str) -> set[str]:
@@ -37,7 +43,8 @@ def _requirements(value: str) -> set[str]:
 def _third_party_imports(paths) -> set[str]:
   # The repository's packages, and the helper modules of tests/ (conftest, two_shards, ...).
   local = {"mopoe_jax", "input_pipeline", "configs", "benchmarks"} | {
-      p.stem for p in (REPO / "tests").glob("*.py")}
+    p.stem for p in (REPO / "tests").glob("*.py")
+  }
   names = set()
   for path in paths:
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -83,8 +90,9 @@ def test_declared_dependencies_match_the_imports():
   assert not missing, f"imported by the library but not in install_requires: {missing}"
   missing = {n for n in test_imports if not _distributions(n) & (install | test_extra)}
   assert not missing, f"imported by the tests but not declared: {missing}"
-  in_library_only = {n for n in test_imports if _distributions(n) & install
-                     and n not in runtime_imports}
+  in_library_only = {
+    n for n in test_imports if _distributions(n) & install and n not in runtime_imports
+  }
   assert not in_library_only, f"test-only imports in install_requires: {in_library_only}"
 
   imported = set()
@@ -92,8 +100,12 @@ def test_declared_dependencies_match_the_imports():
     imported |= _distributions(name)
   unused = install - imported - set(NOT_IMPORTED)
   assert not unused, f"declared in install_requires but imported nowhere: {unused}"
-  unused = (test_extra - {d for n in test_imports for d in _distributions(n)}
-            - {"pytest-timeout"} - set(NOT_IMPORTED))
+  unused = (
+    test_extra
+    - {d for n in test_imports for d in _distributions(n)}
+    - {"pytest-timeout"}
+    - set(NOT_IMPORTED)
+  )
   assert not unused, f"declared in the test extra but imported by no test: {unused}"
 
 
@@ -102,18 +114,29 @@ def test_the_locks_pin_every_declared_package_for_their_python():
   install_requires and the test extra that applies on x86-64 Linux, and only for its Python."""
   from packaging.requirements import Requirement  # pylint: disable=g-import-not-at-top
   from packaging.utils import canonicalize_name  # pylint: disable=g-import-not-at-top
-  included = [line.split(None, 1)[1] for line in (REPO / "constraints.txt").read_text()
-              .splitlines() if line.startswith("-c ")]
+
+  included = [
+    line.split(None, 1)[1]
+    for line in (REPO / "constraints.txt").read_text().splitlines()
+    if line.startswith("-c ")
+  ]
   assert included == ["constraints/py3.11.txt", "constraints/py3.12.txt"]
   cfg = configparser.ConfigParser()
   cfg.read(REPO / "setup.cfg")
-  declared = [Requirement(line.strip()) for value in (cfg["options"]["install_requires"],
-                                                      cfg["options.extras_require"]["test"])
-              for line in value.splitlines() if line.strip() and not line.strip().startswith("#")]
+  declared = [
+    Requirement(line.strip())
+    for value in (cfg["options"]["install_requires"], cfg["options.extras_require"]["test"])
+    for line in value.splitlines()
+    if line.strip() and not line.strip().startswith("#")
+  ]
   for path in included:
     version = re.fullmatch(r"constraints/py(3\.\d+)\.txt", path).group(1)
-    environment = {"python_version": version, "sys_platform": "linux",
-                   "platform_machine": "x86_64", "extra": ""}
+    environment = {
+      "python_version": version,
+      "sys_platform": "linux",
+      "platform_machine": "x86_64",
+      "extra": "",
+    }
     pins = {}
     for line in (REPO / path).read_text().splitlines():
       if line and not line.startswith("#"):
@@ -124,10 +147,15 @@ def test_the_locks_pin_every_declared_package_for_their_python():
         assert not req.marker.evaluate(dict(environment, python_version="3.99")), line
         assert not req.marker.evaluate(dict(environment, platform_machine="aarch64")), line
         pins[canonicalize_name(req.name)] = spec.version
-    wanted = {canonicalize_name(r.name) for r in declared
-              if r.marker is None or r.marker.evaluate(environment)}
+    wanted = {
+      canonicalize_name(r.name)
+      for r in declared
+      if r.marker is None or r.marker.evaluate(environment)
+    }
     assert wanted <= set(pins), (path, wanted - set(pins))
     for req in declared:  # the pinned versions satisfy setup.cfg's ranges
       if canonicalize_name(req.name) in pins:
         assert req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True), (
-            path, req)
+          path,
+          req,
+        )

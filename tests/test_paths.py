@@ -1,4 +1,4 @@
-"""Paths that are URIs stay URIs (mopoe_jax.paths and every place that builds a path)."""
+"""Paths that are URIs stay URIs (mopoe_jax.platform.paths and every place that builds a path)."""
 
 import ast
 import os
@@ -7,7 +7,9 @@ import pathlib
 import jax
 
 from configs import tiny
-from mopoe_jax import checkpointing, classifiers, compilation, model_file, paths
+from mopoe_jax.evaluation import classifiers
+from mopoe_jax.platform import compilation, paths
+from mopoe_jax.training import checkpointing, model_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN = "gs://bucket/runs/tiny"
@@ -33,8 +35,9 @@ def test_every_workdir_path_of_a_gs_run_is_in_the_bucket():
     assert compilation.stored_programs_dir() == f"{RUN}/xla_cache/lowered"
   finally:
     jax.config.update("jax_compilation_cache_dir", previous)
-  stored = compilation.StoredProgram(lambda x: x, name="p", key="k",
-                                     directory=f"{RUN}/xla_cache/lowered")
+  stored = compilation.StoredProgram(
+    lambda x: x, name="p", key="k", directory=f"{RUN}/xla_cache/lowered"
+  )
   assert stored.path == f"{RUN}/xla_cache/lowered/p-k.jaxexport"
 
 
@@ -46,13 +49,25 @@ def test_local_writes_are_atomic_and_create_their_folder(tmp_path):
 
 
 # Where a user's path may be a URI, these calls would make it a local one (or fail on it).
-_LOCAL_ONLY = {"os.path.abspath", "os.makedirs", "os.mkdir", "os.replace", "os.rename",
-               "os.listdir", "os.scandir", "os.remove", "open"}
+_LOCAL_ONLY = {
+  "os.path.abspath",
+  "os.makedirs",
+  "os.mkdir",
+  "os.replace",
+  "os.rename",
+  "os.listdir",
+  "os.scandir",
+  "os.remove",
+  "open",
+}
 # Local by nature: the paths module itself; inference's study folders (the user's own files);
 # the package's own source (keys of stored programs); the PCI bus (is this a Cloud TPU VM?).
-_ALLOWED = {("mopoe_jax/paths.py", None), ("mopoe_jax/inference.py", None),
-            ("mopoe_jax/compilation.py", "source_digest"),
-            ("mopoe_jax/runtime.py", "_tpu_chips_present")}
+_ALLOWED = {
+  ("mopoe_jax/platform/paths.py", None),
+  ("mopoe_jax/inference.py", None),
+  ("mopoe_jax/platform/compilation.py", "source_digest"),
+  ("mopoe_jax/platform/runtime.py", "_tpu_chips_present"),
+}
 
 
 class _LocalOnlyCalls(ast.NodeVisitor):

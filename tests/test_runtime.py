@@ -1,21 +1,25 @@
-"""Backend-dependent settings of the entry points (mopoe_jax.runtime)."""
+"""Backend-dependent settings of the entry points (mopoe_jax.platform.runtime)."""
 
 import functools
 
 import jax
 import pytest
 
-from mopoe_jax import compilation, runtime
+from mopoe_jax.platform import compilation, runtime
 
 
 def test_cpu_flags_append_and_respect_the_user():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
   flags = runtime.apply_defaults(env)
-  assert flags == ("--xla_force_host_platform_device_count=2 "
-                   "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+  assert flags == (
+    "--xla_force_host_platform_device_count=2 "
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+  )
   assert runtime.apply_defaults(env) == flags  # idempotent
-  mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
-          "JAX_PLATFORMS": "cpu"}
+  mine = {
+    "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
+    "JAX_PLATFORMS": "cpu",
+  }
   assert runtime.apply_defaults(mine) == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
   off = {"MOPOE_XLA_DEFAULTS": "0", "JAX_PLATFORMS": "cpu"}
   assert runtime.apply_defaults(off) == "" and "XLA_FLAGS" not in off
@@ -30,8 +34,11 @@ def test_cpu_flags_are_left_out_on_accelerators(platforms):
 
 
 def test_planned_backend_finds_accelerator_plugins(monkeypatch):
-  monkeypatch.setattr(runtime.importlib.util, "find_spec",
-                      lambda name: object() if name == "jax_cuda12_plugin" else None)
+  monkeypatch.setattr(
+    runtime.importlib.util,
+    "find_spec",
+    lambda name: object() if name == "jax_cuda12_plugin" else None,
+  )
   monkeypatch.setattr(runtime.importlib.metadata, "entry_points", lambda group: [])
   assert runtime.planned_backend({}) == "cuda"
   assert runtime.apply_defaults({}) == ""
@@ -60,7 +67,7 @@ _CACHED_COMPILE = """
 import sys
 sys.path.insert(0, {repo!r})
 import jax, jax.numpy as jnp
-from mopoe_jax import compilation, runtime
+from mopoe_jax.platform import compilation, runtime
 events = []
 jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
 runtime.enable_compilation_cache({cache!r})
@@ -76,15 +83,20 @@ print("HITS", events.count("/jax/compilation_cache/cache_hits"))
 
 
 def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
-  import os, pathlib, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  import os
+  import pathlib
+  import subprocess
+  import sys  # pylint: disable=g-import-not-at-top,multiple-imports
+
   repo = str(pathlib.Path(__file__).resolve().parents[1])
   cache = str(tmp_path / "xla_cache")
   script = _CACHED_COMPILE.format(repo=repo, cache=cache)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   hits, entries = [], []
   for _ in range(2):
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+      [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     hits.append(int(proc.stdout.split("HITS")[-1]))
     entries.append(sorted(f for f in os.listdir(cache) if f.startswith("jit_cached_program")))
@@ -102,24 +114,29 @@ _traces = []
 def _program(xs, batch):
   _traces.append(1)  # runs when (and only when) the function is traced
   h = jax.numpy.tanh(xs[0] @ batch["w"]) + xs[1]
-  return [h, xs[1] * 2.0], {"loss": (h ** 2).sum()}
+  return [h, xs[1] * 2.0], {"loss": (h**2).sum()}
 
 
 def _args(n=4):
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
-  return ([rng.normal(size=(n, n)).astype(np.float32), rng.normal(size=(n,)).astype(np.float32)],
-          {"w": rng.normal(size=(n, n)).astype(np.float32)})
+  return (
+    [rng.normal(size=(n, n)).astype(np.float32), rng.normal(size=(n,)).astype(np.float32)],
+    {"w": rng.normal(size=(n, n)).astype(np.float32)},
+  )
 
 
 def _stored(directory, key="k"):
   # A fresh function object each time, as in a new process (JAX keeps traces per function).
-  return compilation.StoredProgram(functools.partial(_program), name="prog", key=key,
-                               directory=directory, donate_argnums=())
+  return compilation.StoredProgram(
+    functools.partial(_program), name="prog", key=key, directory=directory, donate_argnums=()
+  )
 
 
 def test_stored_program_is_traced_once_then_loaded_and_computes_the_same(tmp_path, caplog):
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   plain = jax.jit(functools.partial(_program))(*_args())  # the program as jax.jit runs it
   _traces.clear()
   first = _stored(str(tmp_path))
@@ -175,9 +192,11 @@ def test_program_key_follows_what_the_trace_depends_on(monkeypatch):
   assert compilation.program_key("p", (1, 2), f) == base
   assert compilation.program_key("p", (1, 3), f) != base
   assert compilation.program_key("p", (1, 2), g) != base  # another function name
+
   # Object addresses are left out: the same function defined again (another process) matches.
   def f(x):  # noqa: F811  pylint: disable=function-redefined
     return x
+
   assert compilation.program_key("p", (1, 2), f) == base
   # A setting that changes the trace changes the key; one that only changes caching does not.
   with jax.default_matmul_precision("highest"):
@@ -208,6 +227,7 @@ def test_stored_programs_dir_follows_the_compilation_cache():
 
 def test_storing_a_program_keeps_the_newest_few_of_its_name(tmp_path):
   import os  # pylint: disable=g-import-not-at-top
+
   for i in range(compilation.STORED_PROGRAMS_KEEP + 3):  # older programs of the same name
     path = tmp_path / f"prog-old{i}.jaxexport"
     path.write_bytes(b"x")
@@ -219,27 +239,45 @@ def test_storing_a_program_keeps_the_newest_few_of_its_name(tmp_path):
   assert kept == sorted(["other-old.jaxexport", "prog-new.jaxexport", *newest_old]), kept
 
 
-_SLURM_TWO_TASKS = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[001-002]",
-                    "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
-                    "JAX_PLATFORMS": "cpu"}
+_SLURM_TWO_TASKS = {
+  "SLURM_JOB_ID": "77",
+  "SLURM_STEP_NODELIST": "node[001-002]",
+  "SLURM_NTASKS": "2",
+  "SLURM_PROCID": "1",
+  "SLURM_LOCALID": "0",
+  "JAX_PLATFORMS": "cpu",
+}
 
 
-@pytest.mark.parametrize("environ, expected", [
+@pytest.mark.parametrize(
+  "environ, expected",
+  [
     ({"JAX_PLATFORMS": "cpu"}, None),
     ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "JAX_COORDINATOR_ADDRESS=10.0.0.1:1234"),
     (_SLURM_TWO_TASKS, "SLURM job 77: task 1 of 2 on node[001-002]"),
     (dict(_SLURM_TWO_TASKS, SLURM_NTASKS="1"), None),  # a one-task job (sbatch alone)
     ({k: v for k, v in _SLURM_TWO_TASKS.items() if k != "SLURM_STEP_NODELIST"}, None),
-    ({"OMPI_MCA_orte_hnp_uri": "1234.0;tcp://10.0.0.1:5555", "OMPI_COMM_WORLD_SIZE": "4",
-      "OMPI_COMM_WORLD_RANK": "3"}, "Open MPI: rank 3 of 4"),
+    (
+      {
+        "OMPI_MCA_orte_hnp_uri": "1234.0;tcp://10.0.0.1:5555",
+        "OMPI_COMM_WORLD_SIZE": "4",
+        "OMPI_COMM_WORLD_RANK": "3",
+      },
+      "Open MPI: rank 3 of 4",
+    ),
     ({"OMPI_MCA_orte_hnp_uri": "x", "OMPI_COMM_WORLD_SIZE": "1"}, None),
     ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, "Cloud TPU: 4 host(s) per slice, 1 slice(s)"),
     ({"TPU_WORKER_HOSTNAMES": "t0"}, None),
     # What libtpu leaves there on a machine without TPUs.
-    ({"TPU_WORKER_HOSTNAMES": "WARNING: could not determine TPU worker hostnames or IP "
-                              "addresses, please set env var `TPU_WORKER_HOSTNAMES` manually"},
-     None),
-])
+    (
+      {
+        "TPU_WORKER_HOSTNAMES": "WARNING: could not determine TPU worker hostnames or IP "
+        "addresses, please set env var `TPU_WORKER_HOSTNAMES` manually"
+      },
+      None,
+    ),
+  ],
+)
 def test_several_processes_are_detected_from_the_environment(environ, expected):
   assert runtime.detect_processes(environ, tpu_chips_present=lambda: False) == expected
 
@@ -253,12 +291,17 @@ def test_a_cloud_tpu_vm_leaves_the_hosts_to_jax_and_a_cpu_with_libtpu_does_not()
 
 def test_start_processes_follows_the_setting_the_fields_and_the_environment(monkeypatch):
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   started = []
   monkeypatch.setattr(runtime, "initialize_distributed", started.append)
 
   def train(**fields):
-    return ml_collections.ConfigDict(dict(dict(multihost="auto", coordinator_address=None,
-                                               num_processes=None, process_id=None), **fields))
+    return ml_collections.ConfigDict(
+      dict(
+        dict(multihost="auto", coordinator_address=None, num_processes=None, process_id=None),
+        **fields,
+      )
+    )
 
   assert not runtime.start_processes(train(), {"JAX_PLATFORMS": "cpu"})
   assert runtime.start_processes(train(), _SLURM_TWO_TASKS)
@@ -269,7 +312,11 @@ def test_start_processes_follows_the_setting_the_fields_and_the_environment(monk
   with pytest.raises(ValueError, match="must be 'auto', true or false, got 'sometimes'"):
     runtime.start_processes(train(multihost="sometimes"), {})
   assert [runtime.multihost_setting(v) for v in (True, False, "True", "auto")] == [
-      "on", "off", "on", "auto"]
+    "on",
+    "off",
+    "on",
+    "auto",
+  ]
 
 
 def test_the_stored_programs_key_ignores_the_devices_each_process_sees():

@@ -3,13 +3,26 @@
 import numpy as np
 import pytest
 
-from mopoe_jax import text
+from mopoe_jax.data import text
 
 
 def test_tokenize_splits_like_the_treebank_rules():
   assert text.tokenize("There isn't a 3.5 cm left-sided effusion; heart size is NORMAL.") == [
-      "there", "is", "n't", "a", "3.5", "cm", "left-sided", "effusion", ";", "heart", "size",
-      "is", "normal", "."]
+    "there",
+    "is",
+    "n't",
+    "a",
+    "3.5",
+    "cm",
+    "left-sided",
+    "effusion",
+    ";",
+    "heart",
+    "size",
+    "is",
+    "normal",
+    ".",
+  ]
   assert text.tokenize("Dr. ___ paged.") == ["dr", ".", "___", "paged", "."]
 
 

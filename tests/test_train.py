@@ -6,26 +6,41 @@ tests/test_checkpoint_safety.py (damaged checkpoints, errors inside the loop).""
 import os
 import shutil
 
+from clu import metric_writers
+from conftest import (
+  TWO_DEVICE_STEPS,
+  assert_trees_equal,
+  load_data,
+  restored_state_tree,
+  state_tree,
+  tiny_config,
+  train_run,
+  two_device_config,
+)
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from clu import metric_writers
-from conftest import (TWO_DEVICE_STEPS, assert_trees_equal, load_data, restored_state_tree,
-                      state_tree, tiny_config, train_run, two_device_config)
 from input_pipeline import tfds_source
-from mopoe_jax import checkpointing, evaluate, fingerprint, model as model_lib, sharding
-from mopoe_jax import programs, step as step_lib, train
-
+from mopoe_jax.evaluation import evaluate
+from mopoe_jax.platform import sharding
+from mopoe_jax.training import checkpointing, fingerprint, programs
+from mopoe_jax.training import loop as train
+from mopoe_jax.training import step as step_lib
+from mopoe_jax.vae import model as model_lib
 
 
 def _tags(workdir) -> set:
   """Every tag written by clu under ``workdir`` (scalars and images)."""
-  return {v.tag for root, _, files in os.walk(workdir) for f in files
-          if f.startswith("events.out.tfevents")
-          for event in tf.compat.v1.train.summary_iterator(os.path.join(root, f))
-          for v in event.summary.value}
+  return {
+    v.tag
+    for root, _, files in os.walk(workdir)
+    for f in files
+    if f.startswith("events.out.tfevents")
+    for event in tf.compat.v1.train.summary_iterator(os.path.join(root, f))
+    for v in event.summary.value
+  }
 
 
 def _scalars(workdir, tag):
@@ -45,18 +60,31 @@ def _scalars(workdir, tag):
 
 @pytest.mark.slow  # 160 steps through the loop
 def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path):
-  config = tiny_config(synthetic_tiny_dir, num_steps=160, log_every_steps=20,
-                       eval_every_steps=80, checkpoint_every_steps=160, profile_steps=2)
+  config = tiny_config(
+    synthetic_tiny_dir,
+    num_steps=160,
+    log_every_steps=20,
+    eval_every_steps=80,
+    checkpoint_every_steps=160,
+    profile_steps=2,
+  )
   train_run(config, str(tmp_path))
   losses = [v for _, v in _scalars(str(tmp_path), "train_loss")]
   assert len(losses) == 8
   assert losses[-1] < 0.8 * losses[0], losses
   evals = _scalars(str(tmp_path), "eval_loss")
   assert [s for s, _ in evals] == [80, 160] and evals[1][1] < evals[0][1]
-  for tag in ("train_nll/frontal", "train_nll/text", "train_kl_subset/frontal+lateral+text",
-              "train_learning_rate", "train_steps_per_second", "eval_nll/lateral",
-              "train_examples_per_second", "train_data_wait_share",
-              "train_model_tflops_per_device"):
+  for tag in (
+    "train_nll/frontal",
+    "train_nll/text",
+    "train_kl_subset/frontal+lateral+text",
+    "train_learning_rate",
+    "train_steps_per_second",
+    "eval_nll/lateral",
+    "train_examples_per_second",
+    "train_data_wait_share",
+    "train_model_tflops_per_device",
+  ):
     assert _scalars(str(tmp_path), tag), tag
   # The CPU reports no memory and has no peak FLOP/s: those figures are left out, not invented.
   assert not {"train_mfu", "train_device_memory_gib"} & _tags(str(tmp_path))
@@ -70,8 +98,7 @@ def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path
   assert {"generation/frontal", "generation/lateral"} <= _tags(str(tmp_path))
   # The logged learning rate is the one the optimizer applied: the warm-up's mean over each
   # logged interval (the first includes the 5 warm-up steps).
-  schedule = step_lib.learning_rate_schedule(config.train.learning_rate,
-                                             config.train.warmup_steps)
+  schedule = step_lib.learning_rate_schedule(config.train.learning_rate, config.train.warmup_steps)
   logged = _scalars(str(tmp_path), "train_learning_rate")
   expected = [np.mean([float(schedule(t)) for t in range(s - 20, s)]) for s, _ in logged]
   np.testing.assert_allclose([v for _, v in logged], expected, rtol=1e-5)
@@ -86,15 +113,20 @@ def test_checkpoint_round_trip(straight_run):
   evals = dict(_scalars(workdir, "eval_loss"))
   best = min(evals, key=evals.get)
   assert set(manager.all_steps()) == {20, 30, best}
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-                          if isinstance(x, jax.Array) else x, state)
+  abstract = jax.tree.map(
+    lambda x: (
+      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) if isinstance(x, jax.Array) else x
+    ),
+    state,
+  )
   restored = checkpointing.restore_train_state(manager, abstract, 30)
   assert_trees_equal(state_tree(restored), state_tree(state))
   meta = checkpointing.read_meta(manager, 30)
   data = load_data(config)
   assert meta["data_position"] == 30 and meta["eval_due"]  # saved before its evaluation
-  assert meta["fields"] == fingerprint.fields(config, dataset=data.name,
-                                              vocab_size=len(data.vocab), process_count=1)
+  assert meta["fields"] == fingerprint.fields(
+    config, dataset=data.name, vocab_size=len(data.vocab), process_count=1
+  )
   # Evaluation restores parameters and batch statistics without the optimizer state.
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   abstract_vars = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
@@ -111,8 +143,10 @@ def test_a_second_run_in_the_same_process_compiles_nothing(straight_run, tmp_pat
   before this test runs (seen with jax 0.10 and 0.12; run alone, the resumed run traces nothing
   either). A retrace that hits the lowering and compile caches costs a second on CPU."""
   config, workdir, straight = straight_run
-  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
-                  os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"))
+  shutil.copytree(
+    os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
+    os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"),
+  )
   seen, listening = [], [True]
 
   def listener(event, duration, **kwargs):
@@ -126,19 +160,23 @@ def test_a_second_run_in_the_same_process_compiles_nothing(straight_run, tmp_pat
   finally:
     listening[0] = False
   loop_programs = ("train_step", "eval_step", "init_state", "_generate")
-  assert not [s for s in seen if any(p in s[1] for p in loop_programs)
-              and s[0] != "jaxpr_trace_duration"], seen
+  assert not [
+    s for s in seen if any(p in s[1] for p in loop_programs) and s[0] != "jaxpr_trace_duration"
+  ], seen
   assert_trees_equal(state_tree(resumed), state_tree(straight))
 
 
-def test_a_resumed_runs_pending_evaluation_is_not_counted_as_training_time(straight_run,
-                                                                          tmp_path, monkeypatch):
+def test_a_resumed_runs_pending_evaluation_is_not_counted_as_training_time(
+  straight_run, tmp_path, monkeypatch
+):
   """Step 20's checkpoint was written before its evaluation, so the resumed run evaluates
   first. That evaluation, made to take 1000 s of train.py's clock, must not enter the first
   logged steps/s (which, with it, would read below 0.01)."""
   config, workdir, _ = straight_run
-  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
-                  os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"))
+  shutil.copytree(
+    os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
+    os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"),
+  )
   clock = [1e6]
 
   class Clock:  # train.py's view of the time module: a ms per reading, 1000 s per evaluation
@@ -146,6 +184,7 @@ def test_a_resumed_runs_pending_evaluation_is_not_counted_as_training_time(strai
     def time():
       clock[0] += 1e-3
       return clock[0]
+
     perf_counter = time
 
   real_evaluate_loss = train.evaluate_loss
@@ -167,13 +206,21 @@ def test_non_finite_loss_stops_with_the_step(straight_run, tmp_path, monkeypatch
   state, so the step program is the straight run's): step 21's update makes the parameters
   infinite, the loss of the next step is not finite, and training stops naming it."""
   config, workdir, _ = straight_run
-  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
-                  os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"))
+  shutil.copytree(
+    os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
+    os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"),
+  )
   real_restore = checkpointing.restore_train_state
-  monkeypatch.setattr(checkpointing, "restore_train_state", lambda *args, **kwargs: (
-      step_lib.set_plateau_scale(real_restore(*args, **kwargs), float("inf"))))
-  with pytest.raises(train.NonFiniteError, match=r"not finite at step 21; the last good "
-                     r"checkpoint is step 20 in .*Lower --config.train.learning_rate"):
+  monkeypatch.setattr(
+    checkpointing,
+    "restore_train_state",
+    lambda *args, **kwargs: step_lib.set_plateau_scale(real_restore(*args, **kwargs), float("inf")),
+  )
+  with pytest.raises(
+    train.NonFiniteError,
+    match=r"not finite at step 21; the last good "
+    r"checkpoint is step 20 in .*Lower --config.train.learning_rate",
+  ):
     train_run(config, str(tmp_path))
   assert checkpointing.create_manager(str(tmp_path), read_only=True).all_steps() == [20]
 
@@ -186,15 +233,21 @@ def test_bad_configs_fail_before_compiling(synthetic_tiny_dir, tmp_path):
   with pytest.raises(ValueError, match="global batch 33 does not divide over 2 devices"):
     step_lib.validate_config(config, 2)
   config = tiny_config(synthetic_tiny_dir, image_grid_studies=3)
-  with pytest.raises(ValueError, match=r"image_grid_studies=3 does not divide over the 2 devices"
-                     r".*--config.train.image_grid_studies=4"):
+  with pytest.raises(
+    ValueError,
+    match=r"image_grid_studies=3 does not divide over the 2 devices"
+    r".*--config.train.image_grid_studies=4",
+  ):
     step_lib.validate_config(config, 2)
   config = tiny_config(synthetic_tiny_dir, image_grid_studies=-1)
   with pytest.raises(ValueError, match=r"image_grid_studies must be >= 0 \(0: no image grids\)"):
     step_lib.validate_config(config, 1)
   config = tiny_config(synthetic_tiny_dir, process_id=1, multihost="false")
-  with pytest.raises(ValueError, match=r"config.train.process_id set but config.train.multihost "
-                     r"is false; leave it 'auto'"):
+  with pytest.raises(
+    ValueError,
+    match=r"config.train.process_id set but config.train.multihost "
+    r"is false; leave it 'auto'",
+  ):
     step_lib.validate_config(config, 1)
   config = tiny_config(synthetic_tiny_dir)
   config.data.image_size = 64
@@ -211,8 +264,9 @@ def test_bad_configs_fail_before_compiling(synthetic_tiny_dir, tmp_path):
 
 
 def _by_path(tree) -> dict:
-  return {jax.tree_util.keystr(p): np.asarray(x)
-          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 @pytest.mark.timeout(700)
@@ -221,6 +275,7 @@ def test_two_devices_match_one_device(two_device_run, synthetic_tiny_dir, tmp_pa
   same 4 steps on this process's one device, fed the same global batches (tests/two_shards.py).
   """
   from two_shards import TwoShards  # pylint: disable=g-import-not-at-top
+
   config = two_device_config(synthetic_tiny_dir, num_steps=TWO_DEVICE_STEPS)
   one_dir = str(tmp_path / "one_device")
   writer = metric_writers.create_default_writer(one_dir)
@@ -249,14 +304,12 @@ def test_two_devices_match_one_device(two_device_run, synthetic_tiny_dir, tmp_pa
   # differ by twice the learning rates summed over the steps. Every other leaf must move by the
   # same update from the same start: measured within 5e-5 of the update's norm; allowed 1e-3; a
   # run that did not train (or started elsewhere) differs by about 1.
-  schedule = step_lib.learning_rate_schedule(config.train.learning_rate,
-                                             config.train.warmup_steps)
+  schedule = step_lib.learning_rate_schedule(config.train.learning_rate, config.train.warmup_steps)
   noise_atol = 2 * sum(float(schedule(t)) for t in range(TWO_DEVICE_STEPS))
   adam_mu = _by_path(one["opt_state"][0].inner_state[0].mu)
   mu_scale = max(np.abs(m).max() for m in adam_mu.values())
   noise = {p for p, m in adam_mu.items() if np.abs(m).max() < 1e-6 * mu_scale}
-  params0, params1, params2 = (_by_path(t) for t in (init.params, one["params"],
-                                                        two["params"]))
+  params0, params1, params2 = (_by_path(t) for t in (init.params, one["params"], two["params"]))
   assert params1.keys() == params2.keys() == params0.keys() == adam_mu.keys()
   assert 0 < len(noise) < len(params1) / 2, sorted(noise)
   for path, p1 in params1.items():
@@ -270,8 +323,9 @@ def test_two_devices_match_one_device(two_device_run, synthetic_tiny_dir, tmp_pa
   # BatchNorm statistics: the running means see those biases too (measured over these 4 steps:
   # up to 11% of their movement in a decoder's last block on jax 0.12, under 10% on jax 0.10);
   # allowed 25%; statistics that did not move differ by 100%.
-  stats0, stats1, stats2 = (_by_path(t) for t in (init.batch_stats, one["batch_stats"],
-                                                     two["batch_stats"]))
+  stats0, stats1, stats2 = (
+    _by_path(t) for t in (init.batch_stats, one["batch_stats"], two["batch_stats"])
+  )
   assert stats1.keys() == stats2.keys() == stats0.keys() and stats1
   for path, b1 in stats1.items():
     b0, b2 = stats0[path], stats2[path]
@@ -294,8 +348,9 @@ def test_evaluate_mode_restores_without_optimizer_state(straight_run, tmp_path):
     evaluate.evaluate(config, workdir, data, step=7)
   other = tiny_config(config.data.data_dir)
   other.model.latent_dim = 8
-  with pytest.raises(fingerprint.MismatchError,
-                     match="model.latent_dim: 16 in the checkpoint, 8 now"):
+  with pytest.raises(
+    fingerprint.MismatchError, match="model.latent_dim: 16 in the checkpoint, 8 now"
+  ):
     evaluate.evaluate(other, workdir, data)
 
 
@@ -320,8 +375,9 @@ def test_the_stored_steps_key_follows_the_config_with_only_loop_fields_left_out(
       model = model_lib.create_model(config, 40)
       step_config = step_lib.StepConfig.from_config(config, model, pad_id=1)
       init_jit = programs.init_program(config, model, mesh)
-      abstract = sharding.abstract(jax.eval_shape(init_jit, jax.random.PRNGKey(0)),
-                                   sharding.replicated(mesh))
+      abstract = sharding.abstract(
+        jax.eval_shape(init_jit, jax.random.PRNGKey(0)), sharding.replicated(mesh)
+      )
       batch = sharding.abstract(model_lib.dummy_batch(config, 32), sharding.batch_sharded(mesh))
       paths.append(programs.train_program(config, model, step_config, mesh, abstract, batch).path)
   finally:
@@ -343,8 +399,10 @@ def test_plateau_lowers_the_learning_rate_after_patience_evaluations():
 def test_plateau_factor_one_is_no_schedule():
   # configs/default.py: train.plateau_factor = 1.0, the reference's constant learning rate.
   plateau = train.Plateau()
-  drops = [plateau.update(x, patience=2, factor=1.0, min_scale=1e-3)
-           for x in [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 4.0]]
+  drops = [
+    plateau.update(x, patience=2, factor=1.0, min_scale=1e-3)
+    for x in [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 4.0]
+  ]
   assert not any(drops) and plateau.scale == 1.0 and plateau.best == 4.0
   config = tiny_config("/nonexistent")
   config.train.plateau_factor = 1.5
@@ -357,6 +415,8 @@ def test_set_plateau_scale_changes_only_the_factor(straight_run):
   lowered = step_lib.set_plateau_scale(state, 0.25)
   assert float(step_lib.plateau_scale(lowered.opt_state)) == 0.25
   assert float(step_lib.plateau_scale(state.opt_state)) == 1.0
-  assert (step_lib.plateau_scale(lowered.opt_state).sharding ==
-          step_lib.plateau_scale(state.opt_state).sharding)  # the jitted step does not recompile
+  assert (
+    step_lib.plateau_scale(lowered.opt_state).sharding
+    == step_lib.plateau_scale(state.opt_state).sharding
+  )  # the jitted step does not recompile
   assert_trees_equal(jax.device_get(lowered.opt_state[0]), jax.device_get(state.opt_state[0]))

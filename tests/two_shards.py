@@ -35,26 +35,45 @@ class TwoShards:
     return getattr(self._data, name)
 
   def train_batches(self, *, global_batch_size, seed, start_step=0):
-    return _concat([batching.train_iterator(
-        self._data.builder, self._data.config, global_batch_size=global_batch_size, seed=seed,
-        start_step=start_step, process_index=p, process_count=NUM_SHARDS)
-        for p in range(NUM_SHARDS)])
+    return _concat(
+      [
+        batching.train_iterator(
+          self._data.builder,
+          self._data.config,
+          global_batch_size=global_batch_size,
+          seed=seed,
+          start_step=start_step,
+          process_index=p,
+          process_count=NUM_SHARDS,
+        )
+        for p in range(NUM_SHARDS)
+      ]
+    )
 
   def eval_batches(self, split, *, batch_size, process_index=None, process_count=None):
     if process_index is not None:
-      return self._data.eval_batches(split, batch_size=batch_size, process_index=process_index,
-                                     process_count=process_count)
-    return _concat([self._data.eval_batches(split, batch_size=batch_size, process_index=p,
-                                            process_count=NUM_SHARDS)
-                    for p in range(NUM_SHARDS)])
+      return self._data.eval_batches(
+        split, batch_size=batch_size, process_index=process_index, process_count=process_count
+      )
+    return _concat(
+      [
+        self._data.eval_batches(
+          split, batch_size=batch_size, process_index=p, process_count=NUM_SHARDS
+        )
+        for p in range(NUM_SHARDS)
+      ]
+    )
 
 
 def main(argv):
   del argv
   from absl import logging  # pylint: disable=g-import-not-at-top
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
-  from mopoe_jax import runtime, train  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.platform import runtime  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.training import loop as train
+
   logging.info("XLA_FLAGS=%s", runtime.apply_defaults())  # as main.py
   config = FLAGS.config
   if config.train.compilation_cache_dir:
@@ -67,6 +86,7 @@ def main(argv):
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   FLAGS = flags.FLAGS
   flags.DEFINE_string("workdir", None, "Run directory.")
   config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)

@@ -9,6 +9,8 @@ from input_pipeline import prepare
 from input_pipeline.iu_xray import iu_xray_dataset_builder
 
 if __name__ == "__main__":
-  prepare.run(iu_xray_dataset_builder.Builder,
-              "The directory with NLMCXR_reports.tgz (or ecgen-radiology/), NLMCXR_png.tgz (or "
-              "its PNGs) and indiana_projections.csv (see MANUAL_DOWNLOAD_INSTRUCTIONS).")
+  prepare.run(
+    iu_xray_dataset_builder.Builder,
+    "The directory with NLMCXR_reports.tgz (or ecgen-radiology/), NLMCXR_png.tgz (or "
+    "its PNGs) and indiana_projections.csv (see MANUAL_DOWNLOAD_INSTRUCTIONS).",
+  )

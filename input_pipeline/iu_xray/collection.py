@@ -30,17 +30,17 @@ import io
 import re
 import tarfile
 import time
-import zlib
 from typing import Callable, Iterator, Sequence
+import zlib
 
-import numpy as np
 from absl import logging
 from etils import epath
+import numpy as np
 
 from input_pipeline import study_writer
 from input_pipeline.study_writer import CandidateStudy, ImageFile, SkipRow
-from mopoe_jax import images
-from mopoe_jax import reports
+from mopoe_jax.data import images
+from mopoe_jax.data import report_text as reports
 
 # Files of the manual dir.
 REPORTS_TGZ = "NLMCXR_reports.tgz"
@@ -58,7 +58,7 @@ PROJECTION_VIEWS = {"frontal": "frontal", "lateral": "lateral"}
 
 # Reasons in the skip report, beside study_writer's.
 REPORT_UNREADABLE = "report_unreadable"  # the XML does not parse: the study is skipped
-VIEW_UNKNOWN = "view_unknown"            # the projections table does not say frontal / lateral
+VIEW_UNKNOWN = "view_unknown"  # the projections table does not say frontal / lateral
 
 # The skip report's columns: study_writer.SkipRow's fields. The patient (subject_id) is the
 # report number, as the study id; the image is the file name without ".png".
@@ -79,11 +79,12 @@ _REPEATED_NUMBER = re.compile(r"^(\d+)_\1_")
 @dataclasses.dataclass(frozen=True)
 class Report:
   """What one XML report says."""
-  study_id: str                          # N of ecgen-radiology/N.xml
+
+  study_id: str  # N of ecgen-radiology/N.xml
   sections: tuple[tuple[str, str], ...]  # (upper-case label, whitespace-normalised text)
-  majors: tuple[str, ...]                # MeSH major terms, as written
-  has_mesh: bool                         # the report has a <MeSH> element
-  images: tuple[str, ...]                # parentImage ids, e.g. "CXR1_1_IM-0001-3001"
+  majors: tuple[str, ...]  # MeSH major terms, as written
+  has_mesh: bool  # the report has a <MeSH> element
+  images: tuple[str, ...]  # parentImage ids, e.g. "CXR1_1_IM-0001-3001"
 
 
 def image_key(name: str) -> str:
@@ -110,8 +111,9 @@ def image_key(name: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Sources:
   """Where each input of the manual dir is."""
-  reports: epath.Path       # the .tgz, or the ecgen-radiology folder
-  images: epath.Path        # the .tgz, or the manual dir (PNGs up to PNG_DEPTH folders down)
+
+  reports: epath.Path  # the .tgz, or the ecgen-radiology folder
+  images: epath.Path  # the .tgz, or the manual dir (PNGs up to PNG_DEPTH folders down)
   projections: epath.Path
 
   @property
@@ -139,18 +141,24 @@ def find_sources(manual_dir: epath.Path, projections_csv: str = PROJECTIONS_CSV)
     images_source = manual_dir
   else:
     images_source = None
-    missing.append(f"  {PNG_TGZ} (or its PNG files, unpacked into the manual dir or at most "
-                   f"{PNG_DEPTH} folders down): "
-                   f"the images, {PNG_URL}")
+    missing.append(
+      f"  {PNG_TGZ} (or its PNG files, unpacked into the manual dir or at most "
+      f"{PNG_DEPTH} folders down): "
+      f"the images, {PNG_URL}"
+    )
   projections = manual_dir / projections_csv
   if not projections.exists():
-    missing.append(f"  {projections_csv}: the view of each image (columns filename, "
-                   f"projection), e.g. indiana_projections.csv of {PROJECTIONS_URL}")
+    missing.append(
+      f"  {projections_csv}: the view of each image (columns filename, "
+      f"projection), e.g. indiana_projections.csv of {PROJECTIONS_URL}"
+    )
   if missing:
     raise FileNotFoundError(
-        f"The Indiana University (Open-i) manual dir {manual_dir} lacks:\n" + "\n".join(missing)
-        + "\nDownload them into the manual dir as described in iu_xray's "
-        "MANUAL_DOWNLOAD_INSTRUCTIONS, then build again.")
+      f"The Indiana University (Open-i) manual dir {manual_dir} lacks:\n"
+      + "\n".join(missing)
+      + "\nDownload them into the manual dir as described in iu_xray's "
+      "MANUAL_DOWNLOAD_INSTRUCTIONS, then build again."
+    )
   return Sources(reports_source, images_source, projections)
 
 
@@ -163,8 +171,11 @@ def parse_report(study_id: str, xml: bytes) -> Report:
   root = reports.parse_xml(xml)
   sections = reports.xml_sections(root)
   mesh = root.find("MeSH")
-  majors = () if mesh is None else tuple(
-      reports.normalize_whitespace(m.text or "") for m in mesh.findall("major") if m.text)
+  majors = (
+    ()
+    if mesh is None
+    else tuple(reports.normalize_whitespace(m.text or "") for m in mesh.findall("major") if m.text)
+  )
   image_ids = tuple(p.get("id") for p in root.iter("parentImage") if p.get("id"))
   return Report(study_id, tuple(sections), majors, mesh is not None, image_ids)
 
@@ -216,13 +227,14 @@ def read_reports(sources: Sources) -> tuple[list[Report], list[tuple[str, str]]]
         unreadable.append((study_id, str(e)))
   except _ARCHIVE_ERRORS as e:
     raise ValueError(
-        f"{sources.reports} is not a readable .tgz archive ({type(e).__name__}: {e}). "
-        f"Download it again from {REPORTS_URL}, or unpack it so that {REPORTS_DIR}/ lies in "
-        "the manual dir.") from e
+      f"{sources.reports} is not a readable .tgz archive ({type(e).__name__}: {e}). "
+      f"Download it again from {REPORTS_URL}, or unpack it so that {REPORTS_DIR}/ lies in "
+      "the manual dir."
+    ) from e
   if not parsed and not unreadable:
     raise FileNotFoundError(
-        f"{sources.reports} holds no XML report. Download {REPORTS_TGZ} again from "
-        f"{REPORTS_URL}.")
+      f"{sources.reports} holds no XML report. Download {REPORTS_TGZ} again from {REPORTS_URL}."
+    )
   order = lambda study_id: (len(study_id), study_id)  # numeric ids in numeric order
   parsed.sort(key=lambda r: order(r.study_id))
   unreadable.sort(key=lambda u: order(u[0]))
@@ -236,8 +248,11 @@ def read_reports(sources: Sources) -> tuple[list[Report], list[tuple[str, str]]]
 def read_projections(path: epath.Path) -> dict[str, str]:
   """image_key -> projection, lower case ('frontal', 'lateral' or what the table says)."""
   rows = study_writer.read_csv(
-      path, PROJECTIONS_COLUMNS, "The projections table needs a file name and a projection "
-      f"(Frontal / Lateral) per image, as indiana_projections.csv of {PROJECTIONS_URL}.")
+    path,
+    PROJECTIONS_COLUMNS,
+    "The projections table needs a file name and a projection "
+    f"(Frontal / Lateral) per image, as indiana_projections.csv of {PROJECTIONS_URL}.",
+  )
   return {image_key(row["filename"]): row["projection"].strip().lower() for row in rows}
 
 
@@ -254,11 +269,11 @@ def split_of(study_id: str, seed: int, fractions: Sequence[float]) -> str:
 
 
 def candidates(
-    reports_: Sequence[Report],
-    views: dict[str, str],
-    image_path: Callable[[str], str],
-    seed: int,
-    fractions: Sequence[float],
+  reports_: Sequence[Report],
+  views: dict[str, str],
+  image_path: Callable[[str], str],
+  seed: int,
+  fractions: Sequence[float],
 ) -> tuple[dict[str, list[CandidateStudy]], dict[str, list[SkipRow]], collections.Counter]:
   """The studies of each split with their frontal and lateral images (in file name order).
 
@@ -276,13 +291,21 @@ def candidates(
       view = PROJECTION_VIEWS.get(views.get(image_key(image_id), ""))
       counts[view or "view_unknown"] += 1
       if view is None:
-        rows[split].append(SkipRow(split, report.study_id, report.study_id, image_id,
-                                   VIEW_UNKNOWN, study_writer.NOT_USED))
+        rows[split].append(
+          SkipRow(
+            split, report.study_id, report.study_id, image_id, VIEW_UNKNOWN, study_writer.NOT_USED
+          )
+        )
         continue
       by_view[view].append(ImageFile(image_id, image_path(image_id)))
-    studies[split].append(CandidateStudy(
-        study_id=report.study_id, subject_id=report.study_id,
-        frontal=tuple(by_view["frontal"]), lateral=tuple(by_view["lateral"])))
+    studies[split].append(
+      CandidateStudy(
+        study_id=report.study_id,
+        subject_id=report.study_id,
+        frontal=tuple(by_view["frontal"]),
+        lateral=tuple(by_view["lateral"]),
+      )
+    )
   return studies, rows, counts
 
 
@@ -309,8 +332,8 @@ class ArchiveImages:
   """Decodes the wanted images of the PNG archive in one pass; a loader for study_writer.
 
   A .tgz cannot be read at random, so the archive is read once, front to back, and each wanted
-  image is decoded (`mopoe_jax.images.decode_image`, the steps of `load_image`) in a thread pool
-  as it passes: memory holds the decoded S x S images only (7,470 x 16 KiB at 128 px).
+  image is decoded (`mopoe_jax.data.images.decode_image`, the steps of `load_image`) in a thread
+  pool as it passes: memory holds the decoded S x S images only (7,470 x 16 KiB at 128 px).
   """
 
   def __init__(self, archive: epath.Path, wanted: set[str], size: int, num_workers: int):
@@ -329,16 +352,27 @@ class ArchiveImages:
           now = time.monotonic()
           if now - last_log >= 30:
             last_log = now
-            logging.info("iu_xray: %d of %d images read from %s (%.0f s).", len(futures),
-                         len(wanted), archive.name, now - start)
+            logging.info(
+              "iu_xray: %d of %d images read from %s (%.0f s).",
+              len(futures),
+              len(wanted),
+              archive.name,
+              now - start,
+            )
     except _ARCHIVE_ERRORS as e:
       raise ValueError(
-          f"{archive} is not a readable .tgz archive ({type(e).__name__}: {e}). Download it "
-          f"again from {PNG_URL}, or unpack it into the manual dir.") from e
+        f"{archive} is not a readable .tgz archive ({type(e).__name__}: {e}). Download it "
+        f"again from {PNG_URL}, or unpack it into the manual dir."
+      ) from e
     for key, future in futures.items():
       self._decoded[key] = future.result()
-    logging.info("iu_xray: %d of %d images found in %s (%.0f s).", len(futures), len(wanted),
-                 archive.name, time.monotonic() - start)
+    logging.info(
+      "iu_xray: %d of %d images found in %s (%.0f s).",
+      len(futures),
+      len(wanted),
+      archive.name,
+      time.monotonic() - start,
+    )
 
   def _decode(self, data: bytes) -> np.ndarray | Exception:
     try:

@@ -9,7 +9,7 @@ repository root:
 
 Each example is one study (one report) in the layout of ``input_pipeline.features.study_features``
 plus ``frontal_image`` and ``lateral_image`` (the file names used, without ".png"; "" where
-none). Images go through the same steps as MIMIC-CXR's (`mopoe_jax.images`); the text
+none). Images go through the same steps as MIMIC-CXR's (`mopoe_jax.data.images`); the text
 vocabulary (train split only) is in ``info.metadata["vocabulary"]``; the labels are derived from
 the reports' MeSH terms (`input_pipeline.iu_xray.mesh_labels`, docs/iu_xray.md), not CheXpert's.
 The split is per report, from a hash of ``split_seed``; its seed, fractions and sizes are in
@@ -24,16 +24,14 @@ import dataclasses
 import math
 from typing import Callable
 
-import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
+import tensorflow_datasets as tfds
 
-from input_pipeline import features
-from input_pipeline import study_writer
-from input_pipeline.iu_xray import collection
-from input_pipeline.iu_xray import mesh_labels
-from mopoe_jax import reports
-from mopoe_jax import text as text_lib
+from input_pipeline import features, study_writer
+from input_pipeline.iu_xray import collection, mesh_labels
+from mopoe_jax.data import report_text as reports
+from mopoe_jax.data import text as text_lib
 
 _DESCRIPTION = """\
 The Indiana University chest X-ray collection (Open-i, National Library of Medicine) as (frontal
@@ -96,6 +94,7 @@ class IuXrayConfig(tfds.core.BuilderConfig):
     num_workers: threads that decode images (None: 2 x CPUs, at most 32). Does not change the
       data.
   """
+
   image_size: int = 128
   text_length: int = 128
   selection: str = study_writer.PAPER
@@ -109,10 +108,15 @@ class IuXrayConfig(tfds.core.BuilderConfig):
   def __post_init__(self):
     study_writer.check_config(self)
     fractions = tuple(self.split_fractions)
-    if (len(fractions) != 3 or any(f <= 0 for f in fractions)
-        or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)):
-      raise ValueError(f"split_fractions must be three shares (train, validation, test) > 0 "
-                       f"that sum to 1, got {self.split_fractions}.")
+    if (
+      len(fractions) != 3
+      or any(f <= 0 for f in fractions)
+      or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
+    ):
+      raise ValueError(
+        f"split_fractions must be three shares (train, validation, test) > 0 "
+        f"that sum to 1, got {self.split_fractions}."
+      )
 
 
 def _extra_features(study: study_writer.SelectedStudy, used: dict[str, str]) -> dict:
@@ -120,43 +124,50 @@ def _extra_features(study: study_writer.SelectedStudy, used: dict[str, str]) -> 
   return {"frontal_image": used.get("frontal", ""), "lateral_image": used.get("lateral", "")}
 
 
-def _image_path(sources: collection.Sources,
-                png_files: dict[str, str]) -> Callable[[str], str]:
+def _image_path(sources: collection.Sources, png_files: dict[str, str]) -> Callable[[str], str]:
   """image id -> where the loader finds it: a name in the archive, or the unpacked file (a path
   that does not exist where no PNG has the image's name)."""
   if sources.images_archived:
     return lambda image_id: f"{sources.images}:{image_id}.png"
-  return lambda image_id: png_files.get(collection.image_key(image_id),
-                                        str(sources.images / f"{image_id}.png"))
+  return lambda image_id: png_files.get(
+    collection.image_key(image_id), str(sources.images / f"{image_id}.png")
+  )
 
 
 def _select(parsed, unreadable, studies, view_rows, config):
   """The selection rule on every split: (selected, skip rows, reports listed) per split."""
-  texts = {r.study_id: reports.choose_section(list(r.sections), config.section)
-           for r in parsed}
+  texts = {r.study_id: reports.choose_section(list(r.sections), config.section) for r in parsed}
   labels = {r.study_id: mesh_labels.labels_from_terms(r.majors) for r in parsed if r.has_mesh}
   selected, skipped = {}, {}
   for split in study_writer.SPLITS:
     selected[split], rows, _ = study_writer.select_split(
-        split, studies[split], lambda some: [texts[s.study_id] for s in some], labels,
-        config.selection)
+      split,
+      studies[split],
+      lambda some: [texts[s.study_id] for s in some],
+      labels,
+      config.selection,
+    )
     skipped[split] = view_rows[split] + rows
   listed = {split: len(studies[split]) for split in study_writer.SPLITS}
   for study_id, why in unreadable:
     split = collection.split_of(study_id, config.split_seed, config.split_fractions)
-    skipped[split].append(study_writer.SkipRow(
-        split, study_id, study_id, "", collection.REPORT_UNREADABLE, study_writer.STUDY_SKIPPED))
+    skipped[split].append(
+      study_writer.SkipRow(
+        split, study_id, study_id, "", collection.REPORT_UNREADABLE, study_writer.STUDY_SKIPPED
+      )
+    )
     listed[split] += 1
     logging.info("iu_xray: report %s skipped: %s", study_id, why)
   for split in study_writer.SPLITS:
     if not selected[split]:  # tfds cannot write an empty split: say why it is empty
       reasons = collections.Counter(r.reason for r in skipped[split])
       raise ValueError(
-          f"No report of the {split} split passes the {config.selection!r} selection "
-          f"({listed[split]} reports in the split; skipped by reason: "
-          f"{dict(reasons) or 'none'}). The full collection gives every split hundreds of "
-          "studies: check that the manual dir holds all of NLMCXR_reports.tgz, the images and "
-          "the projections table (MANUAL_DOWNLOAD_INSTRUCTIONS).")
+        f"No report of the {split} split passes the {config.selection!r} selection "
+        f"({listed[split]} reports in the split; skipped by reason: "
+        f"{dict(reasons) or 'none'}). The full collection gives every split hundreds of "
+        "studies: check that the manual dir holds all of NLMCXR_reports.tgz, the images and "
+        "the projections table (MANUAL_DOWNLOAD_INSTRUCTIONS)."
+      )
   return selected, skipped, listed
 
 
@@ -167,16 +178,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
-      IuXrayConfig(
-          name="paper",
-          description="As the paper's MIMIC selection: frontal + lateral + non-empty FINDINGS, "
-                      "128 px, 128 tokens.",
-          selection=study_writer.PAPER),
-      IuXrayConfig(
-          name="all_studies",
-          description="Every report with at least one of a frontal image, a lateral image and "
-                      "a non-empty FINDINGS section, 128 px, 128 tokens; `available` says which.",
-          selection=study_writer.ALL_STUDIES),
+    IuXrayConfig(
+      name="paper",
+      description="As the paper's MIMIC selection: frontal + lateral + non-empty FINDINGS, "
+      "128 px, 128 tokens.",
+      selection=study_writer.PAPER,
+    ),
+    IuXrayConfig(
+      name="all_studies",
+      description="Every report with at least one of a frontal image, a lateral image and "
+      "a non-empty FINDINGS section, 128 px, 128 tokens; `available` says which.",
+      selection=study_writer.ALL_STUDIES,
+    ),
   ]
   DEFAULT_CONFIG_NAME = "paper"
 
@@ -184,11 +197,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     extra = {"frontal_image": tfds.features.Text(), "lateral_image": tfds.features.Text()}
     return self.dataset_info_from_configs(
-        description=_DESCRIPTION,
-        features=features.study_features(config.image_size, config.text_length, extra=extra),
-        homepage=collection.OPEN_I_URL,
-        citation=_CITATION,
-        metadata=tfds.core.MetadataDict(),
+      description=_DESCRIPTION,
+      features=features.study_features(config.image_size, config.text_length, extra=extra),
+      homepage=collection.OPEN_I_URL,
+      citation=_CITATION,
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -200,58 +213,93 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     views = collection.read_projections(sources.projections)
     png_files = {} if sources.images_archived else collection.index_png_files(sources.images)
     studies, view_rows, view_counts = collection.candidates(
-        parsed, views, _image_path(sources, png_files), config.split_seed,
-        config.split_fractions)
-    logging.info("iu_xray: %d reports (%d unreadable), %d images listed in them (%s), %d rows "
-                 "in %s, %d unpacked PNG files.", len(parsed) + len(unreadable),
-                 len(unreadable), sum(view_counts.values()), dict(view_counts), len(views),
-                 sources.projections.name, len(png_files))
+      parsed, views, _image_path(sources, png_files), config.split_seed, config.split_fractions
+    )
+    logging.info(
+      "iu_xray: %d reports (%d unreadable), %d images listed in them (%s), %d rows "
+      "in %s, %d unpacked PNG files.",
+      len(parsed) + len(unreadable),
+      len(unreadable),
+      sum(view_counts.values()),
+      dict(view_counts),
+      len(views),
+      sources.projections.name,
+      len(png_files),
+    )
     selected, skipped, listed = _select(parsed, unreadable, studies, view_rows, config)
 
     load_image = study_writer.load_from_path
     if sources.images_archived:
-      wanted = {collection.image_key(image.image_id)
-                for split in selected.values() for study in split
-                for image in study.frontal + study.lateral}
+      wanted = {
+        collection.image_key(image.image_id)
+        for split in selected.values()
+        for study in split
+        for image in study.frontal + study.lateral
+      }
       load_image = collection.ArchiveImages(
-          sources.images, wanted, config.image_size, num_workers).load
+        sources.images, wanted, config.image_size, num_workers
+      ).load
 
     vocabulary = text_lib.Vocabulary.build(
-        (s.text for s in selected["train"] if s.text), min_count=config.min_count)
-    logging.info("iu_xray: vocabulary of %d words from %d train reports (words seen more than "
-                 "%d times).", len(vocabulary), sum(bool(s.text) for s in selected["train"]),
-                 config.min_count)
+      (s.text for s in selected["train"] if s.text), min_count=config.min_count
+    )
+    logging.info(
+      "iu_xray: vocabulary of %d words from %d train reports (words seen more than %d times).",
+      len(vocabulary),
+      sum(bool(s.text) for s in selected["train"]),
+      config.min_count,
+    )
     self._set_metadata(vocabulary, listed, mesh_labels.unmapped_terms(r.majors for r in parsed))
     writer = study_writer.SplitWriter(
-        self, "iu_xray", collection.SKIP_REPORT_COLUMNS, extra_features=_extra_features,
-        load_image=load_image)
+      self,
+      "iu_xray",
+      collection.SKIP_REPORT_COLUMNS,
+      extra_features=_extra_features,
+      load_image=load_image,
+    )
     return {
-        split: self._generate_examples(writer.examples(
-            split, selected[split], skipped[split], listed=listed[split],
-            vocabulary=vocabulary, num_workers=num_workers))
-        for split in study_writer.SPLITS
+      split: self._generate_examples(
+        writer.examples(
+          split,
+          selected[split],
+          skipped[split],
+          listed=listed[split],
+          vocabulary=vocabulary,
+          num_workers=num_workers,
+        )
+      )
+      for split in study_writer.SPLITS
     }
 
   def _set_metadata(self, vocabulary, listed: dict[str, int], unmapped) -> None:
     config = self.builder_config
     self.info.metadata["vocabulary"] = vocabulary.words
     self.info.metadata["config"] = {
-        "image_size": config.image_size, "text_length": config.text_length,
-        "selection": config.selection, "section": config.section,
-        "min_count": config.min_count, "projections_csv": config.projections_csv,
+      "image_size": config.image_size,
+      "text_length": config.text_length,
+      "selection": config.selection,
+      "section": config.section,
+      "min_count": config.min_count,
+      "projections_csv": config.projections_csv,
     }
     self.info.metadata["split"] = {
-        "unit": "report (one examination per patient: the report number is the patient id)",
-        "seed": config.split_seed, "fractions": list(config.split_fractions),
-        "reports": listed,
+      "unit": "report (one examination per patient: the report number is the patient id)",
+      "seed": config.split_seed,
+      "fractions": list(config.split_fractions),
+      "reports": listed,
     }
     self.info.metadata["labels"] = {
-        "source": "MeSH major terms (input_pipeline/iu_xray/mesh_labels.py); not CheXpert",
-        "unmapped_terms": dict(unmapped.most_common(30)),
+      "source": "MeSH major terms (input_pipeline/iu_xray/mesh_labels.py); not CheXpert",
+      "unmapped_terms": dict(unmapped.most_common(30)),
     }
-    logging.info("iu_xray: reports per split %s (seed %d, fractions %s); MeSH terms that set "
-                 "no label, by reports: %s.", listed, config.split_seed,
-                 config.split_fractions, dict(unmapped.most_common(10)) or "none")
+    logging.info(
+      "iu_xray: reports per split %s (seed %d, fractions %s); MeSH terms that set "
+      "no label, by reports: %s.",
+      listed,
+      config.split_seed,
+      config.split_fractions,
+      dict(unmapped.most_common(10)) or "none",
+    )
 
   def _generate_examples(self, examples):
     """(study_id, example) pairs of one split, in report id order (`SplitWriter.examples`)."""

@@ -35,36 +35,37 @@ NO_INDEXING = "no indexing"  # the report was not indexed: sets nothing, counts 
 # compared in lower case). Every row matches reports of the collection (checked against
 # NLMCXR_reports.tgz). Rendered as the table in docs/iu_xray.md (a test compares them).
 RULES: tuple[tuple[str, str, str | None], ...] = (
-    ("Atelectasis", "Pulmonary Atelectasis", None),
-    ("Cardiomegaly", "Cardiomegaly", None),
-    ("Cardiomegaly", "Cardiac Shadow", "enlarged"),
-    ("Consolidation", "Consolidation", None),
-    ("Edema", "Pulmonary Edema", None),
-    ("Edema", "Pulmonary Congestion", None),
-    ("Enlarged Cardiomediastinum", "Mediastinum", "enlarged"),
-    ("Enlarged Cardiomediastinum", "Mediastinum", "prominent"),
-    ("Fracture", "Fractures, Bone", None),
-    ("Lung Lesion", "Nodule", None),
-    ("Lung Lesion", "Mass", None),
-    ("Lung Opacity", "Opacity", None),
-    ("Lung Opacity", "Infiltrate", None),
-    ("Lung Opacity", "Airspace Disease", None),
-    ("Lung Opacity", "Density", None),
-    ("Lung Opacity", "Lung Diseases, Interstitial", None),
-    ("No Finding", "normal", None),
-    ("Pleural Effusion", "Pleural Effusion", None),
-    ("Pleural Effusion", "Costophrenic Angle", "blunted"),
-    ("Pleural Effusion", "Hydropneumothorax", None),
-    ("Pleural Other", "Thickening", "pleura"),
-    ("Pneumonia", "Pneumonia", None),
-    ("Pneumothorax", "Pneumothorax", None),
-    ("Pneumothorax", "Hydropneumothorax", None),
-    ("Support Devices", "Catheters, Indwelling", None),
-    ("Support Devices", "Implanted Medical Device", None),
-    ("Support Devices", "Medical Device", None),
-    ("Support Devices", "Surgical Instruments", None),
-    ("Support Devices", "Tube, Inserted", None),
-    ("Support Devices", "Stents", None))
+  ("Atelectasis", "Pulmonary Atelectasis", None),
+  ("Cardiomegaly", "Cardiomegaly", None),
+  ("Cardiomegaly", "Cardiac Shadow", "enlarged"),
+  ("Consolidation", "Consolidation", None),
+  ("Edema", "Pulmonary Edema", None),
+  ("Edema", "Pulmonary Congestion", None),
+  ("Enlarged Cardiomediastinum", "Mediastinum", "enlarged"),
+  ("Enlarged Cardiomediastinum", "Mediastinum", "prominent"),
+  ("Fracture", "Fractures, Bone", None),
+  ("Lung Lesion", "Nodule", None),
+  ("Lung Lesion", "Mass", None),
+  ("Lung Opacity", "Opacity", None),
+  ("Lung Opacity", "Infiltrate", None),
+  ("Lung Opacity", "Airspace Disease", None),
+  ("Lung Opacity", "Density", None),
+  ("Lung Opacity", "Lung Diseases, Interstitial", None),
+  ("No Finding", "normal", None),
+  ("Pleural Effusion", "Pleural Effusion", None),
+  ("Pleural Effusion", "Costophrenic Angle", "blunted"),
+  ("Pleural Effusion", "Hydropneumothorax", None),
+  ("Pleural Other", "Thickening", "pleura"),
+  ("Pneumonia", "Pneumonia", None),
+  ("Pneumothorax", "Pneumothorax", None),
+  ("Pneumothorax", "Hydropneumothorax", None),
+  ("Support Devices", "Catheters, Indwelling", None),
+  ("Support Devices", "Implanted Medical Device", None),
+  ("Support Devices", "Medical Device", None),
+  ("Support Devices", "Surgical Instruments", None),
+  ("Support Devices", "Tube, Inserted", None),
+  ("Support Devices", "Stents", None),
+)
 
 _RULES_BY_TERM: dict[str, list[tuple[str, str | None]]] = collections.defaultdict(list)
 for _label, _term, _qualifier in RULES:
@@ -84,8 +85,11 @@ def split_term(major: str) -> tuple[str, tuple[str, ...]]:
 def labels_of_term(major: str) -> set[str]:
   """The labels one major term sets (empty where no rule matches it)."""
   term, qualifiers = split_term(major)
-  return {label for label, qualifier in _RULES_BY_TERM.get(term, ())
-          if qualifier is None or qualifier in qualifiers}
+  return {
+    label
+    for label, qualifier in _RULES_BY_TERM.get(term, ())
+    if qualifier is None or qualifier in qualifiers
+  }
 
 
 def labels_from_terms(majors: Sequence[str]) -> np.ndarray:

@@ -9,6 +9,8 @@ from input_pipeline import prepare
 from input_pipeline.mimic_cxr import mimic_cxr_dataset_builder
 
 if __name__ == "__main__":
-  prepare.run(mimic_cxr_dataset_builder.Builder,
-              "The directory with the MIMIC-CXR-JPG files/ tree, its CSVs and the reports (see "
-              "MANUAL_DOWNLOAD_INSTRUCTIONS).")
+  prepare.run(
+    mimic_cxr_dataset_builder.Builder,
+    "The directory with the MIMIC-CXR-JPG files/ tree, its CSVs and the reports (see "
+    "MANUAL_DOWNLOAD_INSTRUCTIONS).",
+  )

@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 
-import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
+import tensorflow_datasets as tfds
 
-from input_pipeline import features
-from mopoe_jax import text as text_lib
-from mopoe_jax import reports
-from input_pipeline import study_writer
+from input_pipeline import features, study_writer
 from input_pipeline.mimic_cxr import selection
+from mopoe_jax.data import report_text as reports
+from mopoe_jax.data import text as text_lib
 
 _DESCRIPTION = """\
 MIMIC-CXR studies as (frontal image, lateral image, report FINDINGS) triples for multimodal
@@ -123,6 +122,7 @@ class MimicCxrConfig(tfds.core.BuilderConfig):
     num_workers: threads that decode images and read reports (None: 2 x CPUs, at most 32).
       Does not change the data.
   """
+
   image_size: int = 128
   text_length: int = 128
   selection: str = study_writer.PAPER
@@ -136,13 +136,18 @@ class MimicCxrConfig(tfds.core.BuilderConfig):
   def __post_init__(self):
     study_writer.check_config(self)
     if self.label_source not in selection.LABEL_CSVS:
-      raise ValueError(f"Unknown label_source {self.label_source!r}; expected one of "
-                       f"{tuple(selection.LABEL_CSVS)}.")
+      raise ValueError(
+        f"Unknown label_source {self.label_source!r}; expected one of "
+        f"{tuple(selection.LABEL_CSVS)}."
+      )
 
 
 def _extra_features(study: study_writer.SelectedStudy, used: dict[str, str]) -> dict:
-  return {"subject_id": study.subject_id, "frontal_dicom_id": used.get("frontal", ""),
-          "lateral_dicom_id": used.get("lateral", "")}
+  return {
+    "subject_id": study.subject_id,
+    "frontal_dicom_id": used.get("frontal", ""),
+    "lateral_dicom_id": used.get("lateral", ""),
+  }
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -152,32 +157,38 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
-      MimicCxrConfig(
-          name="paper",
-          description="The paper's selection: PA + lateral + non-empty FINDINGS, 128 px, "
-                      "128 tokens, CheXpert labels.",
-          image_size=128, text_length=128, selection=study_writer.PAPER),
-      MimicCxrConfig(
-          name="all_studies",
-          description="Every study with at least one of a PA image, a lateral image and a "
-                      "non-empty FINDINGS section, 128 px, 128 tokens; `available` says which.",
-          image_size=128, text_length=128, selection=study_writer.ALL_STUDIES),
+    MimicCxrConfig(
+      name="paper",
+      description="The paper's selection: PA + lateral + non-empty FINDINGS, 128 px, "
+      "128 tokens, CheXpert labels.",
+      image_size=128,
+      text_length=128,
+      selection=study_writer.PAPER,
+    ),
+    MimicCxrConfig(
+      name="all_studies",
+      description="Every study with at least one of a PA image, a lateral image and a "
+      "non-empty FINDINGS section, 128 px, 128 tokens; `available` says which.",
+      image_size=128,
+      text_length=128,
+      selection=study_writer.ALL_STUDIES,
+    ),
   ]
   DEFAULT_CONFIG_NAME = "paper"
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     extra = {
-        "subject_id": tfds.features.Text(),
-        "frontal_dicom_id": tfds.features.Text(),
-        "lateral_dicom_id": tfds.features.Text(),
+      "subject_id": tfds.features.Text(),
+      "frontal_dicom_id": tfds.features.Text(),
+      "lateral_dicom_id": tfds.features.Text(),
     }
     return self.dataset_info_from_configs(
-        description=_DESCRIPTION,
-        features=features.study_features(config.image_size, config.text_length, extra=extra),
-        homepage=selection.JPG_URL,
-        citation=_CITATION,
-        metadata=tfds.core.MetadataDict(),
+      description=_DESCRIPTION,
+      features=features.study_features(config.image_size, config.text_length, extra=extra),
+      homepage=selection.JPG_URL,
+      citation=_CITATION,
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -188,42 +199,68 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     split_of = selection.read_split(paths[selection.SPLIT_CSV])
     studies, view_counts = selection.read_studies(
-        paths[selection.METADATA_CSV], split_of, paths[selection.FILES_DIR],
-        frontal_views=config.frontal_views, lateral_views=config.lateral_views)
+      paths[selection.METADATA_CSV],
+      split_of,
+      paths[selection.FILES_DIR],
+      frontal_views=config.frontal_views,
+      lateral_views=config.lateral_views,
+    )
     label_csv = paths[selection.LABEL_CSVS[config.label_source]]
     labels = selection.read_labels(label_csv)
-    logging.info("mimic_cxr: %d studies in %s, %d images listed (%s), %d label rows in %s.",
-                 len(split_of), selection.SPLIT_CSV, sum(view_counts.values()),
-                 dict(view_counts), len(labels), label_csv.name)
+    logging.info(
+      "mimic_cxr: %d studies in %s, %d images listed (%s), %d label rows in %s.",
+      len(split_of),
+      selection.SPLIT_CSV,
+      sum(view_counts.values()),
+      dict(view_counts),
+      len(labels),
+      label_csv.name,
+    )
 
     reader = selection.ReportReader(manual_dir)
     logging.info("mimic_cxr: reading reports from %s.", reader.source)
     try:
       selected, skipped = selection.select_studies(
-          studies, reader, labels, config.selection, config.section, num_workers)
+        studies, reader, labels, config.selection, config.section, num_workers
+      )
     finally:
       reader.close()
 
     vocabulary = text_lib.Vocabulary.build(
-        (s.text for s in selected["train"] if s.text), min_count=config.min_count)
-    logging.info("mimic_cxr: vocabulary of %d words from %d train reports (words seen more "
-                 "than %d times).", len(vocabulary),
-                 sum(bool(s.text) for s in selected["train"]), config.min_count)
+      (s.text for s in selected["train"] if s.text), min_count=config.min_count
+    )
+    logging.info(
+      "mimic_cxr: vocabulary of %d words from %d train reports (words seen more than %d times).",
+      len(vocabulary),
+      sum(bool(s.text) for s in selected["train"]),
+      config.min_count,
+    )
     self.info.metadata["vocabulary"] = vocabulary.words
     self.info.metadata["config"] = {
-        "image_size": config.image_size, "text_length": config.text_length,
-        "selection": config.selection, "label_source": config.label_source,
-        "section": config.section, "min_count": config.min_count,
-        "frontal_views": list(config.frontal_views),
-        "lateral_views": list(config.lateral_views),
+      "image_size": config.image_size,
+      "text_length": config.text_length,
+      "selection": config.selection,
+      "label_source": config.label_source,
+      "section": config.section,
+      "min_count": config.min_count,
+      "frontal_views": list(config.frontal_views),
+      "lateral_views": list(config.lateral_views),
     }
     writer = study_writer.SplitWriter(
-        self, "mimic_cxr", selection.SKIP_REPORT_COLUMNS, extra_features=_extra_features)
+      self, "mimic_cxr", selection.SKIP_REPORT_COLUMNS, extra_features=_extra_features
+    )
     return {
-        split: self._generate_examples(writer.examples(
-            split, selected[split], skipped[split], listed=len(studies[split]),
-            vocabulary=vocabulary, num_workers=num_workers))
-        for split in selection.SPLITS.values()
+      split: self._generate_examples(
+        writer.examples(
+          split,
+          selected[split],
+          skipped[split],
+          listed=len(studies[split]),
+          vocabulary=vocabulary,
+          num_workers=num_workers,
+        )
+      )
+      for split in selection.SPLITS.values()
     }
 
   def _generate_examples(self, examples):

@@ -26,17 +26,16 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import math
-import zipfile
 from typing import Iterator, Sequence
+import zipfile
 
-import numpy as np
 from absl import logging
 from etils import epath
+import numpy as np
 
-from input_pipeline import features
-from input_pipeline import study_writer
+from input_pipeline import features, study_writer
 from input_pipeline.study_writer import CandidateStudy, ImageFile, SelectedStudy, SkipRow
-from mopoe_jax import reports
+from mopoe_jax.data import report_text as reports
 
 # Files of the manual dir.
 FILES_DIR = "files"
@@ -50,12 +49,12 @@ LABEL_CSVS = {"chexpert": CHEXPERT_CSV, "negbio": NEGBIO_CSV}
 JPG_URL = "https://physionet.org/content/mimic-cxr-jpg/2.0.0/"
 REPORTS_URL = "https://physionet.org/content/mimic-cxr/2.0.0/"
 _WHERE = {
-    FILES_DIR: f"the image tree of MIMIC-CXR-JPG 2.0.0 ({JPG_URL})",
-    METADATA_CSV: f"MIMIC-CXR-JPG 2.0.0 ({JPG_URL})",
-    CHEXPERT_CSV: f"MIMIC-CXR-JPG 2.0.0 ({JPG_URL})",
-    NEGBIO_CSV: f"MIMIC-CXR-JPG 2.0.0 ({JPG_URL})",
-    SPLIT_CSV: f"MIMIC-CXR-JPG 2.0.0 ({JPG_URL})",
-    REPORTS_ZIP: f"MIMIC-CXR 2.0.0 ({REPORTS_URL})",
+  FILES_DIR: f"the image tree of MIMIC-CXR-JPG 2.0.0 ({JPG_URL})",
+  METADATA_CSV: f"MIMIC-CXR-JPG 2.0.0 ({JPG_URL})",
+  CHEXPERT_CSV: f"MIMIC-CXR-JPG 2.0.0 ({JPG_URL})",
+  NEGBIO_CSV: f"MIMIC-CXR-JPG 2.0.0 ({JPG_URL})",
+  SPLIT_CSV: f"MIMIC-CXR-JPG 2.0.0 ({JPG_URL})",
+  REPORTS_ZIP: f"MIMIC-CXR 2.0.0 ({REPORTS_URL})",
 }
 
 # Columns the builder reads (the real files have more).
@@ -73,17 +72,17 @@ SKIP_REPORT_COLUMNS = ("split", "subject_id", "study_id", "dicom_id", "reason", 
 def check_manual_dir(manual_dir: epath.Path, label_source: str) -> dict[str, epath.Path]:
   """Paths of the required inputs; raises FileNotFoundError naming every one that is missing."""
   if label_source not in LABEL_CSVS:
-    raise ValueError(
-        f"Unknown label_source {label_source!r}; expected one of {tuple(LABEL_CSVS)}.")
+    raise ValueError(f"Unknown label_source {label_source!r}; expected one of {tuple(LABEL_CSVS)}.")
   required = (FILES_DIR, METADATA_CSV, LABEL_CSVS[label_source], SPLIT_CSV)
   paths = {name: manual_dir / name for name in required}
   missing = [name for name, path in paths.items() if not path.exists()]
   if missing:
     lines = "\n".join(f"  {manual_dir / name}: from {_WHERE[name]}" for name in missing)
     raise FileNotFoundError(
-        f"The MIMIC-CXR manual dir {manual_dir} lacks {', '.join(missing)}:\n{lines}\n"
-        "Download them from PhysioNet (credentialed access) into the manual dir as described in "
-        "mimic_cxr's MANUAL_DOWNLOAD_INSTRUCTIONS, then build again.")
+      f"The MIMIC-CXR manual dir {manual_dir} lacks {', '.join(missing)}:\n{lines}\n"
+      "Download them from PhysioNet (credentialed access) into the manual dir as described in "
+      "mimic_cxr's MANUAL_DOWNLOAD_INSTRUCTIONS, then build again."
+    )
   return paths
 
 
@@ -91,8 +90,11 @@ def read_csv(path: epath.Path, required: Sequence[str]) -> Iterator[dict[str, st
   """Rows of a (gzipped) CSV of MIMIC-CXR-JPG as dicts (`study_writer.read_csv`)."""
   where = _WHERE.get(path.name, JPG_URL)
   return study_writer.read_csv(
-      path, required, f"The builder reads the files of MIMIC-CXR-JPG 2.0.0 unchanged; download "
-      f"{path.name} again from {where}.")
+    path,
+    required,
+    f"The builder reads the files of MIMIC-CXR-JPG 2.0.0 unchanged; download "
+    f"{path.name} again from {where}.",
+  )
 
 
 def read_split(path: epath.Path) -> dict[str, tuple[str, str]]:
@@ -102,14 +104,16 @@ def read_split(path: epath.Path) -> dict[str, tuple[str, str]]:
     split = SPLITS.get(row["split"])
     if split is None:
       raise ValueError(
-          f"{path}: dicom_id {row['dicom_id']} has split {row['split']!r}; expected one of "
-          f"{tuple(SPLITS)}.")
+        f"{path}: dicom_id {row['dicom_id']} has split {row['split']!r}; expected one of "
+        f"{tuple(SPLITS)}."
+      )
     study_id = row["study_id"]
     previous = studies.setdefault(study_id, (row["subject_id"], split))
     if previous[1] != split:
       raise ValueError(
-          f"{path}: study {study_id} is in two splits, {previous[1]!r} and {split!r}; every "
-          "image of a study must be in the same split. Download the file again.")
+        f"{path}: study {study_id} is in two splits, {previous[1]!r} and {split!r}; every "
+        "image of a study must be in the same split. Download the file again."
+      )
   return studies
 
 
@@ -122,8 +126,9 @@ def _label_value(value: str, path: epath.Path, study_id: str, column: str) -> fl
     number = None
   if number not in (1.0, 0.0, -1.0):
     raise ValueError(
-        f"{path}: study {study_id}, column {column!r} has value {value!r}; expected 1.0, 0.0, "
-        "-1.0 or empty. Download the file again.")
+      f"{path}: study {study_id}, column {column!r} has value {value!r}; expected 1.0, 0.0, "
+      "-1.0 or empty. Download the file again."
+    )
   return number
 
 
@@ -133,7 +138,8 @@ def read_labels(path: epath.Path) -> dict[str, np.ndarray]:
   for row in read_csv(path, LABEL_COLUMNS):
     study_id = row["study_id"]
     labels[study_id] = np.asarray(
-        [_label_value(row[c], path, study_id, c) for c in features.LABELS], dtype=np.float32)
+      [_label_value(row[c], path, study_id, c) for c in features.LABELS], dtype=np.float32
+    )
   return labels
 
 
@@ -149,11 +155,11 @@ def _number(text: str) -> float:
 
 
 def read_studies(
-    metadata_path: epath.Path,
-    split_of: dict[str, tuple[str, str]],
-    files_dir: epath.Path,
-    frontal_views: Sequence[str],
-    lateral_views: Sequence[str],
+  metadata_path: epath.Path,
+  split_of: dict[str, tuple[str, str]],
+  files_dir: epath.Path,
+  frontal_views: Sequence[str],
+  lateral_views: Sequence[str],
 ) -> tuple[dict[str, list[CandidateStudy]], collections.Counter]:
   """The studies of each split with their frontal and lateral candidates, sorted by study id.
 
@@ -182,17 +188,25 @@ def read_studies(
     path = image_path(files_dir, subject_id, study_id, row["dicom_id"])
     candidates[study_id][index].append((key, ImageFile(row["dicom_id"], path)))
   if counts["not_in_split"]:
-    logging.warning("%s: %d images of studies that are not in %s are ignored.",
-                    metadata_path, counts["not_in_split"], SPLIT_CSV)
+    logging.warning(
+      "%s: %d images of studies that are not in %s are ignored.",
+      metadata_path,
+      counts["not_in_split"],
+      SPLIT_CSV,
+    )
 
   studies = {split: [] for split in SPLITS.values()}
   for study_id in sorted(split_of, key=lambda s: (len(s), s)):
     subject_id, split = split_of[study_id]
     frontal, lateral = candidates.get(study_id, ([], []))
-    studies[split].append(CandidateStudy(
-        study_id=study_id, subject_id=subject_id,
+    studies[split].append(
+      CandidateStudy(
+        study_id=study_id,
+        subject_id=subject_id,
         frontal=tuple(image for _, image in sorted(frontal, key=lambda c: c[0])),
-        lateral=tuple(image for _, image in sorted(lateral, key=lambda c: c[0]))))
+        lateral=tuple(image for _, image in sorted(lateral, key=lambda c: c[0])),
+      )
+    )
   return studies, counts
 
 
@@ -215,9 +229,10 @@ class ReportReader:
       except zipfile.BadZipFile as e:
         self._file.close()
         raise ValueError(
-            f"{self.zip_path} is not a readable zip file ({e}). Download mimic-cxr-reports.zip "
-            f"again from {REPORTS_URL}, or delete it and unpack the reports into "
-            f"{self.files_dir}.") from e
+          f"{self.zip_path} is not a readable zip file ({e}). Download mimic-cxr-reports.zip "
+          f"again from {REPORTS_URL}, or delete it and unpack the reports into "
+          f"{self.files_dir}."
+        ) from e
       for name in self._zip.namelist():
         parts = name.rstrip("/").split("/")
         if len(parts) >= 2 and parts[-1].endswith(".txt"):
@@ -247,9 +262,13 @@ class ReportReader:
 
 
 def _read_texts(
-    studies: Sequence[CandidateStudy], reader: ReportReader, section: str, num_workers: int,
+  studies: Sequence[CandidateStudy],
+  reader: ReportReader,
+  section: str,
+  num_workers: int,
 ) -> list[tuple[str, str] | None]:
   """(text, source) of each study's configured section; None where the report is missing."""
+
   def read(study: CandidateStudy) -> tuple[str, str] | None:
     report = reader.read(study.subject_id, study.study_id)
     return None if report is None else reports.section_text(report, section)
@@ -259,12 +278,12 @@ def _read_texts(
 
 
 def select_studies(
-    studies: dict[str, list[CandidateStudy]],
-    reader: ReportReader,
-    labels: dict[str, np.ndarray],
-    selection: str,
-    section: str,
-    num_workers: int,
+  studies: dict[str, list[CandidateStudy]],
+  reader: ReportReader,
+  labels: dict[str, np.ndarray],
+  selection: str,
+  section: str,
+  num_workers: int,
 ) -> tuple[dict[str, list[SelectedStudy]], dict[str, list[SkipRow]]]:
   """Applies the selection rule to every split.
 
@@ -277,22 +296,24 @@ def select_studies(
     FileNotFoundError: not one report was found (neither the zip nor the unpacked reports).
   """
   if selection not in study_writer.SELECTIONS:
-    raise ValueError(
-        f"Unknown selection {selection!r}; expected one of {study_writer.SELECTIONS}.")
+    raise ValueError(f"Unknown selection {selection!r}; expected one of {study_writer.SELECTIONS}.")
   selected, skipped = {}, {}
   reports_wanted = reports_found = 0
   for split, split_studies in studies.items():
+
     def read_texts(candidates: Sequence[CandidateStudy]) -> list[tuple[str, str] | None]:
       return _read_texts(candidates, reader, section, num_workers)
 
     selected[split], skipped[split], (wanted, found) = study_writer.select_split(
-        split, split_studies, read_texts, labels, selection)
+      split, split_studies, read_texts, labels, selection
+    )
     reports_wanted += wanted
     reports_found += found
   if reports_wanted and not reports_found:
     raise FileNotFoundError(
-        f"Found no report for any of the {reports_wanted} studies: neither "
-        f"{reader.zip_path} nor {reader.files_dir}/pXX/pSUBJECT/sSTUDY.txt exist. Download "
-        f"{REPORTS_ZIP} from MIMIC-CXR 2.0.0 ({REPORTS_URL}) into the manual dir (or unpack "
-        f"its files/ tree into {reader.files_dir}), then build again.")
+      f"Found no report for any of the {reports_wanted} studies: neither "
+      f"{reader.zip_path} nor {reader.files_dir}/pXX/pSUBJECT/sSTUDY.txt exist. Download "
+      f"{REPORTS_ZIP} from MIMIC-CXR 2.0.0 ({REPORTS_URL}) into the manual dir (or unpack "
+      f"its files/ tree into {reader.files_dir}), then build again."
+    )
   return selected, skipped

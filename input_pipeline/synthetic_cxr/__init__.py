@@ -9,11 +9,11 @@ Modules: ``scene`` (findings, patient and geometry of a study), ``render`` (the 
 
 from __future__ import annotations
 
-from input_pipeline.synthetic_cxr.studies import Study
-from input_pipeline.synthetic_cxr.studies import generate_study
-from input_pipeline.synthetic_cxr.synthetic_cxr_dataset_builder import Builder
-from input_pipeline.synthetic_cxr.synthetic_cxr_dataset_builder import SyntheticCxrConfig
-from input_pipeline.synthetic_cxr.synthetic_cxr_dataset_builder import VOCABULARY_KEY
+from input_pipeline.synthetic_cxr.studies import Study, generate_study
+from input_pipeline.synthetic_cxr.synthetic_cxr_dataset_builder import (
+  VOCABULARY_KEY,
+  Builder,
+  SyntheticCxrConfig,
+)
 
 __all__ = ["Builder", "Study", "SyntheticCxrConfig", "VOCABULARY_KEY", "generate_study"]
-

@@ -36,28 +36,29 @@ import numpy as np
 
 from input_pipeline.synthetic_cxr import scene as scene_lib
 
-AIR = 0.72            # density the lung air takes away
-LINE = 0.016          # half-width of a tube or line (body units; a 64 px pixel is 0.031)
+AIR = 0.72  # density the lung air takes away
+LINE = 0.016  # half-width of a tube or line (body units; a 64 px pixel is 0.031)
 _F32 = np.float32
 _ZERO, _ONE = _F32(0), _F32(1)
 
 
 class _Grid(NamedTuple):
   """Body coordinates of the pixel centres of a (window of the) view, and the view's pose."""
-  x: np.ndarray       # [H, W]
-  y: np.ndarray       # [H, W]
-  pw: float           # pixel width in body units
-  size: int           # of the whole view
+
+  x: np.ndarray  # [H, W]
+  y: np.ndarray  # [H, W]
+  pw: float  # pixel width in body units
+  size: int  # of the whole view
   scale: float
   cos: float
   sin: float
   shift: tuple[float, float]
-  row0: int = 0       # where this window starts in the view
+  row0: int = 0  # where this window starts in the view
   col0: int = 0
 
 
 def _grid(size: int, scale: float, rotation_deg: float, shift: tuple[float, float]) -> _Grid:
-  u = ((np.arange(size, dtype=_F32) + 0.5) / size * 2 - 1)
+  u = (np.arange(size, dtype=_F32) + 0.5) / size * 2 - 1
   px, py = u - _F32(shift[0]), u - _F32(shift[1])
   t = math.radians(rotation_deg)
   c, s = math.cos(t), math.sin(t)
@@ -68,7 +69,7 @@ def _grid(size: int, scale: float, rotation_deg: float, shift: tuple[float, floa
 
 def _window(g: _Grid, x0: float, x1: float, y0: float, y1: float):
   """(row slice, column slice) of ``g``'s arrays that see the body box [x0, x1] x [y0, y1]."""
-  bx, by = (x0 + x1) / 2, (y0 + y1) / 2   # box centre and half extents, in body units
+  bx, by = (x0 + x1) / 2, (y0 + y1) / 2  # box centre and half extents, in body units
   hx, hy = (x1 - x0) / 2, (y1 - y0) / 2
   c, s, k = g.cos, g.sin, g.scale * g.size / 2  # k: pixels per body unit
   col = (g.scale * (c * bx - s * by) + g.shift[0] + 1) * g.size / 2 - 0.5
@@ -89,12 +90,12 @@ def _subgrid(g: _Grid, box) -> _Grid | None:
   win = _window(g, *box)
   if win is None:
     return None
-  return g._replace(x=g.x[win], y=g.y[win], row0=g.row0 + win[0].start,
-                    col0=g.col0 + win[1].start)
+  return g._replace(x=g.x[win], y=g.y[win], row0=g.row0 + win[0].start, col0=g.col0 + win[1].start)
 
 
-def _paint(target: np.ndarray, g: _Grid, box, fn: Callable, weight: float = 1.0,
-           combine: str = "add") -> None:
+def _paint(
+  target: np.ndarray, g: _Grid, box, fn: Callable, weight: float = 1.0, combine: str = "add"
+) -> None:
   """target[window] += weight * fn(x, y) (or max-composited) inside the window of ``box``."""
   win = _window(g, *box)
   if win is None:
@@ -174,32 +175,57 @@ def _draw_line(layer: np.ndarray, g: _Grid, points, half_width: float = LINE) ->
   r = half_width + 2 * g.pw
   for p, q in zip(points, points[1:]):
     box = (min(p[0], q[0]) - r, max(p[0], q[0]) + r, min(p[1], q[1]) - r, max(p[1], q[1]) + r)
-    _paint(layer, g, box, lambda x, y, p=p, q=q: _soft(_segment(x, y, p, q) - _F32(half_width),
-                                                       g.pw), combine="max")
+    _paint(
+      layer,
+      g,
+      box,
+      lambda x, y, p=p, q=q: _soft(_segment(x, y, p, q) - _F32(half_width), g.pw),
+      combine="max",
+    )
 
 
-def _draw_disc(target: np.ndarray, g: _Grid, cx: float, cy: float, r: float,
-               weight: float) -> None:
+def _draw_disc(target: np.ndarray, g: _Grid, cx: float, cy: float, r: float, weight: float) -> None:
   m = r + 2 * g.pw
-  _paint(target, g, (cx - m, cx + m, cy - m, cy + m),
-         lambda x, y: _soft(np.sqrt((x - _F32(cx)) ** 2 + (y - _F32(cy)) ** 2) - _F32(r), g.pw),
-         weight)
+  _paint(
+    target,
+    g,
+    (cx - m, cx + m, cy - m, cy + m),
+    lambda x, y: _soft(np.sqrt((x - _F32(cx)) ** 2 + (y - _F32(cy)) ** 2) - _F32(r), g.pw),
+    weight,
+  )
 
 
-def _draw_band(target: np.ndarray, g: _Grid, cx: float, cy: float, half_length: float,
-               half_width: float, angle_deg: float, weight: float) -> None:
+def _draw_band(
+  target: np.ndarray,
+  g: _Grid,
+  cx: float,
+  cy: float,
+  half_length: float,
+  half_width: float,
+  angle_deg: float,
+  weight: float,
+) -> None:
   """A tilted elliptical band (plate-like atelectasis)."""
   c, s = _F32(math.cos(math.radians(angle_deg))), _F32(math.sin(math.radians(angle_deg)))
 
   def band(x, y):
     u, v = x - _F32(cx), y - _F32(cy)
     return _soft(_ellipse(c * u + s * v, c * v - s * u, 0, 0, half_length, half_width), g.pw)
+
   m = half_length + 2 * g.pw
   _paint(target, g, (cx - m, cx + m, cy - m, cy + m), band, weight)
 
 
-def _draw_blob(target: np.ndarray, g: _Grid, cx: float, cy: float, sx: float, sy: float,
-               weight: float, shape: Callable | None = None) -> None:
+def _draw_blob(
+  target: np.ndarray,
+  g: _Grid,
+  cx: float,
+  cy: float,
+  sx: float,
+  sy: float,
+  weight: float,
+  shape: Callable | None = None,
+) -> None:
   """Adds weight * a Gaussian blob (optionally reshaped by ``shape(blob, x, y)``)."""
   box = (cx - 3 * sx, cx + 3 * sx, cy - 3 * sy, cy + 3 * sy)
   fn = lambda x, y: _gauss(x, y, cx, cy, sx, sy)
@@ -222,8 +248,11 @@ def _upsampler(size: int, cells: int) -> np.ndarray:
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
   """Zero-mean unit-scale noise of ``shape``, smooth over about 1/cells of the side."""
-  return (_upsampler(shape[0], cells) @ rng.standard_normal((cells, cells), dtype=_F32)
-          @ _upsampler(shape[1], cells).T)
+  return (
+    _upsampler(shape[0], cells)
+    @ rng.standard_normal((cells, cells), dtype=_F32)
+    @ _upsampler(shape[1], cells).T
+  )
 
 
 def _blur(img: np.ndarray) -> np.ndarray:
@@ -241,8 +270,7 @@ def _blur(img: np.ndarray) -> np.ndarray:
   return v
 
 
-def _to_uint8(density: np.ndarray, scene: scene_lib.Scene, rng: np.random.Generator
-              ) -> np.ndarray:
+def _to_uint8(density: np.ndarray, scene: scene_lib.Scene, rng: np.random.Generator) -> np.ndarray:
   """Film response, blur and (uniform) noise: density [S, S] -> uint8 [S, S, 1]."""
   np.maximum(density, _ZERO, out=density)
   density *= _F32(-scene.exposure)
@@ -296,21 +324,33 @@ def render_frontal(scene: scene_lib.Scene, size: int, rng: np.random.Generator) 
   base = max(_dome_base(scene, -1), _dome_base(scene, 1))
   thorax = _subgrid(g, (-t - 0.06, t + 0.06, scene_lib.LUNG_APEX - 0.08, base + 0.2))
   if thorax is not None:
-    win = (slice(thorax.row0, thorax.row0 + thorax.x.shape[0]),
-           slice(thorax.col0, thorax.col0 + thorax.x.shape[1]))
+    win = (
+      slice(thorax.row0, thorax.row0 + thorax.x.shape[0]),
+      slice(thorax.col0, thorax.col0 + thorax.x.shape[1]),
+    )
     density[win] += _frontal_thorax(scene, thorax, rng)
 
   # 3. Air outside the lungs: trachea and stomach bubble.
-  _paint(density, g, (-0.06, 0.06, -1.0, -0.28),
-         lambda x, y: _soft(np.maximum(np.abs(x) - _F32(0.035), np.abs(y + _F32(0.63))
-                                       - _F32(0.33)), g.pw), -0.22)
+  _paint(
+    density,
+    g,
+    (-0.06, 0.06, -1.0, -0.28),
+    lambda x, y: _soft(
+      np.maximum(np.abs(x) - _F32(0.035), np.abs(y + _F32(0.63)) - _F32(0.33)), g.pw
+    ),
+    -0.22,
+  )
   bubble_y = _dome_peak(scene, 1) + 0.1
-  _paint(density, g, (0.45 * t - 0.12, 0.45 * t + 0.12, bubble_y - 0.07, bubble_y + 0.07),
-         lambda x, y: _soft(_ellipse(x, y, 0.45 * t, bubble_y, 0.1, 0.045), g.pw), -0.35)
+  _paint(
+    density,
+    g,
+    (0.45 * t - 0.12, 0.45 * t + 0.12, bubble_y - 0.07, bubble_y + 0.07),
+    lambda x, y: _soft(_ellipse(x, y, 0.45 * t, bubble_y, 0.1, 0.045), g.pw),
+    -0.35,
+  )
 
   # 4. Spine and clavicles.
-  _paint(density, g, (-0.1, 0.1, -1.2, 1.2),
-         lambda x, y: _soft(np.abs(x) - _F32(0.06), g.pw), 0.2)
+  _paint(density, g, (-0.1, 0.1, -1.2, 1.2), lambda x, y: _soft(np.abs(x) - _F32(0.06), g.pw), 0.2)
   slope = -0.14 / (1.1 * t - 0.05)
 
   def clavicles(x, y):
@@ -320,6 +360,7 @@ def render_frontal(scene: scene_lib.Scene, size: int, rng: np.random.Generator) 
     np.maximum(sd, _F32(0.05) - ax, out=sd)
     np.maximum(sd, ax - _F32(1.1 * t), out=sd)
     return _soft(sd, g.pw)
+
   _paint(density, g, (-1.1 * t - 0.03, 1.1 * t + 0.03, -0.92, -0.66), clavicles, 0.3)
 
   # 5. Support devices: radiopaque lines, tubes, a pacemaker box and sternotomy wires.
@@ -347,8 +388,7 @@ def _frontal_thorax(scene: scene_lib.Scene, g: _Grid, rng: np.random.Generator) 
   mediastinum -= _F32(med_half)
   np.maximum(mediastinum, y - _F32(heart_cy), out=mediastinum)
   np.minimum(cardiomed, mediastinum, out=cardiomed)
-  np.minimum(cardiomed, _ellipse(x, y, 0.01 + med_half - 0.03, -0.36, 0.075, 0.065),
-             out=cardiomed)
+  np.minimum(cardiomed, _ellipse(x, y, 0.01 + med_half - 0.03, -0.36, 0.075, 0.065), out=cardiomed)
   cardiomed = _soft(cardiomed, pw)
 
   # Both lungs at once (mirror images) above the diaphragm domes.
@@ -359,7 +399,7 @@ def _frontal_thorax(scene: scene_lib.Scene, g: _Grid, rng: np.random.Generator) 
   u -= _ONE
   u *= _F32(0.16 * insp)
   dome = np.where(right, _F32(base_r), _F32(base_l))
-  dome += u                                 # the dome's height at x
+  dome += u  # the dome's height at x
   lung = _soft(np.maximum(outline, y - dome), pw)
   lateral = np.minimum(ax * _F32(1 / t), _ONE)  # 0 medial .. 1 at the chest wall
 
@@ -372,12 +412,13 @@ def _frontal_thorax(scene: scene_lib.Scene, g: _Grid, rng: np.random.Generator) 
     height = max(0.0, level - scene_lib.FRONTAL_HIDDEN_EFFUSION) * scene_lib.LUNG_HEIGHT * insp
     if height > 0:
       top = _F32(base - 0.03 - height) - _F32(0.8 * height) * lateral * lateral
-      fluid += (_soft(np.maximum(outline, top - y), 2 * pw) * _soft(y - _F32(base + 0.12), pw)
-                * on_side)
+      fluid += (
+        _soft(np.maximum(outline, top - y), 2 * pw) * _soft(y - _F32(base + 0.12), pw) * on_side
+      )
     # Pleural thickening: a band along the lateral chest wall.
     if scene.pleural_thickening and side == scene.pleural_side:
       band = np.maximum(np.maximum(outline, -outline - _F32(scene.pleural_thickening)), y - dome)
-      fill += (_soft(band, pw) * _clip((lateral - _F32(0.25)) * _F32(5), 0, 1) * on_side)
+      fill += _soft(band, pw) * _clip((lateral - _F32(0.25)) * _F32(5), 0, 1) * on_side
     # Pneumothorax: the lung edge retracts towards the hilum; no markings outside it.
     if scene.pneumothorax_size and side == scene.pneumothorax_side:
       k = scene.pneumothorax_size
@@ -391,23 +432,27 @@ def _frontal_thorax(scene: scene_lib.Scene, g: _Grid, rng: np.random.Generator) 
     shape = None
     if p.kind == "consolidation":  # dense, bounded above by a fissure
       top = p.y - 0.9 * p.sigma
-      shape = lambda blob, x, y, top=top: np.minimum(blob * _F32(1.6), _ONE) * _soft(
-          _F32(top) - y, 0.02)
-    elif p.kind == "pneumonia":     # patchy
-      shape = lambda blob, x, y: blob * _clip(
-          1 + _F32(1.2) * _blur(rng.standard_normal(blob.shape, dtype=_F32)), 0, 2)
+      shape = lambda blob, x, y, top=top: (
+        np.minimum(blob * _F32(1.6), _ONE) * _soft(_F32(top) - y, 0.02)
+      )
+    elif p.kind == "pneumonia":  # patchy
+      shape = lambda blob, x, y: (
+        blob * _clip(1 + _F32(1.2) * _blur(rng.standard_normal(blob.shape, dtype=_F32)), 0, 2)
+      )
     _draw_blob(fill, g, p.side * p.x_rel * t, p.y, p.sigma, 0.8 * p.sigma, p.density, shape)
   for side, length in scene.atelectasis:
-    _draw_band(fill, g, side * 0.5 * t, _dome_peak(scene, side) - 0.08, length / 2, 0.04,
-               8 * side, 0.85)
+    _draw_band(
+      fill, g, side * 0.5 * t, _dome_peak(scene, side) - 0.08, length / 2, 0.04, 8 * side, 0.85
+    )
   if scene.edema:
     haze = _gauss(ax, y, 0.32 * t, -0.08, 0.16, 0.24)
     haze += _F32(0.35) * _gauss(ax, y, 0.5 * t, 0.1, 0.3, 0.3)
     haze *= _clip(1 + _F32(0.4) * _smooth_noise(rng, x.shape, 16), 0, 2)
     fill += _F32(scene.edema) * haze
   if scene.nodule_radius:
-    _draw_disc(fill, g, scene.nodule_side * scene.nodule_x_rel * t, scene.nodule_y,
-               scene.nodule_radius, 0.95)
+    _draw_disc(
+      fill, g, scene.nodule_side * scene.nodule_x_rel * t, scene.nodule_y, scene.nodule_radius, 0.95
+    )
   fill += fluid
   _clip(fill, 0, 1)
 
@@ -425,7 +470,7 @@ def _frontal_thorax(scene: scene_lib.Scene, g: _Grid, rng: np.random.Generator) 
   markings -= _F32(AIR)
   clear = lung * (_ONE - fill)
   change = markings * clear
-  change += _F32(0.12) * fluid * lung        # fluid is denser than the soft tissue it replaces
+  change += _F32(0.12) * fluid * lung  # fluid is denser than the soft tissue it replaces
 
   # Ribs: arcs sloping down laterally, over the lungs; a fracture breaks one.
   phase = lateral * lateral
@@ -436,7 +481,7 @@ def _frontal_thorax(scene: scene_lib.Scene, g: _Grid, rng: np.random.Generator) 
   phase *= _F32(1 / (0.155 * insp))
   if scene.fracture_displacement:
     fx = scene.fracture_x_rel
-    near = np.exp(-((phase - _F32(scene.fracture_rib)) * _F32(1 / 0.45)) ** 2)
+    near = np.exp(-(((phase - _F32(scene.fracture_rib)) * _F32(1 / 0.45)) ** 2))
     near *= (x * _F32(scene.fracture_side)) > 0
     phase += _F32(scene.fracture_displacement) * near * _soft(_F32(fx) - lateral, pw / t)
   ribs = np.cos(phase * _F32(2 * np.pi), out=phase)
@@ -445,14 +490,15 @@ def _frontal_thorax(scene: scene_lib.Scene, g: _Grid, rng: np.random.Generator) 
   _clip(ribs, 0, 1)
   if scene.fracture_displacement:
     across = (lateral - _F32(fx)) * _F32(t)
-    ribs *= _ONE - near * np.exp(-(across * _F32(1 / max(0.02, 0.6 * pw))) ** 2)
+    ribs *= _ONE - near * np.exp(-((across * _F32(1 / max(0.02, 0.6 * pw))) ** 2))
   ribs *= _soft(np.maximum(_ellipse(ax, y, 0, cy, 1.04 * t, 1.06 * insp), y - dome), pw)
   change += _F32(0.08) * ribs
   if scene.fracture_displacement:  # callus at the break
     fx = scene.fracture_x_rel
     fy = scene.fracture_rib * 0.155 * insp - 0.85 + 0.22 * fx * fx + 0.08 * fx
-    _draw_blob(change, g, scene.fracture_side * fx * t, fy, 0.035, 0.03,
-               0.6 * scene.fracture_displacement)
+    _draw_blob(
+      change, g, scene.fracture_side * fx * t, fy, 0.035, 0.03, 0.6 * scene.fracture_displacement
+    )
   return change
 
 
@@ -469,16 +515,28 @@ def _frontal_devices(g: _Grid, scene: scene_lib.Scene, t: float) -> np.ndarray:
     _draw_line(layer, g, [(0.0, -1.1), (0.03, -0.3), (0.06, stomach), (0.42 * t, stomach + 0.16)])
   if "pacemaker" in scene.devices:
     bx, by = s * 0.85 * t, -0.62
-    _paint(layer, g, (bx - 0.1, bx + 0.1, by - 0.07, by + 0.07),
-           lambda x, y: _soft(np.maximum(np.abs(x - _F32(bx)) - _F32(0.08),
-                                         np.abs(y - _F32(by)) - _F32(0.05)), g.pw), combine="max")
+    _paint(
+      layer,
+      g,
+      (bx - 0.1, bx + 0.1, by - 0.07, by + 0.07),
+      lambda x, y: _soft(
+        np.maximum(np.abs(x - _F32(bx)) - _F32(0.08), np.abs(y - _F32(by)) - _F32(0.05)), g.pw
+      ),
+      combine="max",
+    )
     _draw_line(layer, g, [(bx, by), (s * 0.25, -0.5), (-0.06, -0.2), (0.02, 0.15)], 0.8 * LINE)
     _draw_line(layer, g, [(bx, by), (s * 0.25, -0.47), (-0.04, -0.18), (0.12, 0.25)], 0.8 * LINE)
   if "sternal_wires" in scene.devices:
     for wy in (-0.5, -0.35, -0.2, -0.05):
-      _paint(layer, g, (-0.06, 0.06, wy - 0.05, wy + 0.05),
-             lambda x, y, wy=wy: _soft(np.abs(np.sqrt(x * x * _F32(0.4) + (y - _F32(wy)) ** 2)
-                                              - _F32(0.025)) - _F32(0.01), g.pw), combine="max")
+      _paint(
+        layer,
+        g,
+        (-0.06, 0.06, wy - 0.05, wy + 0.05),
+        lambda x, y, wy=wy: _soft(
+          np.abs(np.sqrt(x * x * _F32(0.4) + (y - _F32(wy)) ** 2) - _F32(0.025)) - _F32(0.01), g.pw
+        ),
+        combine="max",
+      )
   return layer
 
 
@@ -507,19 +565,24 @@ def render_lateral(scene: scene_lib.Scene, size: int, rng: np.random.Generator) 
   # 2. The thorax: lungs, heart, aorta, fills, markings, ribs, sternum.
   thorax = _subgrid(g, (-0.55 * d, 0.62 * d, scene_lib.LUNG_APEX - 0.08, peak + 0.5))
   if thorax is not None:
-    win = (slice(thorax.row0, thorax.row0 + thorax.x.shape[0]),
-           slice(thorax.col0, thorax.col0 + thorax.x.shape[1]))
+    win = (
+      slice(thorax.row0, thorax.row0 + thorax.x.shape[0]),
+      slice(thorax.col0, thorax.col0 + thorax.x.shape[1]),
+    )
     density[win] += _lateral_thorax(scene, thorax, peak, rng)
 
   # 3. Trachea; spine with vertebral bodies and discs, posterior elements; sternum.
   def oblique_band(z0: float, slope: float, half_width: float, y0: float, y1: float):
     """A straight band z = z0 + slope * y between the heights y0 and y1."""
+
     def band(z, y):
       sd = np.abs(z - (_F32(z0) + _F32(slope) * y))
       sd -= _F32(half_width)
       return _soft(np.maximum(sd, np.abs(y - _F32((y0 + y1) / 2)) - _F32((y1 - y0) / 2)), g.pw)
+
     lo, hi = sorted((z0 + slope * y0, z0 + slope * y1))
     return (lo - half_width - 0.05, hi + half_width + 0.05, y0 - 0.05, y1 + 0.05), band
+
   _paint(density, g, *oblique_band(0.1 + 0.125 * 0.3, 0.125, 0.035, -1.1, -0.3), -0.2)
 
   def spine(z, y):
@@ -530,6 +593,7 @@ def render_lateral(scene: scene_lib.Scene, size: int, rng: np.random.Generator) 
     column *= _F32(0.32) + _F32(0.1) * discs
     column += _F32(0.1) * _soft(np.abs(dz - _F32(0.17 * d)) - _F32(0.05), g.pw)
     return column * _soft(-_F32(0.72) - y, 0.05)
+
   _paint(density, g, (0.3 * d, 0.85 * d, -0.75, 1.2), spine)
   slope = 0.03 * d / 0.74
   _paint(density, g, *oblique_band(-0.55 * d - 0.12 * slope, slope, 0.025, -0.62, 0.12), 0.28)
@@ -541,8 +605,9 @@ def render_lateral(scene: scene_lib.Scene, size: int, rng: np.random.Generator) 
   return _to_uint8(density, scene, rng)
 
 
-def _lateral_thorax(scene: scene_lib.Scene, g: _Grid, peak: float,
-                    rng: np.random.Generator) -> np.ndarray:
+def _lateral_thorax(
+  scene: scene_lib.Scene, g: _Grid, peak: float, rng: np.random.Generator
+) -> np.ndarray:
   """Density change [H, W] of the thorax window ``g`` of the lateral view."""
   z, y, pw = g.x, g.y, g.pw
   d = scene.body_depth
@@ -560,8 +625,9 @@ def _lateral_thorax(scene: scene_lib.Scene, g: _Grid, peak: float,
   heart_a = 0.26 * d * scene.heart_width_ratio / 0.44
   cardiomed = _ellipse(z, y, -0.45 * d + 0.9 * heart_a, peak + 0.05, heart_a, 0.34)
   widening = max(0.0, scene.mediastinum_width - 0.26)
-  np.minimum(cardiomed, _ellipse(z, y, -0.45 * d + 0.02, -0.38, 0.03 + 0.8 * widening, 0.3),
-             out=cardiomed)
+  np.minimum(
+    cardiomed, _ellipse(z, y, -0.45 * d + 0.02, -0.38, 0.03 + 0.8 * widening, 0.3), out=cardiomed
+  )
   cardiomed = _soft(cardiomed, pw)
   # The aorta: an arch (a ring, upper half) going on down in front of the spine.
   arch = np.abs(_ellipse(z, y, 0.08, -0.3, 0.18, 0.2))
@@ -593,8 +659,9 @@ def _lateral_thorax(scene: scene_lib.Scene, g: _Grid, peak: float,
   if scene.nodule_radius > scene_lib.LATERAL_MIN_NODULE:
     _draw_disc(fill, g, 0.42 * d * scene.nodule_depth, scene.nodule_y, scene.nodule_radius, 0.7)
   if scene.pleural_thickening:
-    band = np.maximum(np.maximum(outline, -outline - _F32(scene.pleural_thickening)),
-                      _F32(0.15) - z)
+    band = np.maximum(
+      np.maximum(outline, -outline - _F32(scene.pleural_thickening)), _F32(0.15) - z
+    )
     fill += _F32(0.5) * _soft(np.maximum(band, y - diaphragm), pw)
   fill += fluid
   _clip(fill, 0, 1)
@@ -627,9 +694,15 @@ def _lateral_devices(g: _Grid, scene: scene_lib.Scene, d: float, peak: float) ->
     _draw_line(layer, g, [(0.08, -1.1), (0.2, -0.3), (0.16, peak + 0.08), (-0.12, peak + 0.22)])
   if "pacemaker" in scene.devices:
     bz, by = -0.6 * d, -0.6
-    _paint(layer, g, (bz - 0.06, bz + 0.06, by - 0.1, by + 0.1),
-           lambda z, y: _soft(np.maximum(np.abs(z - _F32(bz)) - _F32(0.035),
-                                         np.abs(y - _F32(by)) - _F32(0.07)), g.pw), combine="max")
+    _paint(
+      layer,
+      g,
+      (bz - 0.06, bz + 0.06, by - 0.1, by + 0.1),
+      lambda z, y: _soft(
+        np.maximum(np.abs(z - _F32(bz)) - _F32(0.035), np.abs(y - _F32(by)) - _F32(0.07)), g.pw
+      ),
+      combine="max",
+    )
     _draw_line(layer, g, [(bz, by), (-0.25, -0.45), (-0.1, -0.2), (-0.25, peak)], 0.8 * LINE)
   if "sternal_wires" in scene.devices:
     for wy in (-0.5, -0.35, -0.2, -0.05):

@@ -1,0 +1,530 @@
+"""Latent linear probes (the paper's Table 1), as a measurement over shared draws.
+
+The protocol: docs/model.md#evaluation; how it is measured here: docs/evaluation.md.
+
+For every subset, the posterior MEAN of every study for which the subset is valid (all its
+modalities available); per label, a logistic regression trained on ``eval.probe_train_examples``
+train studies drawn with replacement, scored on the whole test split by average precision of
+the predicted probabilities. ``eval.probe_repeats`` draws, SHARED by all subsets
+(`probe_draws`, `subset_rows`): the table gives the mean, the standard deviation and a 95%
+t-interval of the mean over the draws (`mean_interval`), and the full set minus the best single
+modality as a difference paired over the same draws (`paired_difference`). The reference's own
+number (LEGACY: hard predictions, arguments of ``average_precision_score`` swapped) comes from
+the same fits and is always reported beside it, labelled.
+
+Writes probes.json (every draw's AP), probes.md and the bar chart probes_table1.png
+(`probe_report`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+import warnings
+
+from absl import logging
+import numpy as np
+from scipy import stats
+from sklearn import exceptions as sklearn_exceptions
+from sklearn import linear_model
+from sklearn import metrics as sklearn_metrics
+
+from mopoe_jax.data.labels import PROBE_LABELS
+from mopoe_jax.evaluation.common import (
+  HEADLINE_LABEL,
+  MIN_CLASS_EXAMPLES,
+  Context,
+  class_problem,
+  encode_split,
+  fmt,
+  targets_note,
+  write_json,
+)
+from mopoe_jax.evaluation.probes_markdown import (
+  CHART_FILE,
+  INTERVAL_LEVEL,
+  probes_markdown,
+  write_chart,
+)
+from mopoe_jax.platform import paths
+
+METRICS = ("standard", "legacy")  # the keys of the two metrics in probes.json
+_ONE_CLASS = "n/a (one class in the draw)"
+_METRIC_NOTES = {
+  "standard": "average_precision_score(y_true, predicted probability)",
+  "legacy": (
+    "LEGACY: average_precision_score(hard 0/1 predictions, y_true), the reference "
+    "code's swapped arguments; not an average precision of the probe"
+  ),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# The two metrics and one probe.
+
+
+def legacy_average_precision(y_true: np.ndarray, hard_predictions: np.ndarray) -> float:
+  """The reference's probe number: ``average_precision_score(hard_predictions, y_true)``.
+
+  The reference passed the 0/1 predictions of the logistic regression as ``y_true`` and the
+  ground truth as ``y_score`` (arguments swapped). Reported for comparison with its published
+  numbers only, labelled LEGACY; it is not an average precision of the probe. With no positive
+  prediction it is 0.
+  """
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # "No positive class found in y_true"
+    return float(
+      sklearn_metrics.average_precision_score(
+        np.asarray(hard_predictions), np.asarray(y_true, np.float64)
+      )
+    )
+
+
+def fit_probe(
+  train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, max_iter: int = 1000
+) -> tuple[np.ndarray, np.ndarray, bool]:
+  """sklearn LogisticRegression (lbfgs) on [n, D] features and 0/1 labels [n].
+
+  Returns (P(positive) [N_test], hard 0/1 predictions [N_test], converged).
+  """
+  probe = linear_model.LogisticRegression(solver="lbfgs", max_iter=max_iter)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", sklearn_exceptions.ConvergenceWarning)
+    probe.fit(train_x, train_y)
+  converged = not any(issubclass(w.category, sklearn_exceptions.ConvergenceWarning) for w in caught)
+  return probe.predict_proba(test_x)[:, 1], probe.predict(test_x), converged
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared draws.
+
+
+def probe_draws(num_studies: int, num_train_examples: int, repeats: int, seed: int) -> np.ndarray:
+  """The training draws that every subset shares: int64 [repeats, num_train_examples].
+
+  Draw r holds ``num_train_examples`` positions in [0, num_studies) drawn uniformly WITH
+  replacement from ``np.random.default_rng([seed, r])``: the same seed gives the same draws, and
+  draw r does not depend on ``repeats``. The positions are studies of the whole train split (as
+  the reference draws from its whole train split), so the studies a run must encode are the
+  union of the draws (at most repeats x num_train_examples), not the split.
+  """
+  if num_studies < 1 or num_train_examples < 1 or repeats < 1:
+    raise ValueError(
+      f"The probes need at least one study, one example and one repeat; got "
+      f"{num_studies} studies, eval.probe_train_examples={num_train_examples}, "
+      f"eval.probe_repeats={repeats}."
+    )
+  return np.stack(
+    [
+      np.random.default_rng([seed, r]).integers(0, num_studies, size=num_train_examples)
+      for r in range(repeats)
+    ]
+  ).astype(np.int64)
+
+
+def subset_rows(draw: np.ndarray, valid: np.ndarray) -> list[np.ndarray]:
+  """Each subset's training rows of one shared draw: the draw restricted to its valid studies.
+
+  Subset k trains on ``draw[valid[draw, k]]``: every study drawn is used by every subset that is
+  valid for it, as often as it was drawn, and by no other. Where every study is complete (the
+  paper's data, ``data.require_complete``) all subsets train on exactly the same
+  ``len(draw)`` studies; otherwise a subset trains on the drawn studies that have its
+  modalities, fewer for larger subsets (the counts are in probes.json, ``num_examples``).
+
+  Args:
+    draw: int [n] rows of the encoded train studies.
+    valid: bool [N, K] subset k valid for row i.
+
+  Returns:
+    K int arrays, the rows of each subset in draw order.
+  """
+  draw = np.asarray(draw)
+  return [draw[valid[draw, k]] for k in range(valid.shape[1])]
+
+
+# ------------------------------------------------------------------------------------------------
+# Summaries over draws.
+
+
+def mean_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> dict:
+  """Mean, standard deviation and the t-interval of the mean of per-draw values.
+
+  The table reports the mean over R draws; the question the interval answers is how far that
+  mean may lie from the mean over infinitely many draws (same model, same test split). The
+  t-interval, mean ± t_{(1+level)/2, R-1} · s / sqrt(R) with s the sample standard deviation
+  (ddof=1), uses the spread of all draws and is exact for normally distributed per-draw values
+  (an AP over hundreds of test studies from a probe fit on 500 draws is close to normal). A
+  percentile interval over R = 10 draws would be set by the two extreme draws and describes one
+  draw, not the mean. What it leaves out: the test split's own sampling error and the
+  randomness of training the model; it is the probe-draw part of the uncertainty only.
+
+  Args:
+    values: per-draw values (None entries are left out).
+    level: the interval's coverage.
+
+  Returns:
+    {"mean", "std", "interval": [low, high], "n"}; std and interval are None with fewer than two
+    values, everything but n is None with none.
+  """
+  x = np.asarray([v for v in values if v is not None], np.float64)
+  n = int(x.size)
+  if n == 0:
+    return {"mean": None, "std": None, "interval": None, "n": 0}
+  mean = float(x.mean())
+  if n < 2:
+    return {"mean": mean, "std": None, "interval": None, "n": n}
+  std = float(x.std(ddof=1))
+  half = float(stats.t.ppf((1.0 + level) / 2.0, df=n - 1)) * std / math.sqrt(n)
+  return {"mean": mean, "std": std, "interval": [mean - half, mean + half], "n": n}
+
+
+def paired_difference(
+  a: Sequence[float | None], b: Sequence[float | None], level: float = INTERVAL_LEVEL
+) -> dict:
+  """a - b draw by draw (draws where either is None are left out), summarised by
+  `mean_interval`: the shared draws make the difference far tighter than the two intervals."""
+  if len(a) != len(b):
+    raise ValueError(f"Paired values need the same draws; got {len(a)} and {len(b)}.")
+  diffs = [x - y for x, y in zip(a, b) if x is not None and y is not None]
+  return {**mean_interval(diffs, level), "draws": diffs}
+
+
+def full_minus_best_single(draws: dict, label: str, subset_names: Sequence[str]) -> dict | None:
+  """The full set minus the single modality with the best mean, paired over the shared draws.
+
+  ``draws``: {subset: {label: [value or None per draw]}}. The best single modality is chosen on
+  the same draws (its mean is the largest of the singletons'), which favours it slightly: the
+  difference is, if anything, understated. None when there is no singleton or no value.
+  """
+  full = max(subset_names, key=lambda s: len(s.split("+")))
+  singles = [s for s in subset_names if "+" not in s]
+  if "+" not in full:
+    return None
+  means = {s: mean_interval(draws[s][label])["mean"] for s in singles}
+  means = {s: m for s, m in means.items() if m is not None}
+  if not means or mean_interval(draws[full][label])["mean"] is None:
+    return None
+  best = max(means, key=means.get)
+  return {
+    "full": full,
+    "best_single": best,
+    **paired_difference(draws[full][label], draws[best][label]),
+  }
+
+
+# ------------------------------------------------------------------------------------------------
+# The probes.
+
+
+def linear_probes(
+  train_codes: np.ndarray,
+  train_valid: np.ndarray,
+  train_targets: np.ndarray,
+  test_codes: np.ndarray,
+  test_valid: np.ndarray,
+  test_targets: np.ndarray,
+  subset_names: Sequence[str],
+  *,
+  label_names: Sequence[str] = PROBE_LABELS,
+  num_train_examples: int = 500,
+  repeats: int = 10,
+  seed: int = 0,
+  draws: np.ndarray | None = None,
+  max_iter: int = 1000,
+  min_test_examples: int = 20,
+  train_split: str = "train",
+  test_split: str = "test",
+  finding_rule: str = "any_positive",
+) -> dict:
+  """Linear probes of the latent representation of every subset (the paper's Table 1).
+
+  For draw r, subset k and label l: a logistic regression (sklearn, lbfgs, ``max_iter``) is fit
+  on the rows `subset_rows` gives k of the shared draw r, and scored on every test study for
+  which k is valid, by ``average_precision_score(y_true, P(positive))`` and by the reference's
+  LEGACY number. The draws are ``draws`` or, if None, `probe_draws` over the train rows
+  (``num_train_examples``, ``repeats``, ``seed``). The random baseline is the label's
+  prevalence in the test split (the AP of a random score).
+
+  A draw whose rows of k have one class only for l cannot train a probe: it is left out (its
+  value is None) and counted in ``skipped``; a label whose every draw has one class is reported
+  as null with the reason "n/a (one class in the draw)". A label with fewer than 2 positive or
+  negative test studies is reported as null with its counts.
+
+  Args:
+    train_codes, test_codes: [K, N, D] subset posterior means of the encoded train studies /
+      test split.
+    train_valid, test_valid: bool [N, K].
+    train_targets, test_targets: int [N, L] 0/1 targets of ``label_names``.
+    subset_names: K names ('frontal', ..., 'frontal+lateral+text').
+    draws: int [R, n] rows of the train arrays (None: drawn here).
+    finding_rule: recorded with the settings (the targets are already made).
+
+  Returns:
+    {"subsets": {subset: {label: mean AP or None}}, "std": ..., "interval": {..: [lo, hi]},
+     "draws": {subset: {label: [AP or None per draw]}},
+     "legacy": {"subsets", "std", "interval", "draws"} of the LEGACY number,
+     "difference": {"standard" | "legacy": {label: full minus best single, paired}},
+     "random": {label: prevalence}, "random_per_subset": {subset: {label: prevalence among its
+     scored test studies}}, "skipped": {subset: {label: reason}},
+     "num_examples": {"train": {subset: [rows per draw]}, "test": {subset: n},
+     "train_studies": distinct train studies drawn}, "settings": {...}}
+
+  Raises:
+    ValueError: a subset with no valid study in any draw, fewer than ``min_test_examples``
+      valid test studies, or fewer than 2 positive or negative test studies of "Finding".
+  """
+  num_subsets = len(subset_names)
+  if train_codes.shape[0] != num_subsets or test_codes.shape[0] != num_subsets:
+    raise ValueError(
+      f"codes must be [K={num_subsets}, N, D]; got train {train_codes.shape}, "
+      f"test {test_codes.shape}."
+    )
+  if test_targets.shape[1] != len(label_names):
+    raise ValueError(
+      f"test_targets has {test_targets.shape[1]} columns for {len(label_names)} labels."
+    )
+  if draws is None:
+    draws = probe_draws(train_codes.shape[1], num_train_examples, repeats, seed)
+  draws = np.asarray(draws)
+  rows = [subset_rows(draw, train_valid) for draw in draws]  # [R][K]
+  values = {m: {} for m in METRICS}  # metric -> subset -> label -> [value or None per draw]
+  result = {
+    "random": {l: float(test_targets[:, j].mean()) for j, l in enumerate(label_names)},
+    "skipped": {},
+    "random_per_subset": {},
+    "num_examples": {"train": {}, "test": {}, "train_studies": int(np.unique(draws).size)},
+  }
+  not_converged, start = 0, time.perf_counter()
+  for k, name in enumerate(subset_names):
+    test_rows = np.flatnonzero(test_valid[:, k])
+    counts = [int(r[k].size) for r in rows]
+    _check_subset(
+      name, counts, test_rows, test_targets, label_names, min_test_examples, train_split, test_split
+    )
+    fitted = _fit_subset(
+      [r[k] for r in rows],
+      train_codes[k],
+      train_targets,
+      test_codes[k, test_rows],
+      test_targets[test_rows],
+      label_names,
+      max_iter=max_iter,
+      test_split=test_split,
+    )
+    for m in METRICS:
+      values[m][name] = fitted[m]
+    not_converged += fitted["not_converged"]
+    result["skipped"][name] = fitted["skipped"]
+    result["random_per_subset"][name] = fitted["prevalence"]
+    result["num_examples"]["train"][name] = counts
+    result["num_examples"]["test"][name] = int(test_rows.size)
+    headline = mean_interval(values["standard"][name].get(HEADLINE_LABEL, []))
+    logging.info(
+      "Probes of %s (%d/%d subsets, %.0f s): %s AP %s.",
+      name,
+      k + 1,
+      num_subsets,
+      time.perf_counter() - start,
+      HEADLINE_LABEL,
+      fmt(headline["mean"], headline["std"]),
+    )
+  if not_converged:
+    logging.warning("%d probe fits did not converge within max_iter=%d.", not_converged, max_iter)
+  result.update(summarise(values, subset_names, label_names))
+  result["settings"] = {
+    "metric": _METRIC_NOTES["standard"],
+    "legacy": _METRIC_NOTES["legacy"],
+    "targets": targets_note(finding_rule),
+    "finding_rule": finding_rule,
+    "representation": "posterior mean of q_subset",
+    "train_examples": int(draws.shape[1]),
+    "repeats": int(draws.shape[0]),
+    "seed": seed,
+    "draws": (
+      "shared by all subsets: draw r takes train_examples studies of the whole "
+      f"{train_split} split with replacement (numpy default_rng([seed, r])), and "
+      "every subset trains on the drawn studies for which it is valid"
+    ),
+    "interval": (
+      f"{INTERVAL_LEVEL:.0%} t-interval of the mean over the draws: mean ± "
+      "t_{0.975, R-1} * std / sqrt(R), std with ddof=1"
+    ),
+    "max_iter": max_iter,
+    "not_converged": not_converged,
+    "random": f"prevalence of the label in the whole {test_split} split",
+    "train_split": train_split,
+    "test_split": test_split,
+  }
+  return result
+
+
+def _check_subset(
+  name: str,
+  counts: list[int],
+  test_rows: np.ndarray,
+  test_targets: np.ndarray,
+  label_names: Sequence[str],
+  min_test_examples: int,
+  train_split: str,
+  test_split: str,
+) -> None:
+  """Raises ValueError when subset ``name`` cannot be probed (see `linear_probes`)."""
+  if max(counts) == 0:
+    raise ValueError(
+      f"No drawn {train_split!r} study has all modalities of subset {name!r}; "
+      "the probes need some (check data.require_complete and the dataset's "
+      "missing-modality rates, or raise eval.probe_train_examples)."
+    )
+  if test_rows.size < min_test_examples:
+    raise ValueError(
+      f"The {test_split!r} split has {test_rows.size} studies with all modalities of subset "
+      f"{name!r}, fewer than the {min_test_examples} the probes need "
+      "(eval.probe_min_test_examples); evaluate on a larger split."
+    )
+  if HEADLINE_LABEL in label_names:
+    y = test_targets[test_rows, list(label_names).index(HEADLINE_LABEL)]
+    if class_problem(y, test_split):
+      raise ValueError(
+        f"The {test_split!r} split has {int(y.sum())} positive and {int(y.size - y.sum())} "
+        f"negative studies of {HEADLINE_LABEL!r} for subset {name!r}; the probes need at "
+        f"least {MIN_CLASS_EXAMPLES} of each. Evaluate on a larger split."
+      )
+
+
+def _fit_subset(
+  draw_rows: list[np.ndarray],
+  train_codes: np.ndarray,
+  train_targets: np.ndarray,
+  test_codes: np.ndarray,
+  test_targets: np.ndarray,
+  label_names: Sequence[str],
+  *,
+  max_iter: int,
+  test_split: str,
+) -> dict:
+  """One subset's probes: per label, a fit on each draw's rows, scored on the test rows.
+
+  Returns {"standard" | "legacy": {label: [value or None per draw]}, "skipped": {label: why},
+  "prevalence": {label: share of positives among the test rows}, "not_converged": count}.
+  """
+  repeats = len(draw_rows)
+  out = {"standard": {}, "legacy": {}, "skipped": {}, "prevalence": {}, "not_converged": 0}
+  for j, label in enumerate(label_names):
+    y_test = test_targets[:, j]
+    out["prevalence"][label] = float(y_test.mean())
+    problem = class_problem(y_test, test_split)
+    standard, legacy = [None] * repeats, [None] * repeats
+    for r in range(repeats if problem is None else 0):
+      y_train = train_targets[draw_rows[r], j]
+      if y_train.size == 0 or y_train.min() == y_train.max():
+        continue
+      prob, hard, converged = fit_probe(
+        train_codes[draw_rows[r]], y_train, test_codes, max_iter=max_iter
+      )
+      out["not_converged"] += not converged
+      standard[r] = float(sklearn_metrics.average_precision_score(y_test, prob))
+      legacy[r] = legacy_average_precision(y_test, hard)
+    fitted = sum(v is not None for v in standard)
+    if problem is None and fitted == 0:
+      problem = _ONE_CLASS
+    elif problem is None and fitted < repeats:
+      out["skipped"][label] = (
+        f"{repeats - fitted} of {repeats} draws had one class and were left out"
+      )
+    if problem is not None:
+      out["skipped"][label] = problem
+    out["standard"][label], out["legacy"][label] = standard, legacy
+  return out
+
+
+def summarise(values: dict, subset_names: Sequence[str], label_names: Sequence[str]) -> dict:
+  """Means, standard deviations and intervals over the draws of both metrics, and the paired
+  differences: the "subsets", "std", "interval", "draws", "legacy" and "difference" entries of
+  `linear_probes`' result, from ``values`` (metric -> subset -> label -> per-draw values)."""
+  result = {}
+  for m in METRICS:
+    summary = {
+      n: {l: mean_interval(v) for l, v in per_label.items()} for n, per_label in values[m].items()
+    }
+    section = {
+      key: {n: {l: s[key] for l, s in per_label.items()} for n, per_label in summary.items()}
+      for key in ("std", "interval")
+    }
+    section = {
+      "subsets": {
+        n: {l: s["mean"] for l, s in per_label.items()} for n, per_label in summary.items()
+      },
+      **section,
+      "draws": values[m],
+    }
+    if m == "standard":
+      result.update(section)
+    else:
+      result["legacy"] = section
+  result["difference"] = {
+    m: {l: full_minus_best_single(values[m], l, subset_names) for l in label_names} for m in METRICS
+  }
+  return result
+
+
+def run(ctx: Context) -> dict:
+  """Probes of every subset on the test split; writes probes.json, probes.md and the chart."""
+  ev, data_config = ctx.config.eval, ctx.config.data
+  test = ctx.test()
+  split = data_config.train_split
+  draws = probe_draws(
+    ctx.data.num_examples(split), ev.probe_train_examples, ev.probe_repeats, ev.seed
+  )
+  studies = np.unique(draws)
+  logging.info(
+    "Probe draws: %d x %d studies of %s, %d distinct; encoding those.",
+    draws.shape[0],
+    draws.shape[1],
+    split,
+    studies.size,
+  )
+  train = encode_split(
+    ctx.model,
+    ctx.variables,
+    ctx.data,
+    split,
+    batch_size=ev.batch_size,
+    finding_rule=data_config.finding_rule,
+    indices=studies,
+    keep_logvar=False,
+  )
+  probes = linear_probes(
+    train.mu_k,
+    train.valid,
+    train.targets,
+    test.mu_k,
+    test.valid,
+    test.targets,
+    ctx.subset_names,
+    draws=np.searchsorted(studies, draws),
+    seed=ev.seed,
+    max_iter=ev.probe_max_iter,
+    min_test_examples=ev.probe_min_test_examples,
+    train_split=split,
+    test_split=data_config.test_split,
+    finding_rule=data_config.finding_rule,
+  )
+  write_json(paths.join(ctx.eval_dir, "probes.json"), probes)
+  write_chart(probes, paths.join(ctx.eval_dir, CHART_FILE))
+  paths.write_text(paths.join(ctx.eval_dir, "probes.md"), probes_markdown(probes))
+  return probes
+
+
+def markdown(result: dict, settings: dict) -> str:
+  """The report.md section: the headline tables, the chart and links to the details."""
+  del settings
+  return "\n".join(
+    [
+      probes_markdown(result, level=2),
+      "Every draw's AP, skip reasons and settings: [probes.json](probes.json); "
+      "the same tables: [probes.md](probes.md); the chart: "
+      f"[{CHART_FILE}]({CHART_FILE}).",
+      "",
+    ]
+  )

@@ -1,0 +1,94 @@
+"""The device mesh and global batches of the data-parallel step.
+
+One 1-D mesh with axis ``'data'`` spans every device of every process. A global batch is split
+over that axis (``PartitionSpec('data')``); the train state is replicated (``PartitionSpec()``).
+Each process feeds its own rows (`to_global_batch`), so the batch must divide over the devices
+and the processes (`check_batch_divisible`).
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+DATA_AXIS = "data"
+
+
+def make_data_mesh(devices=None) -> Mesh:
+  """A 1-D mesh with axis 'data' over ``devices`` (default: all devices of all processes).
+
+  The axis type is Auto: Explicit axes break the reshapes of the conv networks.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh(
+    (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+  )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """The sharding of the train state: a full copy on every device."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """The sharding of a global batch: rows split over the 'data' axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def _num_devices(mesh_or_num_devices: Mesh | int) -> int:
+  if isinstance(mesh_or_num_devices, Mesh):
+    mesh = mesh_or_num_devices
+    return mesh.shape[DATA_AXIS] if DATA_AXIS in mesh.axis_names else mesh.size
+  return int(mesh_or_num_devices)
+
+
+def check_batch_divisible(
+  global_batch_size: int, mesh_or_num_devices: Mesh | int, what: str = "devices"
+) -> None:
+  """Raises ValueError unless ``global_batch_size`` splits evenly over the devices (or processes).
+
+  ``mesh_or_num_devices`` is a count or a mesh (then the size of its 'data' axis counts).
+  """
+  n = _num_devices(mesh_or_num_devices)
+  if n < 1:
+    raise ValueError(f"Cannot split a batch over {n} {what}.")
+  if global_batch_size < 1:
+    raise ValueError(
+      f"global batch {global_batch_size} must be positive; use a multiple of {n}, e.g. {n}."
+    )
+  if global_batch_size % n:
+    suggestion = -(-global_batch_size // n) * n
+    raise ValueError(
+      f"global batch {global_batch_size} does not divide over {n} {what}; use a "
+      f"multiple of {n}, e.g. {suggestion}"
+    )
+
+
+def to_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Turns each process's numpy batch into global arrays, split over the mesh axis 'data'.
+
+  Every process calls this with its own batch (leading dimension b); each returned array has
+  leading dimension ``b * process_count`` and sharding ``NamedSharding(mesh, P('data'))``.
+  """
+  sizes = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in batch.items()}
+  if len(set(sizes.values())) != 1 or None in sizes.values():
+    raise ValueError(f"All batch entries need the same leading (batch) dimension, got {sizes}.")
+  local_batch_size = next(iter(sizes.values()))
+  check_batch_divisible(local_batch_size * jax.process_count(), mesh)
+  sharding = batch_sharded(mesh)
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
+
+
+def abstract(tree, sharding):
+  """Shapes, dtypes and weak types of ``tree`` (arrays or `jax.eval_shape` output) with
+  ``sharding``: what ahead-of-time compiles and Orbax restores take."""
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=sharding, weak_type=getattr(x, "weak_type", False)
+    ),
+    tree,
+  )

@@ -1,0 +1,535 @@
+"""The training loop around the jitted step of `mopoe_jax.training.step`.
+
+`train_and_evaluate` compiles the step once with ``jax.jit`` over a ``('data',)`` mesh (batch
+sharded, state replicated; traced once and kept beside the compilation cache, so that a restart
+neither traces nor lowers it: `mopoe_jax.training.programs`), feeds it global batches of the data
+source, logs to the metric writer it is given, evaluates the loss on the eval split, lowers the
+learning rate on a plateau (when ``train.plateau_factor`` < 1) and checkpoints with Orbax. It
+resumes from the newest checkpoint of the workdir that restores (data position included; a damaged
+newer one is logged and set aside), after checking the checkpoint's recorded fields against the
+config (`mopoe_jax.training.fingerprint`). A step's checkpoint is written before that step's
+evaluation runs (the evaluation still due is recorded and runs on resume); any exception inside the
+loop saves the current state first (one process); SIGTERM saves and raises `Preempted`; a
+non-finite loss or gradient stops with an error naming the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import signal
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mopoe_jax.data.datasource import MODEL_KEYS, DataSource
+from mopoe_jax.platform import sharding, speed
+from mopoe_jax.training import checkpointing, fingerprint, model_file
+from mopoe_jax.training import programs as programs_lib
+from mopoe_jax.training.grids import TrainingGrids
+from mopoe_jax.training.step import (
+  StepConfig,
+  TrainState,
+  for_devices,
+  set_plateau_scale,
+  validate_config,
+)
+from mopoe_jax.vae import model as model_lib
+from mopoe_jax.vae import objective
+
+
+class NonFiniteError(RuntimeError):
+  """Raised when training produced a non-finite loss or gradient."""
+
+
+class Preempted(RuntimeError):
+  """Raised after SIGTERM (or an Orbax preemption notice) once the checkpoint is saved."""
+
+  def __init__(self, step: int, checkpoint_dir: str):
+    super().__init__(
+      f"Preempted at step {step}; the checkpoint of step {step} is in "
+      f"{checkpoint_dir}. Rerun the same command to resume."
+    )
+    self.step = step
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class Plateau:
+  """Reduce-on-plateau of the eval loss; its state travels in the checkpoint.
+
+  The schedule: docs/model.md#training.
+  """
+
+  best: float = math.inf
+  bad_evals: int = 0
+  scale: float = 1.0
+  best_step: int | None = None  # the step whose evaluation gave ``best``
+
+  def update(
+    self, eval_loss: float, patience: int, factor: float, min_scale: float, step: int | None = None
+  ) -> bool:
+    """Records the evaluation of ``step``; True when the learning rate should drop now.
+
+    ``factor`` 1.0 is no schedule (the reference's VAE: a constant learning rate): the best
+    loss is still tracked, the rate never drops.
+    """
+    if eval_loss < self.best:
+      self.best, self.bad_evals, self.best_step = eval_loss, 0, step
+      return False
+    self.bad_evals += 1
+    if factor >= 1.0 or self.bad_evals < patience or self.scale <= min_scale:
+      return False
+    self.scale, self.bad_evals = max(self.scale * factor, min_scale), 0
+    return True
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag that the loop checks after each step (one process; with several,
+  JAX's preemption service catches SIGTERM and `manager.reached_preemption` agrees on a step)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() > 1:
+      return self
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: rely on Orbax's preemption check alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping after this step.")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(state: TrainState, manager) -> None:
+  bad = int(jax.device_get(state.bad_step))
+  if bad >= 0:
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    where = (
+      f"the last good checkpoint is step {last} in {manager.directory}"
+      if last is not None
+      else "no checkpoint was saved before it"
+    )
+    raise NonFiniteError(
+      f"Training diverged: the loss or a gradient was not finite at step {bad}; {where}. "
+      "Nothing after that step was applied. Lower --config.train.learning_rate, lengthen "
+      "--config.train.warmup_steps, or bound the log-variances with "
+      "--config.model.logvar_bound=10."
+    )
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _mean_metrics(history: list) -> dict:
+  host = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+EVAL_KEYS = MODEL_KEYS + ("valid",)  # what the eval step reads of a batch
+
+
+def evaluate_loss(
+  eval_step_fn, state, data: DataSource, config, mesh, num_batches: int | None
+) -> dict:
+  """Mean eval terms over (the first ``num_batches`` batches of) the eval split."""
+  it = data.eval_batches(config.data.eval_split, batch_size=config.train.batch_size)
+  totals = None
+  for i, batch in enumerate(it):
+    if num_batches is not None and i >= num_batches:
+      break
+    batch = {k: batch[k] for k in EVAL_KEYS}
+    sums = jax.device_get(eval_step_fn(state, sharding.to_global_batch(batch, mesh)))
+    totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+  if totals is None:
+    raise ValueError(f"The eval split {config.data.eval_split!r} of {config.data.name} is empty.")
+  return {k: float(v) for k, v in objective.means(totals).items()}
+
+
+def num_train_steps(config, data: DataSource) -> tuple[int, int]:
+  """(total steps, steps per epoch) from num_steps or num_epochs and the train split size."""
+  n = data.num_examples(config.data.train_split)
+  steps_per_epoch = n // config.train.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(
+      f"The train split has {n} usable studies, fewer than one batch of "
+      f"{config.train.batch_size}; lower --config.train.batch_size."
+    )
+  if config.train.num_steps is not None:
+    return int(config.train.num_steps), steps_per_epoch
+  return max(1, int(config.train.num_epochs * steps_per_epoch)), steps_per_epoch
+
+
+def _flat_hparams(config) -> dict:
+  flat = {}
+
+  def visit(prefix, node):
+    for k, v in node.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, ml_collections.ConfigDict):
+        visit(key + ".", v)
+      else:
+        flat[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+  visit("", config)
+  return flat
+
+
+def _resume(manager, abstract, config, fields: dict, workdir: str, on_checked=None):
+  """(state, meta) of the newest checkpoint that restores; (None, None) without checkpoints.
+
+  ``abstract``: the train state's shapes and shardings. The recorded fields are checked before
+  any array is read (then ``on_checked(step)`` is called); newer steps that cannot be read are
+  set aside (moved to ``<workdir>/checkpoints_damaged``) so that they can be saved again.
+  """
+  if not manager.all_steps():
+    return None, None
+
+  def check(step, meta):
+    fingerprint.check(
+      meta, config, fields, step=step, directory=str(manager.directory), resuming=True
+    )
+    if on_checked is not None:
+      on_checked(step)
+
+  _, state, meta, failures = checkpointing.restore_newest(
+    manager, lambda step: checkpointing.restore_train_state(manager, abstract, step), check
+  )
+  checkpointing.set_aside(manager, [step for step, _ in failures], workdir)
+  bad_step = jax.device_put(jnp.asarray(-1, jnp.int32), abstract.bad_step.sharding)
+  return state.replace(bad_step=bad_step), meta
+
+
+def _save_after_error(
+  manager, state, meta: dict, step: int, saved_step: int, error: BaseException
+) -> None:
+  """Saves the state of ``step`` (when finite and not saved yet) before ``error`` propagates."""
+  reason = checkpointing.failure_reason(error)
+  try:
+    manager.wait_until_finished()
+    if step == saved_step:
+      logging.error(
+        "Stopping on %s; the state of step %d is in its checkpoint in %s.",
+        reason,
+        step,
+        manager.directory,
+      )
+    elif jax.process_count() > 1:
+      logging.error(
+        "Stopping on %s; the state of step %d is not saved (with several processes "
+        "a save needs all of them); the last checkpoint is step %s in %s.",
+        reason,
+        step,
+        manager.latest_step(),
+        manager.directory,
+      )
+    elif int(jax.device_get(state.bad_step)) >= 0:
+      logging.error(
+        "Stopping on %s; the state of step %d is not finite, not saved; the last "
+        "checkpoint is step %s in %s.",
+        reason,
+        step,
+        manager.latest_step(),
+        manager.directory,
+      )
+    else:
+      checkpointing.save(manager, state, meta, force=True)
+      manager.wait_until_finished()
+      logging.error(
+        "Stopping on %s; saved the state of step %d to %s first (rerun the same "
+        "command to resume from it).",
+        reason,
+        step,
+        manager.directory,
+      )
+    manager.close()
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    logging.error(
+      "Stopping on %s; could not save the state of step %d (%s); the last "
+      "checkpoint is step %s in %s.",
+      reason,
+      step,
+      checkpointing.failure_reason(e),
+      manager.latest_step(),
+      manager.directory,
+    )
+
+
+@dataclasses.dataclass
+class _Loop:
+  """What the loop carries between steps: the plateau tracker and the best step it keeps, the
+  metrics since the last log line, the training clock, the last evaluation."""
+
+  config: ml_collections.ConfigDict
+  data: DataSource
+  writer: Any
+  manager: Any
+  mesh: Any
+  fields: dict
+  total_steps: int
+  eval_step: Any
+  grids: TrainingGrids | None
+  plateau: Plateau
+  keep_best: checkpointing.KeepStep
+  history: list = dataclasses.field(default_factory=list)
+  tic: float = 0.0  # time.time() at the start of the logged interval (set when training starts)
+  data_seconds: float = 0.0  # of the logged interval, spent waiting for the next batch
+  step_flops: float | None = None  # per device and step (XLA's cost analysis)
+  last_eval: dict | None = None
+
+  def next_batch(self, train_iter) -> dict:
+    """The next global batch of the model's keys; the wait counts as waiting for data."""
+    tic = time.time()
+    batch = sharding.to_global_batch(
+      {k: v for k, v in next(train_iter).items() if k in MODEL_KEYS}, self.mesh
+    )
+    self.data_seconds += time.time() - tic
+    return batch
+
+  def meta(self, step: int, eval_due: bool) -> dict:
+    """A checkpoint's metadata at ``step``."""
+    p = self.plateau
+    return {
+      "fields": self.fields,
+      "plateau_best": p.best,
+      "plateau_bad_evals": p.bad_evals,
+      "plateau_scale": p.scale,
+      "plateau_best_step": p.best_step,
+      "data_position": step,
+      "eval_due": eval_due,
+    }
+
+  def evaluate(self, state, step: int):
+    """Eval loss, grids and the plateau tracker at ``step``; returns the (re-scaled) state.
+    Its time is left out of the training clock (steps/s counts training time only)."""
+    t, eval_tic = self.config.train, time.time()
+    metrics = evaluate_loss(
+      self.eval_step, state, self.data, self.config, self.mesh, t.eval_batches
+    )
+    self.writer.write_scalars(step, {f"eval_{k}": v for k, v in metrics.items()})
+    if self.grids is not None:
+      self.writer.write_images(step, self.grids(state))
+    logging.info(
+      "eval at step %d: loss %.2f (%.1f s)", step, metrics["loss"], time.time() - eval_tic
+    )
+    if self.plateau.update(
+      metrics["loss"], t.plateau_patience, t.plateau_factor, t.plateau_min_scale, step=step
+    ):
+      state = set_plateau_scale(state, self.plateau.scale)
+      logging.info(
+        "Eval loss has not improved for %d evaluations: learning-rate factor now %.3g.",
+        t.plateau_patience,
+        self.plateau.scale,
+      )
+    self.keep_best.step = self.plateau.best_step
+    self.last_eval = metrics
+    self.tic += time.time() - eval_tic
+    return state
+
+  def log(self, state, step: int) -> None:
+    """Checks the state is finite, writes and logs the mean metrics since the last call."""
+    _check_finite(state, self.manager)
+    summary = _mean_metrics(self.history)
+    device_kind = jax.local_devices()[0].device_kind
+    summary.update(
+      speed.interval_figures(
+        steps=len(self.history),
+        seconds=time.time() - self.tic,
+        data_seconds=self.data_seconds,
+        global_batch=self.config.train.batch_size,
+        step_flops=self.step_flops,
+        device_kind=device_kind,
+        memory=speed.device_memory(),
+      )
+    )
+    self.history, self.tic, self.data_seconds = [], time.time(), 0.0
+    self.writer.write_scalars(step, {f"train_{k}": v for k, v in summary.items()})
+    logging.info(
+      "step %d/%d: loss %.2f (rec %.2f, kl %.2f), %s, lr %.2e, ETA %s",
+      step,
+      self.total_steps,
+      summary["loss"],
+      summary["rec"],
+      summary["kl"],
+      speed.describe(summary, device_kind),
+      summary["learning_rate"],
+      _duration((self.total_steps - step) / summary["steps_per_second"]),
+    )
+
+
+def _start(programs: programs_lib.Programs, init_rng, state, meta, keep_best, manager):
+  """(state, plateau) to train from: a new state, or the restored one with its plateau."""
+  if meta is None:
+    return programs.init_state(init_rng), Plateau()
+  plateau = Plateau(
+    best=meta["plateau_best"],
+    bad_evals=meta["plateau_bad_evals"],
+    scale=meta["plateau_scale"],
+    best_step=meta.get("plateau_best_step"),
+  )
+  keep_best.step = plateau.best_step
+  logging.info("Resumed from step %d of %s.", int(state.step), manager.directory)
+  return state, plateau
+
+
+def _announce(
+  config, workdir: str, data: DataSource, writer, state, total_steps: int, steps_per_epoch: int
+) -> None:
+  if int(state.step) == 0:
+    writer.write_hparams(_flat_hparams(config))
+  model_file.write(workdir, config, data.vocab.words, data.name)  # the model without the data
+  logging.info(
+    "Training %s on %s: %d steps (%d per epoch), global batch %d over %d "
+    "device(s) of %d process(es), %s parameters.",
+    config.model.variant,
+    data.name,
+    total_steps,
+    steps_per_epoch,
+    config.train.batch_size,
+    jax.device_count(),
+    jax.process_count(),
+    f"{sum(x.size for x in jax.tree.leaves(state.params)):,}",
+  )
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, data: DataSource, writer
+) -> TrainState:
+  """Trains (resuming from the newest checkpoint in ``workdir``) and returns the final state.
+
+  Args:
+    config: the run's config.
+    workdir: checkpoints go to ``<workdir>/checkpoints``.
+    data: the prepared dataset (`input_pipeline.tfds_source.load`); on several hosts,
+      ``jax.distributed`` must be initialised before it is built.
+    writer: a clu ``MetricWriter`` (write_scalars, write_images, write_hparams), e.g.
+      ``metric_writers.create_default_writer(workdir)``; flushed, not closed, at the end.
+
+  Raises:
+    Preempted: after SIGTERM, once the checkpoint of the current step is saved.
+    NonFiniteError: when a loss or gradient was not finite (names the step).
+    fingerprint.MismatchError: when the checkpoint was written with other shapes or (unless
+      allowed) another data order.
+    checkpointing.NoRestorableCheckpointError: when checkpoints exist but none restores.
+  """
+  started = time.perf_counter()
+  config = for_devices(config, jax.device_count())
+  validate_config(config, jax.device_count())
+  t = config.train
+  model = model_lib.create_model(config, len(data.vocab))
+  step_config = StepConfig.from_config(config, model, pad_id=data.vocab.pad_id)
+  mesh = sharding.make_data_mesh()
+  total_steps, steps_per_epoch = num_train_steps(config, data)
+  fields = fingerprint.fields(
+    config, dataset=data.name, vocab_size=len(data.vocab), process_count=jax.process_count()
+  )
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(t.seed))
+  programs = programs_lib.Programs.build(config, model, step_config, mesh, init_rng)
+  keep_best = checkpointing.KeepStep()
+  manager = checkpointing.create_manager(workdir, keep=t.keep_checkpoints, keep_step=keep_best)
+  # The step compiles while the state is initialised or restored; only once the checkpoint's
+  # fields passed their check, so that a refused run compiles nothing.
+  state, meta = _resume(
+    manager,
+    programs.abstract,
+    config,
+    fields,
+    workdir,
+    on_checked=functools.partial(programs.compile_step, step_rng),
+  )
+  programs.compile_step(step_rng)
+  state, plateau = _start(programs, init_rng, state, meta, keep_best, manager)
+  _announce(config, workdir, data, writer, state, total_steps, steps_per_epoch)
+  grids = TrainingGrids(model, config, data, state, mesh) if t.image_grid_studies else None
+  loop = _Loop(
+    config,
+    data,
+    writer,
+    manager,
+    mesh,
+    fields,
+    total_steps,
+    programs.eval_step(state, t.batch_size),
+    grids,
+    plateau,
+    keep_best,
+  )
+  start_step = step = int(state.step)
+  train_iter = data.train_batches(
+    global_batch_size=t.batch_size, seed=t.seed, start_step=start_step
+  )
+  train_step_fn = programs.train_step()
+  loop.step_flops = programs.train_step_flops()
+  profile = speed.StepProfile(workdir, start_step, t.profile_steps) if t.profile_steps else None
+  # XLA:CPU collectives have dead-locked when tiny sharded steps run back to back: on CPU, wait
+  # for each step's result (the CPU is busy computing it anyway).
+  sync_each_step = jax.default_backend() == "cpu"
+  saved_step = start_step if meta is not None else -1
+  # A checkpoint is written before its step's evaluation: that evaluation may still be due.
+  eval_pending, stop = bool(meta is not None and meta.get("eval_due")), False
+  loop.tic = time.time()
+  with _Preemption() as preemption:
+    try:
+      if eval_pending:
+        logging.info("Running the evaluation of step %d, which had not finished.", step)
+        state, eval_pending = loop.evaluate(state, step), False
+      while step < total_steps and not stop:
+        state, metrics = train_step_fn(state, loop.next_batch(train_iter), step_rng)
+        if sync_each_step or step == start_step:
+          jax.block_until_ready(metrics["loss"])
+        loop.history.append(metrics)
+        step += 1
+        if step == start_step + 1:
+          logging.info(
+            "First step done %.1f s after training started (state, compiles, data).",
+            time.perf_counter() - started,
+          )
+        if profile is not None:
+          profile(step)
+        stop = preemption.requested or manager.reached_preemption(step)
+        if step % t.log_every_steps == 0 or step == total_steps or stop:
+          loop.log(state, step)
+        eval_pending = step % t.eval_every_steps == 0 or step == total_steps
+        if step % t.checkpoint_every_steps == 0 or step == total_steps or stop:
+          _check_finite(state, manager)
+          checkpointing.save(manager, state, loop.meta(step, eval_pending), force=stop)
+          saved_step = step
+        if eval_pending and not stop:
+          state, eval_pending = loop.evaluate(state, step), False
+    except (Exception, KeyboardInterrupt) as error:
+      _save_after_error(manager, state, loop.meta(step, eval_pending), step, saved_step, error)
+      raise
+    finally:
+      if profile is not None:
+        profile.close()
+  manager.wait_until_finished()
+  manager.close()
+  writer.flush()
+  del train_iter
+  if step < total_steps:
+    raise Preempted(step, str(manager.directory))
+  if loop.last_eval is not None:
+    logging.info("Final eval loss %.3f at step %d.", loop.last_eval["loss"], step)
+  return state

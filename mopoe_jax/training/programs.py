@@ -1,0 +1,219 @@
+"""The training loop's compiled programs, built behind one call (`Programs.build`).
+
+- the init (`init_program`): one jitted object per program in this process
+  (`compilation.jitted_once`), compiled with the fast-compile options;
+- the train step (`train_program`): traced once and kept on disk beside the compilation cache
+  (`compilation.StoredProgram`), so that a restart neither traces nor lowers it; it compiles in a
+  background thread (`Programs.compile_step`) while the state is initialised or restored;
+- the eval step (`Programs.eval_step`).
+
+A program's key (what makes a stored step stale) comes from the model, the step's settings,
+the state's structure and shapes, the devices, and the config (`trace_settings`) less the fields
+that only steer the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from mopoe_jax.platform import compilation, sharding, speed
+from mopoe_jax.training.step import StepConfig, eval_step, init_state, train_step
+from mopoe_jax.vae import model as model_lib
+
+# Config fields that steer the loop around the programs (what runs when, where files go, the
+# data order, the evaluation), never what `init_state` or `train_step` trace: left out of their
+# program keys. Every other field is in them, a field added later included: a change to it
+# retraces, rather than reusing a stale stored program.
+_LOOP_ONLY_FIELDS = (
+  "eval",
+  "classifier",
+  "data.name",
+  "data.data_dir",
+  "data.manual_dir",
+  "data.finding_rule",
+  "data.train_split",
+  "data.eval_split",
+  "data.test_split",
+  "data.shuffle_buffer_size",
+  "data.prefetch",
+  "data.require_complete",
+  "train.seed",
+  "train.per_device_batch_size",
+  "train.num_epochs",
+  "train.num_steps",
+  "train.log_every_steps",
+  "train.eval_every_steps",
+  "train.eval_batches",
+  "train.checkpoint_every_steps",
+  "train.keep_checkpoints",
+  "train.plateau_factor",
+  "train.plateau_patience",
+  "train.plateau_min_scale",
+  "train.multihost",
+  "train.coordinator_address",
+  "train.num_processes",
+  "train.process_id",
+  "train.allow_data_order_change",
+  "train.image_grid_studies",
+  "train.profile_steps",
+  "train.compilation_cache",
+  "train.compilation_cache_dir",
+)
+
+
+def trace_settings(config: ml_collections.ConfigDict) -> str:
+  """The config as the programs' keys see it: every field but `_LOOP_ONLY_FIELDS`, as JSON."""
+  settings = json.loads(config.to_json_best_effort())
+  for name in _LOOP_ONLY_FIELDS:
+    section, _, field = name.partition(".")
+    if field:
+      settings.get(section, {}).pop(field, None)
+    else:
+      settings.pop(section, None)
+  return json.dumps(settings, sort_keys=True)
+
+
+def init_program(config: ml_collections.ConfigDict, model, mesh):
+  """The jitted `init_state` of ``model`` and ``config``, its output replicated over ``mesh``:
+  one object per program in this process (`compilation.jitted_once`)."""
+  return compilation.jitted_once(
+    (init_state, model, trace_settings(config), mesh),
+    lambda: jax.jit(
+      functools.partial(init_state, model, config), out_shardings=sharding.replicated(mesh)
+    ),
+  )
+
+
+def _flat_train_step(state_leaves, batch, rng, *, treedef, model, step_config):
+  """`train_step` on the state's leaves (what `compilation.StoredProgram` can keep on disk)."""
+  state, metrics = train_step(
+    jax.tree.unflatten(treedef, state_leaves), batch, rng, model=model, step_config=step_config
+  )
+  return jax.tree.leaves(state), metrics
+
+
+def train_program(
+  config: ml_collections.ConfigDict, model, step_config: StepConfig, mesh, abstract, batch_shape
+) -> compilation.StoredProgram:
+  """The train step over ``mesh`` (batch sharded, state replicated and donated) as a
+  `compilation.StoredProgram` of the state's leaves: traced once, kept beside the compilation cache
+  (unless ``train.compilation_cache`` is off), loaded untraced by a restart; one object per
+  program in this process. Call it through `_tree_step`."""
+  replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  treedef = jax.tree.structure(abstract)
+  key = compilation.program_key(
+    "train_step",
+    model,
+    step_config,
+    trace_settings(config),
+    str(treedef),
+    [(x.shape, str(x.dtype), str(x.sharding)) for x in jax.tree.leaves(abstract)],
+    sorted((k, v.shape, str(v.dtype), str(v.sharding)) for k, v in batch_shape.items()),
+    [d.id for d in mesh.devices.flat],
+  )
+  return compilation.jitted_once(
+    ("stored train step", key),
+    lambda: compilation.StoredProgram(
+      functools.partial(_flat_train_step, treedef=treedef, model=model, step_config=step_config),
+      name="train_step",
+      key=key,
+      directory=compilation.stored_programs_dir(config.train.compilation_cache),
+      in_shardings=(replicated, sharded, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+    ),
+  )
+
+
+def _tree_step(flat_step, treedef):
+  """``(state, batch, rng) -> (state, metrics)`` from the compiled `_flat_train_step`."""
+
+  def step(state, batch, rng):
+    leaves, metrics = flat_step(jax.tree.leaves(state), batch, rng)
+    return jax.tree.unflatten(treedef, leaves), metrics
+
+  return step
+
+
+@dataclasses.dataclass
+class Programs:
+  """The loop's programs for one model, config and mesh; nothing is compiled by `build`."""
+
+  init_jit: Any  # jitted init_state (rng) -> replicated state
+  abstract: Any  # the state's shapes and shardings
+  batch_shape: dict  # a train batch's shapes and shardings
+  stored_step: compilation.StoredProgram
+  model: Any
+  step_config: StepConfig
+  mesh: Any
+  _compile: compilation.BackgroundCompile | None = None
+
+  @classmethod
+  def build(
+    cls, config: ml_collections.ConfigDict, model, step_config: StepConfig, mesh, init_rng
+  ) -> "Programs":
+    init_jit = init_program(config, model, mesh)
+    # The state's shapes from the same trace as the state itself: its tree carries the
+    # optimizer's functions, which must be the very ones the compiled programs were given.
+    abstract = sharding.abstract(jax.eval_shape(init_jit, init_rng), sharding.replicated(mesh))
+    batch_shape = sharding.abstract(
+      model_lib.dummy_batch(config, config.train.batch_size), sharding.batch_sharded(mesh)
+    )
+    stored = train_program(config, model, step_config, mesh, abstract, batch_shape)
+    return cls(init_jit, abstract, batch_shape, stored, model, step_config, mesh)
+
+  def compile_step(self, step_rng, *_) -> None:
+    """Starts compiling the train step in the background (once; later calls do nothing)."""
+    if self._compile is None:
+      self._compile = compilation.BackgroundCompile(
+        self.stored_step,
+        jax.tree.leaves(self.abstract),
+        self.batch_shape,
+        step_rng,
+        name="train step",
+      )
+
+  def init_state(self, init_rng):
+    """A new train state (compiled with the fast-compile options)."""
+    tic = time.perf_counter()
+    state = compilation.compile_fast(self.init_jit, init_rng)(init_rng)
+    jax.block_until_ready(state)
+    logging.info("Initialised the train state in %.1f s.", time.perf_counter() - tic)
+    return state
+
+  def train_step(self):
+    """``(state, batch, rng) -> (state, metrics)``; waits for `compile_step`'s compile."""
+    return _tree_step(self._compile.result(), jax.tree.structure(self.abstract))
+
+  def train_step_flops(self) -> float | None:
+    """FLOPs of one train step per device (XLA's cost analysis of the compiled step)."""
+    return speed.program_flops(self._compile.result())
+
+  def eval_step(self, state, batch_size: int):
+    """The compiled eval step: ``(state, batch with 'valid') -> sums``."""
+    replicated, sharded = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
+    model, step_config = self.model, self.step_config
+    shape = dict(
+      self.batch_shape, valid=jax.ShapeDtypeStruct((batch_size,), np.bool_, sharding=sharded)
+    )
+    return compilation.compile_fast(
+      compilation.jitted_once(
+        (eval_step, model, step_config, self.mesh),
+        lambda: jax.jit(
+          functools.partial(eval_step, model=model, step_config=step_config),
+          in_shardings=(replicated, sharded),
+          out_shardings=replicated,
+        ),
+      ),
+      state,
+      shape,
+    )

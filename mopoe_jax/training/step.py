@@ -1,0 +1,289 @@
+"""The training step: a pure function of (state, global batch, rng), jitted by the caller.
+
+``train_step(state, batch, rng) -> (state, metrics)`` runs the model on a global batch, the
+objective (`mopoe_jax.vae.objective`), the gradient and the Adam update. Jitted over a ``('data',)``
+mesh (`mopoe_jax.platform.sharding`) with the batch sharded and the state replicated, BatchNorm
+statistics and the loss are computed over the global batch (XLA inserts the all-reduces). A
+non-finite loss or gradient leaves the parameters alone and records the step in
+``state.bad_step``. Nothing here reads data or imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from absl import logging
+from flax.training import train_state as flax_train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from mopoe_jax.platform import runtime, sharding
+from mopoe_jax.vae import model as model_lib
+from mopoe_jax.vae import objective, subsets
+
+
+class TrainState(flax_train_state.TrainState):
+  batch_stats: Any
+  # Step at which a non-finite loss or gradient was first seen (-1: never). From then on the
+  # step leaves the parameters alone, so the state stays the last good one.
+  bad_step: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """The static, hashable part of the config that the jitted step closes over."""
+
+  modalities: tuple
+  subset_names: tuple
+  rec_weights: tuple
+  beta: float
+  image_scale: float
+  text_pad_id: int | None  # left out of the text likelihood; None: every position counts
+
+  @classmethod
+  def from_config(cls, config, model: model_lib.MoPoE, pad_id: int) -> "StepConfig":
+    """``pad_id``: the vocabulary's <pad> id, masked out of the text loss when
+    ``config.model.mask_text_padding``."""
+    return cls(
+      modalities=tuple(config.data.modalities),
+      subset_names=tuple(subsets.subset_names(config.data.modalities, model.mask)),
+      rec_weights=tuple(float(w) for w in config.model.rec_weights),
+      beta=float(config.model.beta),
+      image_scale=float(config.model.image_scale),
+      text_pad_id=int(pad_id) if config.model.mask_text_padding else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Config checks: everything that can be wrong is reported before anything compiles.
+
+
+def for_devices(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose sizes fit ``num_devices`` devices (all processes' together).
+
+  ``train.per_device_batch_size``, when set, decides the global batch (per device x devices);
+  ``train.image_grid_studies`` rounds up to a multiple of the devices (the grid's studies are
+  split over them like a batch). Each change is logged. The global ``train.batch_size`` itself
+  is never rounded: it is the optimisation's batch, so one that does not divide is an error
+  (`validate_config`), with a suggestion.
+  """
+  config = config.copy_and_resolve_references()
+  t = config.train
+  if t.per_device_batch_size is not None:
+    if t.per_device_batch_size < 1:
+      raise ValueError(
+        f"config.train.per_device_batch_size must be >= 1, got {t.per_device_batch_size}."
+      )
+    logging.info(
+      "Global batch %d = %d per device x %d devices (train.per_device_batch_size; "
+      "train.batch_size=%s is not used).",
+      t.per_device_batch_size * num_devices,
+      t.per_device_batch_size,
+      num_devices,
+      t.batch_size,
+    )
+    t.batch_size = t.per_device_batch_size * num_devices
+  if t.image_grid_studies > 0 and t.image_grid_studies % num_devices:
+    rounded = -(-t.image_grid_studies // num_devices) * num_devices
+    logging.info(
+      "train.image_grid_studies %d -> %d (a multiple of the %d devices).",
+      t.image_grid_studies,
+      rounded,
+      num_devices,
+    )
+    t.image_grid_studies = rounded
+  return config
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ValueError naming the field and what to change when the config is inconsistent."""
+  d, m, t = config.data, config.model, config.train
+  unknown = [x for x in d.modalities if x not in model_lib.DATA_MODALITIES]
+  if unknown or not d.modalities:
+    raise ValueError(
+      f"config.data.modalities={tuple(d.modalities)}: each must be one of "
+      f"{model_lib.DATA_MODALITIES}."
+    )
+  if len(m.rec_weights) != len(d.modalities):
+    raise ValueError(
+      f"config.model.rec_weights has {len(m.rec_weights)} entries for "
+      f"{len(d.modalities)} modalities {tuple(d.modalities)}; give one weight each."
+    )
+  sharding.check_batch_divisible(t.batch_size, num_devices)
+  num_subsets = len(subsets.variant_mask(m.variant, len(d.modalities)))
+  if m.assignment == "slice" and t.batch_size < num_subsets:
+    raise ValueError(
+      f"config.train.batch_size={t.batch_size} is smaller than the {num_subsets} subsets of "
+      f"variant {m.variant!r}; the 'slice' assignment needs one row per subset. Use "
+      f"--config.train.batch_size={num_subsets} or more, or --config.model.assignment=random."
+    )
+  if t.learning_rate <= 0 or t.warmup_steps < 0:
+    raise ValueError(
+      f"config.train.learning_rate must be > 0 and warmup_steps >= 0, got "
+      f"{t.learning_rate} and {t.warmup_steps}."
+    )
+  if not 0.0 < t.plateau_factor <= 1.0:
+    raise ValueError(
+      f"config.train.plateau_factor must be in (0, 1] (1.0: no plateau schedule, "
+      f"as the reference), got {t.plateau_factor}."
+    )
+  for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+    if t[name] <= 0:
+      raise ValueError(f"config.train.{name} must be positive, got {t[name]}.")
+  if t.image_grid_studies < 0:
+    raise ValueError(
+      f"config.train.image_grid_studies must be >= 0 (0: no image grids), got "
+      f"{t.image_grid_studies}."
+    )
+  if t.image_grid_studies % num_devices:
+    suggestion = -(-t.image_grid_studies // num_devices) * num_devices
+    raise ValueError(
+      f"config.train.image_grid_studies={t.image_grid_studies} does not divide over the "
+      f"{num_devices} devices (the grid's studies are split over them like a batch); use a "
+      f"multiple of {num_devices}, e.g. --config.train.image_grid_studies={suggestion}."
+    )
+  given = [
+    f"train.{k}"
+    for k in ("coordinator_address", "num_processes", "process_id")
+    if t.get(k) is not None
+  ]
+  if given and runtime.multihost_setting(t.multihost) == "off":
+    raise ValueError(
+      f"config.{', '.join(given)} set but config.train.multihost is false; "
+      "leave it 'auto' (or true) to run on several processes."
+    )
+  # Geometry and the remaining choices are checked by building the model (no compilation).
+  model_lib.create_model(config, vocab_size=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, optimizer, state.
+
+
+def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
+  """Linear warm-up from learning_rate / warmup_steps to learning_rate, then constant."""
+  if warmup_steps == 0:
+    return optax.constant_schedule(learning_rate)
+  return optax.linear_schedule(learning_rate / warmup_steps, learning_rate, warmup_steps)
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+  """Adam with a linear warm-up, then a plateau factor that the loop lowers.
+
+  Both are injected hyperparameters: the optimizer state holds the learning rate of the last
+  update (`applied_learning_rate`) and the plateau factor (`set_plateau_scale`). The paper's
+  settings: docs/model.md#training.
+  """
+  t = config.train
+  adam = optax.inject_hyperparams(optax.adam, static_args=("b1", "b2"))
+  return optax.chain(
+    adam(learning_rate=learning_rate_schedule(t.learning_rate, t.warmup_steps), b1=t.b1, b2=t.b2),
+    optax.inject_hyperparams(optax.scale)(step_size=1.0),
+  )
+
+
+def plateau_scale(opt_state) -> jax.Array:
+  return opt_state[1].hyperparams["step_size"]
+
+
+def applied_learning_rate(opt_state) -> jax.Array:
+  """The learning rate of the optimizer's last update, plateau factor included."""
+  return opt_state[0].hyperparams["learning_rate"] * plateau_scale(opt_state)
+
+
+def set_plateau_scale(state: TrainState, value: float) -> TrainState:
+  opt_state = state.opt_state
+  hyper = dict(opt_state[1].hyperparams)
+  hyper["step_size"] = jnp.asarray(value, hyper["step_size"].dtype)
+  # Keep the sharding of the old value so that the jitted step does not recompile.
+  hyper["step_size"] = jax.device_put(
+    hyper["step_size"], opt_state[1].hyperparams["step_size"].sharding
+  )
+  new_opt = (opt_state[0], opt_state[1]._replace(hyperparams=hyper)) + tuple(opt_state[2:])
+  return state.replace(opt_state=new_opt)
+
+
+def init_state(model, config, rng) -> TrainState:
+  """Initial parameters, batch statistics and optimizer state (call under jit)."""
+  variables = model_lib.init_variables(model, config, rng)
+  state = TrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    tx=create_optimizer(config),
+    bad_step=jnp.asarray(-1, jnp.int32),
+  )
+  # A strongly typed step, as a restored one is: a resumed run then compiles the same program.
+  return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# The step.
+
+
+def _terms(model, step_config: StepConfig, variables, batch, rng, train: bool):
+  inputs, available = model_lib.inputs_from_batch(batch, step_config.modalities)
+  sample_rng, dropout_rng = jax.random.split(rng)
+  result = model.apply(
+    variables,
+    inputs,
+    available,
+    train,
+    rngs={"sample": sample_rng, "dropout": dropout_rng},
+    mutable=["batch_stats"] if train else False,
+  )
+  out, updates = result if train else (result, {})
+  terms = objective.loss_terms(
+    out,
+    inputs,
+    available,
+    modalities=step_config.modalities,
+    rec_weights=step_config.rec_weights,
+    beta=step_config.beta,
+    image_scale=step_config.image_scale,
+    text_pad_id=step_config.text_pad_id,
+  )
+  return terms, available, updates
+
+
+def train_step(state: TrainState, batch: dict, rng, *, model, step_config: StepConfig):
+  """One optimizer step on a global batch; returns (new state, metrics)."""
+  rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    terms, available, updates = _terms(model, step_config, variables, batch, rng, True)
+    loss, metrics = objective.reduce_terms(terms, step_config.subset_names, available)
+    return loss, (metrics, updates["batch_stats"])
+
+  (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
+  # A non-finite step changes nothing but the step counter and records where it happened.
+  # lax.cond runs one branch: the update stays in place in the donated buffers, where a
+  # tree-wide jnp.where(finite, new, old) kept both versions alive (copies of the Adam moments).
+  new_state = jax.lax.cond(
+    finite,
+    lambda s: s.apply_gradients(grads=grads, batch_stats=batch_stats),
+    lambda s: s.replace(step=s.step + 1),
+    state,
+  )
+  bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+  new_state = new_state.replace(bad_step=bad_step.astype(jnp.int32))
+  metrics = dict(
+    metrics,
+    grad_norm=grad_norm,
+    learning_rate=applied_learning_rate(new_state.opt_state),
+    finite=finite.astype(jnp.float32),
+  )
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, model, step_config: StepConfig):
+  """`objective.sums` of the batch's real rows (eval mode, fixed rng); add over batches."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  terms, available, _ = _terms(model, step_config, variables, batch, jax.random.PRNGKey(0), False)
+  return objective.sums(terms, step_config.subset_names, available, row_weight=batch["valid"])
