@@ -66,6 +66,15 @@ def main(argv):
     return
   if FLAGS.config is None:
     raise app.UsageError(f"--mode={FLAGS.mode} needs --config.")
+  # A finished run is recognised before anything loads; with several processes each must decide
+  # alike, which needs jax.distributed: they go the whole way (training and evaluation then find
+  # nothing left but the evaluation).
+  if (
+    FLAGS.mode == "train_and_evaluate"
+    and runtime.several_processes(FLAGS.config.train) is None
+    and _finished()
+  ):
+    return
   # TensorFlow (tf.data) must not take the accelerators that JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -74,7 +83,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
 
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
-  from mopoe_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.evaluation import evaluate, finished  # pylint: disable=g-import-not-at-top
   from mopoe_jax.platform import paths
   from mopoe_jax.training import loop as train
 
@@ -97,8 +106,31 @@ def main(argv):
     logging.info("Checkpoints: %s", paths.join(workdir, "checkpoints"))
     logging.info("TensorBoard logs: %s (tensorboard --logdir %s)", workdir, workdir)
   if FLAGS.mode in ("evaluate", "train_and_evaluate"):
-    evaluate.evaluate(config, workdir, data, writer)
+    results = evaluate.evaluate(config, workdir, data, writer)
+    if FLAGS.mode == "train_and_evaluate" and jax.process_index() == 0 and results:
+      finished.mark_finished(config, workdir, results["settings"]["step"])
   writer.close()
+
+
+def _finished() -> bool:
+  """True (and says so) when the workdir holds this very run, trained and evaluated: a rerun of
+  the README's command then exits in seconds, before TensorFlow or the data are loaded."""
+  from mopoe_jax.evaluation import finished  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.platform import paths  # pylint: disable=g-import-not-at-top
+
+  step = finished.finished_step(FLAGS.config, FLAGS.workdir)
+  if step is None:
+    return False
+  workdir = paths.resolve(FLAGS.workdir)
+  logging.info(
+    "This run is finished: trained to step %d and evaluated there with this config; nothing "
+    "to do. Results: %s; checkpoints: %s. To evaluate again: --mode=evaluate; to train "
+    "further, raise --config.train.num_epochs (or num_steps).",
+    step,
+    paths.join(workdir, "eval", "report.md"),
+    paths.join(workdir, "checkpoints"),
+  )
+  return True
 
 
 def _use_trained_model():

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -268,6 +269,37 @@ def main_command(data_dir: str, workdir: str, cache_dir: str, *overrides: str) -
     f"--config.train.compilation_cache_dir={cache_dir}",
     *overrides,
   ]
+
+
+def signal_when(
+  command, log_path, condition, sig, *, timeout_s: float, env=None, cwd=None
+) -> tuple[subprocess.Popen, bool, str]:
+  """Starts ``command`` and sends ``sig`` as soon as ``condition()`` holds (polled every 5 ms).
+
+  Returns the ended process, whether the signal was sent (False: it ended before) and its log.
+  """
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(
+      command, env=env or subprocess_env(), cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+    )
+  deadline = time.monotonic() + timeout_s
+  sent = False
+  try:
+    while proc.poll() is None:
+      if condition():
+        proc.send_signal(sig)
+        proc.wait(timeout=timeout_s)
+        sent = True
+        break
+      if time.monotonic() > deadline:
+        raise TimeoutError(f"{command} did not reach the condition in {timeout_s} s")
+      time.sleep(0.005)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  with open(log_path) as log:
+    return proc, sent, log.read()
 
 
 def restored_state_tree(config, workdir: str, step: int) -> dict:

@@ -15,12 +15,13 @@ same omission fails the run itself with a ModuleNotFoundError.
 import importlib.metadata
 import json
 import os
+import signal
 import site
 import subprocess
 import sys
 import textwrap
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, signal_when, subprocess_env
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 import pytest
@@ -147,3 +148,35 @@ def test_the_readme_job_imports_only_declared_distributions(subprocess_cache_dir
     "the README's job imports distributions that setup.cfg's install_requires does not bring "
     f"in (declare them): {undeclared}"
   )
+
+  # A rerun of the finished run says so and stops before loading TensorFlow or the data.
+  plain = [sys.executable, *command[4:]]  # main.py and its flags, without the import recorder
+  again = subprocess.run(plain, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-4000:]
+  assert "This run is finished: trained to step 4 and evaluated there" in again.stderr
+  assert "Dataset synthetic_cxr/tiny" not in again.stderr and "Evaluator" not in again.stderr
+
+  # Another evaluation setting is another run: killed (SIGKILL) in the middle of its evaluation,
+  # the next start evaluates again (training is done) and only then is the run finished.
+  other = [*plain, "--config.eval.seed=1"]
+  log_path = tmp_path / "killed.log"
+  proc, sent, log = signal_when(
+    other,
+    log_path,
+    lambda: "Evaluator probes done" in log_path.read_text(),
+    signal.SIGKILL,
+    timeout_s=600,
+    env=env,
+    cwd=tmp_path,
+  )
+  assert sent and proc.returncode == -signal.SIGKILL, log[-4000:]
+  resumed = subprocess.run(
+    other, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+  )
+  assert resumed.returncode == 0, resumed.stderr[-4000:]
+  assert "This run is finished" not in resumed.stderr
+  assert "Evaluator probes done" in resumed.stderr and "Tables: " in resumed.stderr
+  finished = subprocess.run(
+    other, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+  )
+  assert "This run is finished: trained to step 4" in finished.stderr, finished.stderr[-4000:]

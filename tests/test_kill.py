@@ -12,12 +12,12 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 from conftest import (
   assert_trees_equal,
   main_command,
   restored_state_tree,
+  signal_when,
   state_tree,
   subprocess_env,
 )
@@ -58,30 +58,7 @@ def _newer_checkpoint(workdir, than: int | None) -> bool:
 
 
 def _signal_when(command, log_path, condition, sig) -> tuple[subprocess.Popen, bool, str]:
-  """Starts ``command`` and sends ``sig`` as soon as ``condition()`` holds (polled every 5 ms).
-
-  Returns the ended process, whether the signal was sent (False: it ended before) and its log.
-  """
-  with open(log_path, "w") as log:
-    proc = subprocess.Popen(command, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
-  deadline = time.monotonic() + RUN_TIMEOUT_S
-  sent = False
-  try:
-    while proc.poll() is None:
-      if condition():
-        proc.send_signal(sig)
-        proc.wait(timeout=RUN_TIMEOUT_S)
-        sent = True
-        break
-      if time.monotonic() > deadline:
-        raise TimeoutError(f"{command} did not reach the condition in {RUN_TIMEOUT_S} s")
-      time.sleep(0.005)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-  with open(log_path) as log:
-    return proc, sent, log.read()
+  return signal_when(command, log_path, condition, sig, timeout_s=RUN_TIMEOUT_S)
 
 
 @pytest.mark.timeout(1500)

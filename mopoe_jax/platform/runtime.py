@@ -154,31 +154,35 @@ def detect_processes(environ=os.environ, tpu_chips_present=_tpu_chips_present) -
   return None
 
 
-def start_processes(train_config, environ=os.environ) -> bool:
-  """Starts ``jax.distributed`` when this run is one of several processes; True if it did.
-
-  ``train.multihost``: 'auto' (the default) starts it when any of ``train.coordinator_address``,
-  ``num_processes``, ``process_id`` is set or `detect_processes` finds a cluster; true always
-  (JAX must then find what the config leaves unset); false never. Logs what decided. Call
-  before any other JAX call.
-  """
+def several_processes(train_config, environ=os.environ) -> str | None:
+  """Why this run is one of several processes (a line for the log), or None for one process:
+  ``train.multihost`` 'auto' (the default) decides by ``train.coordinator_address``,
+  ``num_processes``, ``process_id`` when set, else by `detect_processes`; true always (JAX must
+  then find what the config leaves unset); false never."""
   setting = multihost_setting(train_config.multihost)
   given = [f"train.{k}" for k in _PROCESS_FIELDS if train_config.get(k) is not None]
   if setting == "off":
-    logging.info("One process (config.train.multihost=false).")
-    return False
+    return None
   if setting == "on":
-    reason = "config.train.multihost=true"
-  elif given:
-    reason = "config." + ", config.".join(given)
-  else:
-    reason = detect_processes(environ)
-    if reason is None:
+    return "config.train.multihost=true"
+  if given:
+    return "config." + ", config.".join(given)
+  return detect_processes(environ)
+
+
+def start_processes(train_config, environ=os.environ) -> bool:
+  """Starts ``jax.distributed`` when this run is one of several processes (`several_processes`);
+  True if it did. Logs what decided. Call before any other JAX call."""
+  reason = several_processes(train_config, environ)
+  if reason is None:
+    if multihost_setting(train_config.multihost) == "off":
+      logging.info("One process (config.train.multihost=false).")
+    else:
       logging.info(
         "One process: nothing in the environment names several (set "
         "--config.train.multihost=true to start jax.distributed anyway)."
       )
-      return False
+    return False
   logging.info("Several processes (%s): starting jax.distributed.", reason)
   initialize_distributed(train_config)
   return True
