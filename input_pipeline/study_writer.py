@@ -7,6 +7,11 @@ first candidate that decodes is used), yields the examples in the layout of
 ``input_pipeline.features``, and at the end of the split writes ``skip_report_<split>.csv``
 beside the dataset, logs the counts and keeps them in ``info.metadata["skipped"]``.
 
+The vocabulary (``info.metadata["vocabulary"]``) is built from the reports of the train studies
+that are written, so a study whose images then fail adds no words: the train split is loaded in
+full before its first example is yielded (its images wait in a temporary file meanwhile), and it
+must be written before the other splits, which tfds does in the order the builder returns them.
+
 Nothing vanishes silently: every study that is not written and every file that could not be used
 is one row of the skip report; the reasons and outcomes are the constants below.
 """
@@ -20,7 +25,9 @@ import dataclasses
 import functools
 import gzip
 import io
+import math
 import os
+import tempfile
 import time
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -56,6 +63,8 @@ SELECTIONS = (PAPER, ALL_STUDIES)
 
 # The tfds splits, in the order they are written.
 SPLITS = ("train", "validation", "test")
+# The split whose written reports give the vocabulary.
+VOCABULARY_SPLIT = "train"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,13 +230,12 @@ def make_example(
   study: SelectedStudy,
   split: str,
   image_size: int,
-  text_length: int,
-  vocabulary: text_lib.Vocabulary,
   require_all: bool,
   load_image: Callable[[ImageFile, int], np.ndarray] = load_from_path,
 ) -> tuple[dict | None, dict[str, str], list[SkipRow]]:
   """Loads one selected study: (the example or None where it is skipped, the image id used per
-  view, its skip rows).
+  view, its skip rows). The example lacks "text", the word ids, which need the vocabulary
+  (`SplitWriter` adds them).
 
   For each view the candidates are tried in order; the first that decodes is used. With
   ``require_all`` (the paper selection) a study lacking any modality is skipped; otherwise the
@@ -277,14 +285,9 @@ def make_example(
   else:
     labels = study.labels
   blank = np.zeros((image_size, image_size, 1), dtype=np.uint8)
-  if study.text:
-    ids = vocabulary.encode(study.text, text_length)
-  else:
-    ids = np.full((text_length,), text_lib.PAD_ID, dtype=np.int32)
   example = {
     "frontal": loaded.get("frontal", blank),
     "lateral": loaded.get("lateral", blank),
-    "text": ids,
     "report": study.text,
     "available": available,
     "labels": labels,
@@ -321,7 +324,11 @@ def write_skip_report(path: epath.Path, rows: Iterable[SkipRow], header: tuple[s
 
 
 class SplitWriter:
-  """Writes the splits of one build of a builder and keeps their counts.
+  """Writes the splits of one build of a builder, builds its vocabulary and keeps the counts.
+
+  The vocabulary holds the words of the reports of the VOCABULARY_SPLIT studies written, seen
+  more than ``builder_config.min_count`` times (`mopoe_jax.data.text.Vocabulary.build`); it is
+  stored in ``info.metadata["vocabulary"]`` once that split is loaded.
 
   Args:
     builder: the tfds builder being prepared (its data_dir, info and builder_config are used).
@@ -345,6 +352,7 @@ class SplitWriter:
     self._extra_features = extra_features
     self._load_image = load_image
     self._summaries = {}
+    self.vocabulary: text_lib.Vocabulary | None = None
     builder.info.metadata["skipped"] = {}
 
   def examples(
@@ -353,51 +361,116 @@ class SplitWriter:
     studies: list[SelectedStudy],
     skipped: list[SkipRow],
     listed: int,
-    vocabulary: text_lib.Vocabulary,
     num_workers: int,
   ):
-    """Yields (study_id, example) in the order of ``studies``; images load in a thread pool."""
-    config = self._builder.builder_config
+    """Yields (study_id, example) in the order of ``studies``; images load in a thread pool.
+
+    VOCABULARY_SPLIT is loaded in full before its first example is yielded (the vocabulary is
+    built from the studies written); the other splits stream, and need that vocabulary.
+    """
+    if split != VOCABULARY_SPLIT and self.vocabulary is None:
+      raise RuntimeError(
+        f"{self._family}: the {VOCABULARY_SPLIT!r} split must be written before {split!r}: the "
+        "reports it writes give the vocabulary."
+      )
+    text_length = self._builder.builder_config.text_length
     rows = list(skipped)
     written = 0
     available = np.zeros(len(features.MODALITIES), dtype=np.int64)
     impression = 0
+    try:
+      loaded = self._load(split, studies, rows, num_workers)
+      if split == VOCABULARY_SPLIT:
+        loaded = self._build_vocabulary(loaded)
+      for study, example, used in loaded:
+        written += 1
+        available += example["available"]
+        impression += study.text_source == "impression"
+        if study.text:
+          example["text"] = self.vocabulary.encode(study.text, text_length)
+        else:
+          example["text"] = np.full((text_length,), text_lib.PAD_ID, dtype=np.int32)
+        example.update(self._extra_features(study, used))
+        yield study.study_id, example
+    finally:
+      self._finish_split(split, rows, listed, written, available, impression)
+
+  def _load(self, split, studies, rows, num_workers):
+    """(study, example without "text", image id used per view) of the studies written, in
+    order; the skip rows of every study go to ``rows``."""
+    config = self._builder.builder_config
     load = functools.partial(
       make_example,
       split=split,
       image_size=config.image_size,
-      text_length=config.text_length,
-      vocabulary=vocabulary,
       require_all=config.selection == PAPER,
       load_image=self._load_image,
     )
     start = last_log = time.monotonic()
-    try:
-      with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-        results = ordered_map(pool, load, studies, window=4 * num_workers)
-        for done, (study, (example, used, study_rows)) in enumerate(zip(studies, results), start=1):
-          rows.extend(study_rows)
-          if example is not None:
-            written += 1
-            available += example["available"]
-            impression += study.text_source == "impression"
-            example.update(self._extra_features(study, used))
-            yield study.study_id, example
-          now = time.monotonic()
-          if now - last_log >= 30 or done == len(studies):
-            last_log = now
-            rate = done / max(now - start, 1e-9)
-            logging.info(
-              "%s %s: %d/%d studies loaded (%.0f/s, ETA %.0f s).",
-              self._family,
-              split,
-              done,
-              len(studies),
-              rate,
-              (len(studies) - done) / rate,
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+      results = ordered_map(pool, load, studies, window=4 * num_workers)
+      for done, (study, (example, used, study_rows)) in enumerate(zip(studies, results), start=1):
+        rows.extend(study_rows)
+        if example is not None:
+          yield study, example, used
+        now = time.monotonic()
+        if now - last_log >= 30 or done == len(studies):
+          last_log = now
+          rate = done / max(now - start, 1e-9)
+          logging.info(
+            "%s %s: %d/%d studies loaded (%.0f/s, ETA %.0f s).",
+            self._family,
+            split,
+            done,
+            len(studies),
+            rate,
+            (len(studies) - done) / rate,
+          )
+
+  def _build_vocabulary(self, loaded):
+    """Loads every study of ``loaded``, builds the vocabulary from the reports of those written,
+    then yields them again. Meanwhile their images wait in a temporary file (2 x S x S bytes a
+    study) beside the dataset being written, or in the system's temporary directory where the
+    data_dir is not a local one."""
+    config = self._builder.builder_config
+    shape = (config.image_size, config.image_size, 1)
+    record = 2 * math.prod(shape)
+    data_dir = os.fspath(self._builder.data_dir)
+    held = collections.deque()
+    with tempfile.TemporaryFile(
+      prefix="study_images_", dir=data_dir if os.path.isdir(data_dir) else None
+    ) as spill:
+      for study, example, used in loaded:
+        for view in ("frontal", "lateral"):
+          image = example.pop(view)
+          if image.shape != shape or image.dtype != np.uint8:
+            raise ValueError(
+              f"Study {study.study_id}: the {view} image is {image.dtype} {image.shape}; "
+              f"expected uint8 {shape}."
             )
-    finally:
-      self._finish_split(split, rows, listed, written, available, impression)
+          spill.write(np.ascontiguousarray(image).tobytes())
+        held.append((study, example, used))
+      texts = [example["report"] for _, example, _ in held if example["report"]]
+      self.vocabulary = text_lib.Vocabulary.build(texts, min_count=config.min_count)
+      self._builder.info.metadata["vocabulary"] = self.vocabulary.words
+      logging.info(
+        "%s: vocabulary of %d words from the %d reports of the %s studies written (words seen "
+        "more than %d times).",
+        self._family,
+        len(self.vocabulary),
+        len(texts),
+        VOCABULARY_SPLIT,
+        config.min_count,
+      )
+      spill.seek(0)
+      while held:
+        study, example, used = held.popleft()
+        data = spill.read(record)
+        if len(data) != record:
+          raise OSError(f"The temporary image file ended early at study {study.study_id}.")
+        frontal, lateral = np.frombuffer(data, dtype=np.uint8).reshape((2,) + shape)
+        example["frontal"], example["lateral"] = frontal, lateral
+        yield study, example, used
 
   def _finish_split(self, split, rows, listed, written, available, impression) -> None:
     """Writes the skip report, logs the counts, keeps them in the metadata."""

@@ -249,17 +249,50 @@ def test_labels_and_text(paper):
   np.testing.assert_array_equal(
     e["1"]["text"], vocabulary.encode("heart size normal. lungs are clear.", TEXT_LENGTH)
   )
-  # From the train reports the rule selects, before their images load: 9 (its frontal PNG is
-  # missing, so it is not written) counts, as in mimic_cxr.
-  train_texts = [
-    STUDY[s][2].lower() for s in ["1", "2", "6", "7", "9"] + BULK if split(s) == "train"
-  ]
+  # From the reports of the train studies written: not 9's (selected, but its only frontal PNG
+  # is missing, so it is skipped once its images load), as in mimic_cxr.
+  assert split("9") == "train"
+  train_texts = [STUDY[s][2].lower() for s in ["1", "2", "6", "7"] + BULK if split(s) == "train"]
   assert (
     builder.info.metadata["vocabulary"]
     == text_lib.Vocabulary.build(train_texts, min_count=MIN_COUNT).words
   )
   unmapped = builder.info.metadata["labels"]["unmapped_terms"]
   assert unmapped == {"calcified granuloma": 2}
+
+
+# A train report whose only frontal PNG does not decode (so the paper selection skips it once its
+# images load), and whose FINDINGS alone hold "bronchiectasis" (twice: min_count is 1).
+def _bronchiectasis_study(frontal_content):
+  return (
+    "11",
+    [("CXR11_IM-0100-1001", "Frontal", frontal_content), ("CXR11_IM-0100-2001", "Lateral", 90)],
+    "Bronchiectasis at both bases. The bronchiectasis is unchanged.",
+    "Bronchiectasis.",
+    ["Bronchiectasis"],
+  )
+
+
+@pytest.mark.parametrize("frontal_content", ["corrupt", 150])
+def test_a_study_skipped_for_its_image_adds_no_words(frontal_content, paper, tmp_path):
+  assert split("11") == "train"
+  manual_dir = iu_fake.write_fake_iu(
+    str(tmp_path / "m"), STUDIES + [_bronchiectasis_study(frontal_content)]
+  )
+  builder = build(manual_dir, tmp_path / "data", tiny_config("tiny_paper"))
+  words = builder.info.metadata["vocabulary"]
+  broken = frontal_content == "corrupt"
+  assert ("11" in examples(builder)["train"]) is not broken
+  row = ("train", "11", "CXR11_IM-0100-1001", "image_unreadable", "study_skipped")
+  assert (row in skip_rows(builder)) is broken
+  assert ("bronchiectasis" in words) is not broken
+  if broken:  # the skipped report changes nothing: the vocabulary of the collection without it
+    assert words == paper[0].info.metadata["vocabulary"]
+  else:
+    train_texts = [
+      STUDY[s][2].lower() for s in ["1", "2", "6", "7"] + BULK if split(s) == "train"
+    ] + [_bronchiectasis_study(150)[2].lower()]
+    assert words == text_lib.Vocabulary.build(train_texts, min_count=MIN_COUNT).words
 
 
 def test_paper_skip_report(paper):

@@ -6,6 +6,7 @@ import io
 import math
 import os
 import shutil
+import types
 import zipfile
 
 from conftest import examples_by_study, prepare_from, run_prepare_command
@@ -14,7 +15,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from input_pipeline import features
+from input_pipeline import features, study_writer
 from input_pipeline.mimic_cxr import mimic_cxr_dataset_builder as mcb
 from input_pipeline.mimic_cxr import selection
 from mopoe_jax.data import report_text as reports
@@ -256,13 +257,15 @@ def _write_csv_gz(path, header, rows):
     writer.writerows(rows)
 
 
-def write_fake_mimic(root, reports_as="tree", drop_files=(), drop_column=None):
-  """Writes the fake MIMIC-CXR-JPG manual dir; reports_as "tree", "zip" or None (no reports)."""
+def write_fake_mimic(root, reports_as="tree", drop_files=(), drop_column=None, studies=STUDIES):
+  """Writes the fake MIMIC-CXR-JPG manual dir of ``studies``; reports_as "tree", "zip" or None
+  (no reports)."""
   os.makedirs(root)
   files = os.path.join(root, "files")
   metadata, split, labels = [], [], []
   report_files = {}
-  for subject, study, split_name, images, findings, impression, label_values in STUDIES:
+  for entry in studies:
+    subject, study, split_name, images, findings, impression, label_values = entry
     study_dir = os.path.join(files, f"p{subject[:2]}", f"p{subject}", f"s{study}")
     os.makedirs(study_dir)
     for dicom, view, date, time, content in images:
@@ -297,7 +300,7 @@ def write_fake_mimic(root, reports_as="tree", drop_files=(), drop_column=None):
     if label_values is not None:
       labels.append((subject, study) + tuple(label_values.get(n, "") for n in features.LABELS))
     if findings is not None:
-      report_files[f"files/p{subject[:2]}/p{subject}/s{study}.txt"] = _report(STUDY[study])
+      report_files[f"files/p{subject[:2]}/p{subject}/s{study}.txt"] = _report(entry)
   header = METADATA_HEADER
   if drop_column:
     index = header.index(drop_column)
@@ -459,10 +462,9 @@ def test_labels_and_finding(paper):
 def test_text_and_train_only_vocabulary(paper):
   builder, ex = paper
   words = builder.info.metadata["vocabulary"]
-  # Train studies selected by the CSVs and reports (50000006 is skipped later for its image).
-  train_texts = [
-    expected_text(s) for s in ("50000001", "50000002", "50000005", "50000006", "50000007")
-  ]
+  # The train studies written: 50000006, selected by the CSVs and its report, is left out (its
+  # only PA file is absent, so it is skipped), and so are its words.
+  train_texts = [expected_text(s) for s in ("50000001", "50000002", "50000005", "50000007")]
   vocabulary = text_lib.Vocabulary.build(train_texts, min_count=MIN_COUNT)
   assert words == vocabulary.words
   assert "clear" in words and "heart" in words
@@ -486,6 +488,43 @@ def test_text_and_train_only_vocabulary(paper):
   assert short_ids[short_ids.index(text_lib.EOS_ID) + 1 :] == [text_lib.PAD_ID] * (
     TEXT_LENGTH - short_ids.index(text_lib.EOS_ID) - 1
   )
+
+
+# A train study whose only PA image is a truncated JPEG (so the paper selection skips it once
+# its images load), and whose FINDINGS alone hold "bronchiectasis" (twice: min_count is 1).
+def _bronchiectasis_study(pa_content):
+  return (
+    "15000055",
+    "50000014",
+    "train",
+    [
+      ("d14-pa", "PA", "21860101", "141414", pa_content),
+      ("d14-lat", "LATERAL", "21860101", "141414", 100),
+    ],
+    "Bronchiectasis at both bases. The bronchiectasis is unchanged.",
+    "Bronchiectasis.",
+    {"No Finding": "0.0"},
+  )
+
+
+@pytest.mark.parametrize("pa_content", ["truncated", 150])
+def test_a_study_skipped_for_its_image_adds_no_words(pa_content, paper, tmp_path):
+  manual_dir = write_fake_mimic(
+    str(tmp_path / "m"), studies=STUDIES + [_bronchiectasis_study(pa_content)]
+  )
+  builder = build(manual_dir, tmp_path / "data", tiny_config("tiny_paper"))
+  words = builder.info.metadata["vocabulary"]
+  broken = pa_content == "truncated"
+  assert ("50000014" in examples(builder)["train"]) is not broken
+  rows = skip_rows(builder, "train")
+  assert (("50000014", "d14-pa", "image_unreadable", "study_skipped") in rows) is broken
+  assert ("bronchiectasis" in words) is not broken
+  if broken:  # the skipped study changes nothing: the vocabulary of the tree without it
+    assert words == paper[0].info.metadata["vocabulary"]
+  else:
+    train_texts = [expected_text(s) for s in ("50000001", "50000002", "50000005", "50000007")]
+    train_texts.append(reports.normalize_whitespace(_bronchiectasis_study(150)[4]).lower())
+    assert words == text_lib.Vocabulary.build(train_texts, min_count=MIN_COUNT).words
 
 
 def test_paper_skip_report(paper):
@@ -641,6 +680,16 @@ def test_truncated_csv_is_named(tmp_path):
 def test_missing_manual_dir_shows_the_instructions(tmp_path):
   with pytest.raises(AssertionError, match=r"(?s)does not exist.*MIMIC-CXR-JPG 2\.0\.0"):
     build(tmp_path / "nowhere", tmp_path / "data", tiny_config("tiny_paper"))
+
+
+def test_the_train_split_must_be_written_first():
+  # Its written reports give the vocabulary that the other splits' word ids need.
+  builder = types.SimpleNamespace(
+    info=types.SimpleNamespace(metadata={}), builder_config=tiny_config("x"), data_dir="/none"
+  )
+  writer = study_writer.SplitWriter(builder, "mimic_cxr", selection.SKIP_REPORT_COLUMNS, dict)
+  with pytest.raises(RuntimeError, match="'train' split must be written before 'validation'"):
+    next(writer.examples("validation", [], [], listed=0, num_workers=1))
 
 
 def test_bad_config_values_are_named():

@@ -10,8 +10,9 @@ repository root:
 Each example is one study (one report) in the layout of ``input_pipeline.features.study_features``
 plus ``frontal_image`` and ``lateral_image`` (the file names used, without ".png"; "" where
 none). Images go through the same steps as MIMIC-CXR's (`mopoe_jax.data.images`); the text
-vocabulary (train split only) is in ``info.metadata["vocabulary"]``; the labels are derived from
-the reports' MeSH terms (`input_pipeline.iu_xray.mesh_labels`, docs/iu_xray.md), not CheXpert's.
+vocabulary (from the train studies written only) is in ``info.metadata["vocabulary"]``; the
+labels are derived from the reports' MeSH terms (`input_pipeline.iu_xray.mesh_labels`,
+docs/iu_xray.md), not CheXpert's.
 The split is per report, from a hash of ``split_seed``; its seed, fractions and sizes are in
 ``info.metadata["split"]``. As for MIMIC, ``skip_report_<split>.csv`` beside the dataset lists
 every report not written and every file not used, and ``info.metadata["skipped"]`` counts them.
@@ -31,7 +32,6 @@ import tensorflow_datasets as tfds
 from input_pipeline import features, study_writer
 from input_pipeline.iu_xray import collection, mesh_labels
 from mopoe_jax.data import report_text as reports
-from mopoe_jax.data import text as text_lib
 
 _DESCRIPTION = """\
 The Indiana University chest X-ray collection (Open-i, National Library of Medicine) as (frontal
@@ -87,7 +87,8 @@ class IuXrayConfig(tfds.core.BuilderConfig):
     selection: "paper" (frontal + lateral + non-empty section, all three required) or
       "all_studies" (every report with at least one usable modality; `available` says which).
     section: "findings", or "findings_or_impression" (IMPRESSION where FINDINGS is empty).
-    min_count: the vocabulary keeps train-split words seen MORE than min_count times.
+    min_count: the vocabulary keeps the words seen MORE than min_count times in the reports of
+      the train studies written.
     projections_csv: the file of the manual dir that gives each image's view.
     split_seed: seed of the per-report hash that assigns the splits.
     split_fractions: the expected shares of (train, validation, test); they sum to 1.
@@ -240,16 +241,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         sources.images, wanted, config.image_size, num_workers
       ).load
 
-    vocabulary = text_lib.Vocabulary.build(
-      (s.text for s in selected["train"] if s.text), min_count=config.min_count
-    )
-    logging.info(
-      "iu_xray: vocabulary of %d words from %d train reports (words seen more than %d times).",
-      len(vocabulary),
-      sum(bool(s.text) for s in selected["train"]),
-      config.min_count,
-    )
-    self._set_metadata(vocabulary, listed, mesh_labels.unmapped_terms(r.majors for r in parsed))
+    self._set_metadata(listed, mesh_labels.unmapped_terms(r.majors for r in parsed))
     writer = study_writer.SplitWriter(
       self,
       "iu_xray",
@@ -264,16 +256,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           selected[split],
           skipped[split],
           listed=listed[split],
-          vocabulary=vocabulary,
           num_workers=num_workers,
         )
       )
       for split in study_writer.SPLITS
     }
 
-  def _set_metadata(self, vocabulary, listed: dict[str, int], unmapped) -> None:
+  def _set_metadata(self, listed: dict[str, int], unmapped) -> None:
     config = self.builder_config
-    self.info.metadata["vocabulary"] = vocabulary.words
     self.info.metadata["config"] = {
       "image_size": config.image_size,
       "text_length": config.text_length,

@@ -17,7 +17,8 @@ tensorflow-datasets 4.9.10 does not start without them),
 
 Each example is one study in the layout of ``input_pipeline.features.study_features`` plus
 ``subject_id``, ``frontal_dicom_id`` and ``lateral_dicom_id`` (which images were used; "" where
-none). The text vocabulary (from the train split only) is stored in the dataset metadata:
+none). The text vocabulary (from the train studies written only: `study_writer.SplitWriter`)
+is stored in the dataset metadata:
 ``tfds.builder("mimic_cxr/paper", data_dir=...).info.metadata["vocabulary"]``.
 
 Nothing vanishes silently: ``skip_report_<split>.csv`` beside the dataset's files lists every
@@ -38,7 +39,6 @@ import tensorflow_datasets as tfds
 from input_pipeline import features, study_writer
 from input_pipeline.mimic_cxr import selection
 from mopoe_jax.data import report_text as reports
-from mopoe_jax.data import text as text_lib
 
 _DESCRIPTION = """\
 MIMIC-CXR studies as (frontal image, lateral image, report FINDINGS) triples for multimodal
@@ -116,7 +116,8 @@ class MimicCxrConfig(tfds.core.BuilderConfig):
       (every study with at least one usable modality; the `available` flags say which).
     label_source: "chexpert" or "negbio": the label CSV of MIMIC-CXR-JPG to read.
     section: "findings", or "findings_or_impression" (IMPRESSION where FINDINGS is empty).
-    min_count: the vocabulary keeps train-split words seen MORE than min_count times.
+    min_count: the vocabulary keeps the words seen MORE than min_count times in the reports of
+      the train studies written.
     frontal_views: ViewPosition values that count as the frontal image.
     lateral_views: ViewPosition values that count as the lateral image.
     num_workers: threads that decode images and read reports (None: 2 x CPUs, at most 32).
@@ -226,16 +227,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     finally:
       reader.close()
 
-    vocabulary = text_lib.Vocabulary.build(
-      (s.text for s in selected["train"] if s.text), min_count=config.min_count
-    )
-    logging.info(
-      "mimic_cxr: vocabulary of %d words from %d train reports (words seen more than %d times).",
-      len(vocabulary),
-      sum(bool(s.text) for s in selected["train"]),
-      config.min_count,
-    )
-    self.info.metadata["vocabulary"] = vocabulary.words
     self.info.metadata["config"] = {
       "image_size": config.image_size,
       "text_length": config.text_length,
@@ -256,7 +247,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           selected[split],
           skipped[split],
           listed=len(studies[split]),
-          vocabulary=vocabulary,
           num_workers=num_workers,
         )
       )
