@@ -3,6 +3,7 @@
 Killed and preempted runs: tests/test_kill.py (main.py for real) and
 tests/test_checkpoint_safety.py (damaged checkpoints, errors inside the loop)."""
 
+import json
 import os
 import shutil
 
@@ -359,7 +360,7 @@ def test_the_stored_steps_key_follows_the_config_with_only_loop_fields_left_out(
   key of the stored train step, so a restart traces it again instead of loading a stale one."""
   base = tiny_config("/nowhere")
   loop_only = tiny_config("/elsewhere", num_steps=7, log_every_steps=3, seed=5, profile_steps=4)
-  loop_only.eval.probe_repeats = 1
+  loop_only.eval.probes.repeats = 1
   changed = tiny_config("/nowhere", b2=0.99)
   added = tiny_config("/nowhere")
   added.train.weight_decay = 1e-4  # a field the optimizer would read
@@ -420,3 +421,35 @@ def test_set_plateau_scale_changes_only_the_factor(straight_run):
     == step_lib.plateau_scale(state.opt_state).sharding
   )  # the jitted step does not recompile
   assert_trees_equal(jax.device_get(lowered.opt_state[0]), jax.device_get(state.opt_state[0]))
+
+
+def test_a_resumed_run_does_not_repeat_a_finished_evaluation(straight_run, tmp_path, monkeypatch):
+  """Step 20's checkpoint was written before its evaluation; when that evaluation finished
+  (loop_evaluated.json, as the straight run wrote it then), the resumed run applies its recorded
+  loss to the plateau tracker instead of evaluating again, and still ends as the straight run."""
+  config, workdir, straight = straight_run
+  shutil.copytree(
+    os.path.join(checkpointing.checkpoint_dir(workdir), "20"),
+    os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "20"),
+  )
+  loss_at_20 = dict(_scalars(workdir, "eval_loss"))[20]
+  with open(tmp_path / train.EVALUATED_FILE, "w") as f:
+    json.dump({"step": 20, "eval": {"loss": loss_at_20}}, f)
+  evaluated = []
+  real_evaluate_loss = train.evaluate_loss
+
+  def counting_evaluate_loss(*args, **kwargs):
+    evaluated.append(args[1].step)
+    return real_evaluate_loss(*args, **kwargs)
+
+  monkeypatch.setattr(train, "evaluate_loss", counting_evaluate_loss)
+  resumed = train_run(config, str(tmp_path))
+  assert [int(s) for s in evaluated] == [30]  # step 20's evaluation was not run again
+  assert_trees_equal(state_tree(resumed), state_tree(straight))
+  meta = checkpointing.read_meta(checkpointing.create_manager(str(tmp_path), read_only=True), 30)
+  straight_meta = checkpointing.read_meta(checkpointing.create_manager(workdir, read_only=True), 30)
+  # The recorded loss went through TensorBoard's float32 here; the run records it exactly.
+  assert meta["plateau_best"] == pytest.approx(straight_meta["plateau_best"], rel=1e-6)
+  assert meta["plateau_best_step"] == straight_meta["plateau_best_step"]
+  with open(tmp_path / train.EVALUATED_FILE) as f:
+    assert json.load(f)["step"] == 30

@@ -1,22 +1,27 @@
 """The training loop around the jitted step of `mopoe_jax.training.step`.
 
-`train_and_evaluate` compiles the step once with ``jax.jit`` over a ``('data',)`` mesh (batch
-sharded, state replicated; traced once and kept beside the compilation cache, so that a restart
-neither traces nor lowers it: `mopoe_jax.training.programs`), feeds it global batches of the data
-source, logs to the metric writer it is given, evaluates the loss on the eval split, lowers the
-learning rate on a plateau (when ``train.plateau_factor`` < 1) and checkpoints with Orbax. It
-resumes from the newest checkpoint of the workdir that restores (data position included; a damaged
-newer one is logged and set aside), after checking the checkpoint's recorded fields against the
-config (`mopoe_jax.training.fingerprint`). A step's checkpoint is written before that step's
-evaluation runs (the evaluation still due is recorded and runs on resume); any exception inside the
-loop saves the current state first (one process); SIGTERM saves and raises `Preempted`; a
-non-finite loss or gradient stops with an error naming the step.
+`train_and_evaluate` reads top to bottom: the run's settings; a check of the newest
+checkpoint's recorded fields against the config (`mopoe_jax.training.fingerprint`: a refused run
+compiles nothing); the programs (`mopoe_jax.training.programs.Programs.build`: traced once and
+kept beside the compilation cache, the train step compiling in the background); the state,
+restored from the newest checkpoint that restores (data position included; a damaged newer one
+is logged and set aside) or new; then `_Loop.train`, which feeds the step global batches, logs
+to the metric writer it is given, checkpoints with Orbax, evaluates the loss on the eval split
+and lowers the learning rate on a plateau (when ``train.plateau_factor`` < 1).
+
+A step's checkpoint is written before that step's evaluation runs; the evaluation is recorded
+as due in it, and as finished in ``<workdir>/loop_evaluated.json`` once it has run, so that a
+resumed run evaluates only what had not finished (and applies a finished one's recorded loss to
+the plateau tracker). Any exception inside the loop saves the current state first (one
+process); SIGTERM saves and raises `Preempted`; a non-finite loss or gradient stops with an
+error naming the step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
+import json
 import math
 import signal
 import time
@@ -24,12 +29,13 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mopoe_jax.data.datasource import MODEL_KEYS, DataSource
-from mopoe_jax.platform import sharding, speed
+from mopoe_jax.platform import paths, sharding, speed
 from mopoe_jax.training import checkpointing, fingerprint, model_file
 from mopoe_jax.training import programs as programs_lib
 from mopoe_jax.training.grids import TrainingGrids
@@ -197,12 +203,26 @@ def _flat_hparams(config) -> dict:
   return flat
 
 
-def _resume(manager, abstract, config, fields: dict, workdir: str, on_checked=None):
+def _check_newest_checkpoint(manager, config, fields: dict) -> None:
+  """Checks the recorded fields of the newest checkpoint whose metadata reads against the config
+  (raises `fingerprint.MismatchError`), so that a refused run stops before anything compiles."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      meta = checkpointing.read_meta(manager, step)
+    except Exception:  # pylint: disable=broad-exception-caught  # damaged: restore says why
+      continue
+    fingerprint.check(
+      meta, config, fields, step=step, directory=str(manager.directory), resuming=True
+    )
+    return
+
+
+def _resume(manager, abstract, config, fields: dict, workdir: str):
   """(state, meta) of the newest checkpoint that restores; (None, None) without checkpoints.
 
-  ``abstract``: the train state's shapes and shardings. The recorded fields are checked before
-  any array is read (then ``on_checked(step)`` is called); newer steps that cannot be read are
-  set aside (moved to ``<workdir>/checkpoints_damaged``) so that they can be saved again.
+  ``abstract``: the train state's shapes and shardings. Each step's recorded fields are checked
+  before any of its arrays is read; newer steps that cannot be read are set aside (moved to
+  ``<workdir>/checkpoints_damaged``) so that they can be saved again.
   """
   if not manager.all_steps():
     return None, None
@@ -211,8 +231,6 @@ def _resume(manager, abstract, config, fields: dict, workdir: str, on_checked=No
     fingerprint.check(
       meta, config, fields, step=step, directory=str(manager.directory), resuming=True
     )
-    if on_checked is not None:
-      on_checked(step)
 
   _, state, meta, failures = checkpointing.restore_newest(
     manager, lambda step: checkpointing.restore_train_state(manager, abstract, step), check
@@ -220,6 +238,39 @@ def _resume(manager, abstract, config, fields: dict, workdir: str, on_checked=No
   checkpointing.set_aside(manager, [step for step, _ in failures], workdir)
   bad_step = jax.device_put(jnp.asarray(-1, jnp.int32), abstract.bad_step.sharding)
   return state.replace(bad_step=bad_step), meta
+
+
+# The loop's last finished evaluation, beside the checkpoints: a checkpoint is written before its
+# step's evaluation (``eval_due`` in its metadata), and this file says whether that evaluation
+# then finished, so that a resumed run does not evaluate the same step again.
+EVALUATED_FILE = "loop_evaluated.json"
+
+
+def _record_evaluated(workdir: str, step: int, metrics: dict) -> None:
+  if jax.process_index() == 0:
+    paths.write_text(
+      paths.join(paths.resolve(workdir), EVALUATED_FILE),
+      json.dumps({"step": step, "eval": metrics}),
+    )
+
+
+def _finished_evaluation(workdir: str, meta: dict | None) -> dict | None:
+  """The eval metrics of the restored checkpoint's step when its evaluation was due at the save
+  and finished since (`EVALUATED_FILE`); None otherwise. Process 0's file decides for every
+  process."""
+  metrics = None
+  if meta is not None and meta.get("eval_due"):
+    path = paths.join(paths.resolve(workdir), EVALUATED_FILE)
+    if paths.exists(path):
+      record = json.loads(paths.read_text(path))
+      if record.get("step") == meta["data_position"]:
+        metrics = record["eval"]
+  if jax.process_count() > 1:
+    loss = multihost_utils.broadcast_one_to_all(
+      np.float64(math.nan if metrics is None else metrics["loss"])
+    )
+    metrics = None if math.isnan(float(loss)) else {**(metrics or {}), "loss": float(loss)}
+  return metrics
 
 
 def _save_after_error(
@@ -279,10 +330,12 @@ def _save_after_error(
 
 @dataclasses.dataclass
 class _Loop:
-  """What the loop carries between steps: the plateau tracker and the best step it keeps, the
-  metrics since the last log line, the training clock, the last evaluation."""
+  """The loop's state between steps: the train state and its step, the last saved step, whether
+  an evaluation is due, the plateau tracker and the best step it keeps, the metrics since the
+  last log line, the training clock, the last evaluation."""
 
   config: ml_collections.ConfigDict
+  workdir: str
   data: DataSource
   writer: Any
   manager: Any
@@ -293,6 +346,10 @@ class _Loop:
   grids: TrainingGrids | None
   plateau: Plateau
   keep_best: checkpointing.KeepStep
+  state: Any = None
+  step: int = 0
+  saved_step: int = -1  # the step of the newest checkpoint this run wrote or resumed from
+  eval_pending: bool = False  # the evaluation of ``step`` is due (its checkpoint says so)
   history: list = dataclasses.field(default_factory=list)
   tic: float = 0.0  # time.time() at the start of the logged interval (set when training starts)
   data_seconds: float = 0.0  # of the logged interval, spent waiting for the next batch
@@ -321,36 +378,43 @@ class _Loop:
       "eval_due": eval_due,
     }
 
-  def evaluate(self, state, step: int):
-    """Eval loss, grids and the plateau tracker at ``step``; returns the (re-scaled) state.
-    Its time is left out of the training clock (steps/s counts training time only)."""
+  def evaluate(self) -> None:
+    """Eval loss, grids and the plateau tracker at the current step (the learning rate may be
+    re-scaled); its time is left out of the training clock (steps/s counts training time
+    only). Recorded as finished (`EVALUATED_FILE`) so that a resumed run does not repeat it."""
     t, eval_tic = self.config.train, time.time()
     metrics = evaluate_loss(
-      self.eval_step, state, self.data, self.config, self.mesh, t.eval_batches
+      self.eval_step, self.state, self.data, self.config, self.mesh, t.eval_batches
     )
-    self.writer.write_scalars(step, {f"eval_{k}": v for k, v in metrics.items()})
+    self.writer.write_scalars(self.step, {f"eval_{k}": v for k, v in metrics.items()})
     if self.grids is not None:
-      self.writer.write_images(step, self.grids(state))
+      self.writer.write_images(self.step, self.grids(self.state))
     logging.info(
-      "eval at step %d: loss %.2f (%.1f s)", step, metrics["loss"], time.time() - eval_tic
+      "eval at step %d: loss %.2f (%.1f s)", self.step, metrics["loss"], time.time() - eval_tic
     )
+    self.apply_evaluation(metrics)
+    self.tic += time.time() - eval_tic
+    _record_evaluated(self.workdir, self.step, metrics)
+
+  def apply_evaluation(self, metrics: dict) -> None:
+    """The plateau tracker (and the learning rate) after the current step's evaluation."""
+    t = self.config.train
     if self.plateau.update(
-      metrics["loss"], t.plateau_patience, t.plateau_factor, t.plateau_min_scale, step=step
+      metrics["loss"], t.plateau_patience, t.plateau_factor, t.plateau_min_scale, step=self.step
     ):
-      state = set_plateau_scale(state, self.plateau.scale)
+      self.state = set_plateau_scale(self.state, self.plateau.scale)
       logging.info(
         "Eval loss has not improved for %d evaluations: learning-rate factor now %.3g.",
         t.plateau_patience,
         self.plateau.scale,
       )
     self.keep_best.step = self.plateau.best_step
-    self.last_eval = metrics
-    self.tic += time.time() - eval_tic
-    return state
+    self.last_eval, self.eval_pending = metrics, False
 
-  def log(self, state, step: int) -> None:
+  def log(self) -> None:
     """Checks the state is finite, writes and logs the mean metrics since the last call."""
-    _check_finite(state, self.manager)
+    step = self.step
+    _check_finite(self.state, self.manager)
     summary = _mean_metrics(self.history)
     device_kind = jax.local_devices()[0].device_kind
     summary.update(
@@ -377,6 +441,55 @@ class _Loop:
       summary["learning_rate"],
       _duration((self.total_steps - step) / summary["steps_per_second"]),
     )
+
+  def train(self, train_step_fn, train_iter, step_rng, preemption, profile, started) -> None:
+    """Trains from the current step to the last one, or until a preemption is requested;
+    ``started``: `time.perf_counter` when `train_and_evaluate` began, for the log."""
+    start_step, stop = self.step, False
+    # XLA:CPU collectives have dead-locked when tiny sharded steps run back to back: on CPU,
+    # wait for each step's result (the CPU is busy computing it anyway).
+    sync_each_step = jax.default_backend() == "cpu"
+    while self.step < self.total_steps and not stop:
+      self.state, metrics = train_step_fn(self.state, self.next_batch(train_iter), step_rng)
+      if sync_each_step or self.step == start_step:
+        jax.block_until_ready(metrics["loss"])
+      self.history.append(metrics)
+      self.step += 1
+      if self.step == start_step + 1:
+        logging.info(
+          "First step done %.1f s after training started (state, compiles, data).",
+          time.perf_counter() - started,
+        )
+      if profile is not None:
+        profile(self.step)
+      stop = preemption.requested or self.manager.reached_preemption(self.step)
+      self.after_step(stop)
+
+  def after_step(self, stop: bool) -> None:
+    """Logs, checkpoints and evaluates as the step's number says (all three when stopping, but
+    the evaluation, which waits for the resumed run)."""
+    t, step = self.config.train, self.step
+    last = step == self.total_steps
+    if step % t.log_every_steps == 0 or last or stop:
+      self.log()
+    self.eval_pending = step % t.eval_every_steps == 0 or last
+    if step % t.checkpoint_every_steps == 0 or last or stop:
+      _check_finite(self.state, self.manager)
+      checkpointing.save(self.manager, self.state, self.meta(step, self.eval_pending), force=stop)
+      self.saved_step = step
+    if self.eval_pending and not stop:
+      self.evaluate()
+
+
+@contextlib.contextmanager
+def _saving_on_error(loop: _Loop):
+  """Saves the loop's current state (`_save_after_error`) before any exception propagates."""
+  try:
+    yield
+  except (Exception, KeyboardInterrupt) as error:
+    meta = loop.meta(loop.step, loop.eval_pending)
+    _save_after_error(loop.manager, loop.state, meta, loop.step, loop.saved_step, error)
+    raise
 
 
 def _start(programs: programs_lib.Programs, init_rng, state, meta, keep_best, manager):
@@ -446,25 +559,18 @@ def train_and_evaluate(
     config, dataset=data.name, vocab_size=len(data.vocab), process_count=jax.process_count()
   )
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(t.seed))
-  programs = programs_lib.Programs.build(config, model, step_config, mesh, init_rng)
   keep_best = checkpointing.KeepStep()
   manager = checkpointing.create_manager(workdir, keep=t.keep_checkpoints, keep_step=keep_best)
-  # The step compiles while the state is initialised or restored; only once the checkpoint's
-  # fields passed their check, so that a refused run compiles nothing.
-  state, meta = _resume(
-    manager,
-    programs.abstract,
-    config,
-    fields,
-    workdir,
-    on_checked=functools.partial(programs.compile_step, step_rng),
-  )
-  programs.compile_step(step_rng)
+  _check_newest_checkpoint(manager, config, fields)  # a refused run compiles nothing
+  # The train step compiles in the background while the state is initialised or restored.
+  programs = programs_lib.Programs.build(config, model, step_config, mesh, init_rng, step_rng)
+  state, meta = _resume(manager, programs.abstract, config, fields, workdir)
   state, plateau = _start(programs, init_rng, state, meta, keep_best, manager)
   _announce(config, workdir, data, writer, state, total_steps, steps_per_epoch)
   grids = TrainingGrids(model, config, data, state, mesh) if t.image_grid_studies else None
   loop = _Loop(
     config,
+    workdir,
     data,
     writer,
     manager,
@@ -475,61 +581,34 @@ def train_and_evaluate(
     grids,
     plateau,
     keep_best,
+    state=state,
+    step=int(state.step),
+    saved_step=int(state.step) if meta is not None else -1,
+    eval_pending=bool(meta is not None and meta.get("eval_due")),
   )
-  start_step = step = int(state.step)
-  train_iter = data.train_batches(
-    global_batch_size=t.batch_size, seed=t.seed, start_step=start_step
-  )
+  finished_eval = _finished_evaluation(workdir, meta)
+  train_iter = data.train_batches(global_batch_size=t.batch_size, seed=t.seed, start_step=loop.step)
   train_step_fn = programs.train_step()
   loop.step_flops = programs.train_step_flops()
-  profile = speed.StepProfile(workdir, start_step, t.profile_steps) if t.profile_steps else None
-  # XLA:CPU collectives have dead-locked when tiny sharded steps run back to back: on CPU, wait
-  # for each step's result (the CPU is busy computing it anyway).
-  sync_each_step = jax.default_backend() == "cpu"
-  saved_step = start_step if meta is not None else -1
-  # A checkpoint is written before its step's evaluation: that evaluation may still be due.
-  eval_pending, stop = bool(meta is not None and meta.get("eval_due")), False
+  profile = speed.StepProfile(workdir, loop.step, t.profile_steps) if t.profile_steps else None
   loop.tic = time.time()
-  with _Preemption() as preemption:
-    try:
-      if eval_pending:
-        logging.info("Running the evaluation of step %d, which had not finished.", step)
-        state, eval_pending = loop.evaluate(state, step), False
-      while step < total_steps and not stop:
-        state, metrics = train_step_fn(state, loop.next_batch(train_iter), step_rng)
-        if sync_each_step or step == start_step:
-          jax.block_until_ready(metrics["loss"])
-        loop.history.append(metrics)
-        step += 1
-        if step == start_step + 1:
-          logging.info(
-            "First step done %.1f s after training started (state, compiles, data).",
-            time.perf_counter() - started,
-          )
-        if profile is not None:
-          profile(step)
-        stop = preemption.requested or manager.reached_preemption(step)
-        if step % t.log_every_steps == 0 or step == total_steps or stop:
-          loop.log(state, step)
-        eval_pending = step % t.eval_every_steps == 0 or step == total_steps
-        if step % t.checkpoint_every_steps == 0 or step == total_steps or stop:
-          _check_finite(state, manager)
-          checkpointing.save(manager, state, loop.meta(step, eval_pending), force=stop)
-          saved_step = step
-        if eval_pending and not stop:
-          state, eval_pending = loop.evaluate(state, step), False
-    except (Exception, KeyboardInterrupt) as error:
-      _save_after_error(manager, state, loop.meta(step, eval_pending), step, saved_step, error)
-      raise
-    finally:
-      if profile is not None:
-        profile.close()
+  with (
+    _Preemption() as preemption,
+    _saving_on_error(loop),
+    contextlib.closing(profile) if profile else contextlib.nullcontext(),
+  ):
+    if finished_eval is not None:  # its scalars are written; the plateau tracker needs its loss
+      loop.apply_evaluation(finished_eval)
+    elif loop.eval_pending:
+      logging.info("Running the evaluation of step %d, which had not finished.", loop.step)
+      loop.evaluate()
+    loop.train(train_step_fn, train_iter, step_rng, preemption, profile, started)
   manager.wait_until_finished()
   manager.close()
   writer.flush()
   del train_iter
-  if step < total_steps:
-    raise Preempted(step, str(manager.directory))
+  if loop.step < total_steps:
+    raise Preempted(loop.step, str(manager.directory))
   if loop.last_eval is not None:
-    logging.info("Final eval loss %.3f at step %d.", loop.last_eval["loss"], step)
-  return state
+    logging.info("Final eval loss %.3f at step %d.", loop.last_eval["loss"], loop.step)
+  return loop.state

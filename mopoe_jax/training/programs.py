@@ -3,8 +3,8 @@
 - the init (`init_program`): one jitted object per program in this process
   (`compilation.jitted_once`), compiled with the fast-compile options;
 - the train step (`train_program`): traced once and kept on disk beside the compilation cache
-  (`compilation.StoredProgram`), so that a restart neither traces nor lowers it; it compiles in a
-  background thread (`Programs.compile_step`) while the state is initialised or restored;
+  (`compilation.StoredProgram`), so that a restart neither traces nor lowers it; `build` starts
+  its compile in a background thread, which runs while the state is initialised or restored;
 - the eval step (`Programs.eval_step`).
 
 A program's key (what makes a stored step stale) comes from the model, the step's settings,
@@ -159,8 +159,16 @@ class Programs:
 
   @classmethod
   def build(
-    cls, config: ml_collections.ConfigDict, model, step_config: StepConfig, mesh, init_rng
+    cls,
+    config: ml_collections.ConfigDict,
+    model,
+    step_config: StepConfig,
+    mesh,
+    init_rng,
+    step_rng=None,
   ) -> "Programs":
+    """The programs of ``model`` and ``config`` over ``mesh``; with ``step_rng``, the train step
+    starts compiling in a background thread at once (`train_step` waits for it)."""
     init_jit = init_program(config, model, mesh)
     # The state's shapes from the same trace as the state itself: its tree carries the
     # optimizer's functions, which must be the very ones the compiled programs were given.
@@ -169,9 +177,12 @@ class Programs:
       model_lib.dummy_batch(config, config.train.batch_size), sharding.batch_sharded(mesh)
     )
     stored = train_program(config, model, step_config, mesh, abstract, batch_shape)
-    return cls(init_jit, abstract, batch_shape, stored, model, step_config, mesh)
+    programs = cls(init_jit, abstract, batch_shape, stored, model, step_config, mesh)
+    if step_rng is not None:
+      programs.compile_step(step_rng)
+    return programs
 
-  def compile_step(self, step_rng, *_) -> None:
+  def compile_step(self, step_rng) -> None:
     """Starts compiling the train step in the background (once; later calls do nothing)."""
     if self._compile is None:
       self._compile = compilation.BackgroundCompile(
