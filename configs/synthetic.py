@@ -8,9 +8,9 @@ README's results section has a measured run), a few on one GPU.
 
 Built on configs/recommended.py, not on the paper's configs/default.py: the embedded dataset
 shows the project as it recommends it (prior expert on the full set, plateau schedule, Finding =
-any pathology positive, and, below, training on incomplete studies), and these are the settings
-the README's earlier synthetic Table 1 was made with. Its reports hedge uncertain findings, so
-the reference rule would count a positive finding plus a hedged one as no finding.
+any pathology positive, and, below, training on incomplete studies); the README's results on the
+embedded dataset (its Table 1) were measured with this config. Its reports hedge uncertain
+findings, so the reference rule would count a positive finding plus a hedged one as no finding.
 """
 
 import ml_collections
