@@ -88,6 +88,8 @@ def main(argv):
   from mopoe_jax.training import loop as train
 
   config = FLAGS.config
+  if FLAGS.mode == "train_and_evaluate":
+    evaluate.check_eval_config(config)  # a bad eval setting fails now, not after the training
   runtime.start_processes(config.train)  # jax.distributed when several processes make the run
   workdir = paths.makedirs(FLAGS.workdir)  # a local folder or a URI (gs://bucket/run)
   logging.info("Workdir: %s", workdir)
@@ -164,4 +166,10 @@ def _use_trained_model():
 
 
 if __name__ == "__main__":
+  from mopoe_jax.evaluation import retired  # pylint: disable=g-import-not-at-top
+
+  try:  # --config.eval.probe_repeats and the like: name the new field (ml_collections cannot)
+    retired.check_overrides(sys.argv[1:])
+  except ValueError as e:
+    sys.exit(f"FATAL Flags parsing error: {e}")
   app.run(main)

@@ -35,7 +35,7 @@ DEVIATIONS = (
     "step still stops the run with an error",
   ),
   (
-    "eval.probe_repeats",
+    "eval.probes.repeats",
     "1 draw of 500 train studies per subset",
     "10 draws, shared by all subsets; mean ± std, a 95% t-interval, and the full set minus the "
     "best single modality paired over the draws",
@@ -217,19 +217,26 @@ def get_config() -> ml_collections.ConfigDict:
   # The evaluators that run, in order (mopoe_jax/evaluation/registry/): any of 'probes',
   # 'generation', 'coherence', 'likelihood'.
   ev.evaluators = ("probes", "generation", "coherence", "likelihood")
-  ev.probe_train_examples = 500  # per draw, with replacement from the train split
-  ev.probe_repeats = 10  # DEVIATION (reference 1): draws shared by all subsets;
+  # Each evaluator's own settings: config.eval.<its name> (the module of the same name in
+  # mopoe_jax/evaluation/ says what they mean; a section left out runs with its defaults).
+  ev.probes = probes = ml_collections.ConfigDict()  # latent linear probes: Table 1
+  probes.train_examples = 500  # per draw, with replacement from the train split
+  probes.repeats = 10  # DEVIATION (reference 1): draws shared by all subsets;
   # only the drawn studies are encoded
-  ev.probe_max_iter = 1000
-  ev.generation_studies = 8
-  ev.prior_samples = 16
-  ev.likelihood_samples = 64
-  ev.likelihood_examples = 256
-  ev.likelihood_batch_size = 32  # studies per likelihood step (x samples x subsets)
-  ev.generation_latent = "sample"  # 'sample' of q_subset or its 'mean' (grids, coherence)
-  ev.probe_min_test_examples = 20  # fewer valid test studies for a subset is an error
-  ev.attribute_coherence = True  # score generated images against ground-truth
+  probes.max_iter = 1000  # of each logistic regression (lbfgs)
+  probes.min_test_examples = 20  # fewer valid test studies for a subset is an error
+  ev.generation = generation = ml_collections.ConfigDict()  # grids and generated reports
+  generation.studies = 8  # complete test studies shown, one column each
+  generation.prior_samples = 16  # unconditional samples, z ~ N(0, I)
+  generation.latent = "sample"  # 'sample' of q_subset or its 'mean'
+  ev.coherence = coherence = ml_collections.ConfigDict()  # classifiers on generated modalities
+  coherence.latent = "sample"  # generate from a 'sample' of q_subset or its 'mean'
+  coherence.attributes = True  # score generated images against ground-truth
   # attributes where the dataset has them (synthetic)
+  ev.likelihood = likelihood = ml_collections.ConfigDict()  # importance-sampled log p(x)
+  likelihood.samples = 64  # samples of q_subset per study
+  likelihood.examples = 256  # the first test studies
+  likelihood.batch_size = 32  # studies per likelihood step (x samples x subsets)
 
   config.classifier = clf = ml_collections.ConfigDict()
   clf.image_widths = (32, 64, 128, 128, 128)  # conv widths, stride 2 each

@@ -47,8 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   ev = config.eval
   ev.batch_size = 200
-  ev.likelihood_samples = 32
-  ev.likelihood_examples = 128
+  ev.likelihood.samples = 32
+  ev.likelihood.examples = 128
 
   clf = config.classifier
   clf.image_widths = (16, 32, 64, 64)

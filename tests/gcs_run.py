@@ -35,7 +35,7 @@ def main(argv):
   config = two_device_config(FLAGS.data_dir, num_steps=FLAGS.num_steps)
   config.train.compilation_cache_dir = paths.join(FLAGS.workdir, "xla_cache")
   config.eval.evaluators = ("likelihood",)
-  config.eval.update(likelihood_examples=8, likelihood_samples=2, likelihood_batch_size=8)
+  config.eval.likelihood.update(examples=8, samples=2, batch_size=8)
   workdir = paths.makedirs(FLAGS.workdir)
   runtime.enable_compilation_cache(config.train.compilation_cache_dir)
   if FLAGS.kill_after_checkpoint is not None:

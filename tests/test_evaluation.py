@@ -55,8 +55,8 @@ class RecordingWriter:
 @pytest.fixture(scope="module")
 def evaluated(synthetic_tiny_dir, tmp_path_factory):
   config = tiny_config(synthetic_tiny_dir)
-  config.eval.likelihood_samples = LIKELIHOOD_SAMPLES
-  config.eval.probe_max_iter = 100  # random codes are often separable: lbfgs would run long
+  config.eval.likelihood.samples = LIKELIHOOD_SAMPLES
+  config.eval.probes.max_iter = 100  # random codes are often separable: lbfgs would run long
   data = load_data(config)
   vocab = data.vocab
   model = model_lib.create_model(config, len(vocab))
@@ -95,9 +95,17 @@ def _easy_codes(rng, num, num_subsets=2, dim=4, prevalence=0.3, signal=2.0):
   return codes, np.ones((num, num_subsets), bool), targets
 
 
-def _probes(train, test, **kwargs):
-  kwargs.setdefault("num_train_examples", 200)
-  return probes_lib.linear_probes(*train, *test, ["a", "b"], label_names=["Finding", "X"], **kwargs)
+def _probes(train, test, draws=None, **settings):
+  settings = probes_lib.ProbeSettings(
+    label_names=["Finding", "X"], **{"num_train_examples": 200, **settings}
+  )
+  return probes_lib.linear_probes(
+    probes_lib.ProbeInputs(*train),
+    probes_lib.ProbeInputs(*test),
+    ["a", "b"],
+    settings,
+    draws=draws,
+  )
 
 
 def test_probe_beats_random_on_easy_codes():
@@ -105,14 +113,14 @@ def test_probe_beats_random_on_easy_codes():
   probes = _probes(_easy_codes(rng, 300), _easy_codes(rng, 200), repeats=3)
   for name in ("a", "b"):
     for label in ("Finding", "X"):
-      assert probes["subsets"][name][label] > probes["random"][label] + 0.4
-      assert 0.0 <= probes["std"][name][label] < 0.1
-      low, high = probes["interval"][name][label]
-      assert low <= probes["subsets"][name][label] <= high
-      assert len(probes["draws"][name][label]) == 3
-      assert 0.0 <= probes["legacy"]["subsets"][name][label] <= 1.0
-      assert len(probes["legacy"]["draws"][name][label]) == 3
-  assert not any(probes["skipped"].values())
+      assert probes.subsets[name][label] > probes.random[label] + 0.4
+      assert 0.0 <= probes.std[name][label] < 0.1
+      low, high = probes.interval[name][label]
+      assert low <= probes.subsets[name][label] <= high
+      assert len(probes.draws[name][label]) == 3
+      assert 0.0 <= probes.legacy.subsets[name][label] <= 1.0
+      assert len(probes.legacy.draws[name][label]) == 3
+  assert not any(probes.skipped.values())
   markdown = probes_lib.probes_markdown(probes)
   assert "LEGACY" in markdown and "95% interval of the mean" in markdown
 
@@ -166,7 +174,7 @@ def test_probe_draws_are_a_seeded_random_sample():
   # Draw r does not depend on the number of repeats; the draws differ from each other.
   np.testing.assert_array_equal(draws[:3], probes_lib.probe_draws(60_000, 500, 3, seed=0))
   assert not np.array_equal(draws[0], draws[1])
-  with pytest.raises(ValueError, match="probe_repeats=0"):
+  with pytest.raises(ValueError, match=r"eval\.probes\.repeats=0"):
     probes_lib.probe_draws(100, 10, repeats=0, seed=0)
 
 
@@ -214,8 +222,8 @@ def test_paired_difference_cancels_the_shared_draw_effect():
     "frontal+lateral": {"F": full},
   }
   best = probes_lib.full_minus_best_single(per_draw, "F", names)
-  assert best["full"] == "frontal+lateral" and best["best_single"] == "frontal"
-  assert best["mean"] == pytest.approx(d["mean"])
+  assert best.full == "frontal+lateral" and best.best_single == "frontal"
+  assert best.mean == pytest.approx(d["mean"]) and best.draws == pytest.approx(d["draws"])
 
 
 def test_one_class_label_is_skipped_and_reported():
@@ -224,9 +232,9 @@ def test_one_class_label_is_skipped_and_reported():
   targets[:, 1] = 0  # label "X" never positive in the train pool
   probes = _probes((codes, valid, targets), _easy_codes(rng, 200))
   for name in ("a", "b"):
-    assert probes["subsets"][name]["X"] is None
-    assert probes["skipped"][name]["X"] == "n/a (one class in the draw)"
-    assert probes["subsets"][name]["Finding"] is not None
+    assert probes.subsets[name]["X"] is None
+    assert probes.skipped[name]["X"] == "n/a (one class in the draw)"
+    assert probes.subsets[name]["Finding"] is not None
   assert "n/a (one class in the draw)" in probes_lib.probes_markdown(probes)
 
 
@@ -343,7 +351,7 @@ def test_probes_json_has_the_exact_shape(evaluated):
         assert 0.0 <= value <= 1.0
     assert probes["subsets"][name]["Finding"] is not None
   assert all(0.0 <= v <= 1.0 for v in probes["random"].values())
-  repeats = evaluated.config.eval.probe_repeats
+  repeats = evaluated.config.eval.probes.repeats
   for source in (probes, probes["legacy"]):
     for name in SUBSETS:
       assert all(len(v) == repeats for v in source["draws"][name].values())
@@ -354,7 +362,7 @@ def test_probes_json_has_the_exact_shape(evaluated):
   # Only the drawn train studies were encoded: the union of the seeded draws.
   num_train = evaluated.data.num_examples(evaluated.config.data.train_split)
   draws = probes_lib.probe_draws(
-    num_train, evaluated.config.eval.probe_train_examples, repeats, evaluated.config.eval.seed
+    num_train, evaluated.config.eval.probes.train_examples, repeats, evaluated.config.eval.seed
   )
   assert probes["num_examples"]["train_studies"] == np.unique(draws).size < num_train
   with open(os.path.join(evaluated.eval_dir, "probes.md")) as f:
@@ -408,7 +416,7 @@ def test_selected_batches_are_the_studies_at_the_indices(evaluated):
 
 def test_generation_pngs_have_the_expected_size(evaluated):
   size = evaluated.config.data.image_size
-  num = evaluated.config.eval.generation_studies
+  num = evaluated.config.eval.generation.studies
   cell, pad = size + 2, 2
   generation = evaluated.results["generation"]
   for name in SUBSETS:
@@ -417,7 +425,10 @@ def test_generation_pngs_have_the_expected_size(evaluated):
     with Image.open(path) as image:
       assert image.size == (num * cell + pad, (given_images + 2) * cell + pad + pad)
   with Image.open(os.path.join(evaluated.eval_dir, "generation", "prior.png")) as image:
-    assert image.size == (evaluated.config.eval.prior_samples * cell + pad, 2 * cell + pad)
+    assert image.size == (
+      evaluated.config.eval.generation.prior_samples * cell + pad,
+      2 * cell + pad,
+    )
   images = evaluated.writer.images
   assert set(images) == {f"eval_generation/{n}" for n in SUBSETS + ["prior"]}
   assert all(g.dtype == np.uint8 and g.ndim == 4 and g.shape[-1] == 3 for g in images.values())
@@ -429,9 +440,9 @@ def test_generated_reports_are_vocabulary_words(evaluated):
   assert set(reports) == set(SUBSETS + ["prior"])
   for name, texts in reports.items():
     assert len(texts) == (
-      evaluated.config.eval.prior_samples
+      evaluated.config.eval.generation.prior_samples
       if name == "prior"
-      else evaluated.config.eval.generation_studies
+      else evaluated.config.eval.generation.studies
     )
     assert all(set(text.split()) <= words for text in texts)
     with open(

@@ -119,10 +119,10 @@ def test_the_readme_job_imports_only_declared_distributions(subprocess_cache_dir
     "--config.train.checkpoint_every_steps=4",
     "--config.train.log_every_steps=2",
     "--config.classifier.num_steps=2",
-    "--config.eval.probe_repeats=2",
+    "--config.eval.probes.repeats=2",
     # The programs of the other tests (the straight run's training, the evaluators'
     # programs of tests/test_evaluation.py): loaded from the session's compilation cache.
-    "--config.eval.likelihood_samples=32",
+    "--config.eval.likelihood.samples=32",
   ]
   proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=850)
   assert proc.returncode == 0, proc.stderr[-6000:]

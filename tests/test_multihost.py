@@ -34,9 +34,9 @@ PHASE_TIMEOUT_S = 420
 COMMON = TWO_DEVICE_OVERRIDES  # checkpoints, evaluations and logs every 2 steps
 EVALUATION = (
   '--config.eval.evaluators=("likelihood",)',
-  "--config.eval.likelihood_examples=8",
-  "--config.eval.likelihood_samples=2",
-  "--config.eval.likelihood_batch_size=8",
+  "--config.eval.likelihood.examples=8",
+  "--config.eval.likelihood.samples=2",
+  "--config.eval.likelihood.batch_size=8",
 )
 
 

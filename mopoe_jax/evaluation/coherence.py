@@ -6,7 +6,8 @@ Classifiers trained on real data (`mopoe_jax.evaluation.classifiers`) label the 
 modalities; their average precision against the SOURCE study's labels, per subset, generated
 modality and label, on the test split; the same classifiers on the real test data give the upper
 reference. On datasets with ground-truth attributes (synthetic_cxr) the image classifiers'
-attribute head is correlated with the source's attributes.
+attribute head is correlated with the source's attributes (``eval.coherence.attributes``). The
+modalities are generated from a sample or the mean of q_subset (``eval.coherence.latent``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from typing import Sequence
 
 from absl import logging
+import ml_collections
 import numpy as np
 from sklearn import metrics as sklearn_metrics
 
@@ -26,6 +28,8 @@ from mopoe_jax.evaluation.common import (
   HEADLINE_LABEL,
   Context,
   EncodedSplit,
+  Evaluator,
+  Result,
   class_problem,
   fmt,
   nanmean,
@@ -34,7 +38,29 @@ from mopoe_jax.evaluation.common import (
 )
 from mopoe_jax.evaluation.generation import generate_from_posteriors
 from mopoe_jax.vae import subsets as subsets_lib
+from mopoe_jax.vae.latents import LATENTS
 from mopoe_jax.vae.model import MoPoE, is_text
+
+
+@dataclasses.dataclass
+class CoherenceResult(Result):
+  """`coherence`'s result (results.json's "coherence"); {subset: {modality: {label: AP}}} and
+  the like, None where a label cannot be scored (the reason in the matching ``skipped``)."""
+
+  metric: str
+  latent: str  # 'sample' or 'mean' of q_subset
+  targets: str  # how the 0/1 targets are made
+  subsets: dict  # {subset: {generated modality: {label: AP or None}}}
+  skipped: dict  # {subset: {modality: {label: why}}}
+  finding_match_rate: dict  # {subset: {modality: share of Finding predicted right at 0.5}}
+  real: dict  # {modality: {label: AP or None}}: the classifiers on the real test data
+  real_skipped: dict
+  random: dict  # {label: prevalence in the test split}
+  # Datasets with ground-truth attributes: {"metric", "names", "subsets": {subset: {view:
+  # {attribute: r}}}, "real": {view: {attribute: r}}}; absent from results.json otherwise.
+  attributes: dict | None = None
+
+  OMIT_IF_NONE = ("attributes",)
 
 
 @dataclasses.dataclass
@@ -105,7 +131,7 @@ def coherence(
   batch_size: int,
   latent: str,
   true_attributes: np.ndarray | None = None,
-) -> dict:
+) -> CoherenceResult:
   """Classifier average precision on generated modalities against the source's labels.
 
   For every test study, every subset valid for it and every modality, the modality is generated
@@ -142,18 +168,18 @@ def coherence(
       num,
       time.perf_counter() - start,
     )
-  result = {
-    "metric": "average precision of the classifier on the generated modality against "
+  result = CoherenceResult(
+    metric="average precision of the classifier on the generated modality against "
     "the source study's labels",
-    "latent": latent,
-    "targets": targets_note(test.finding_rule),
-    "subsets": {},
-    "skipped": {},
-    "finding_match_rate": {},
-    "real": {},
-    "real_skipped": {},
-    "random": {l: float(targets[:, j].mean()) for j, l in enumerate(PROBE_LABELS)},
-  }
+    latent=latent,
+    targets=targets_note(test.finding_rule),
+    subsets={},
+    skipped={},
+    finding_match_rate={},
+    real={},
+    real_skipped={},
+    random={l: float(targets[:, j].mean()) for j, l in enumerate(PROBE_LABELS)},
+  )
   finding = list(PROBE_LABELS).index(HEADLINE_LABEL)
   for k, name in enumerate(names):
     rows = test.valid[:, k]
@@ -164,15 +190,15 @@ def coherence(
       )
       match = (probs[m][k, rows, finding] >= 0.5) == (targets[rows, finding] == 1)
       matches[m] = float(match.mean()) if rows.any() else None
-    result["subsets"][name] = scores
-    result["skipped"][name] = skips
-    result["finding_match_rate"][name] = matches
+    result.subsets[name] = scores
+    result.skipped[name] = skips
+    result.finding_match_rate[name] = matches
   for i, m in enumerate(model.modalities):
-    result["real"][m], result["real_skipped"][m] = _average_precisions(
+    result.real[m], result.real_skipped[m] = _average_precisions(
       targets, real.probs[m], test.available[:, i], PROBE_LABELS, test.split
     )
   if true_attributes is not None and classifiers.attribute_names:
-    result["attributes"] = _attribute_coherence(
+    result.attributes = _attribute_coherence(
       model, classifiers, test, real, attributes, true_attributes, names
     )
   return result
@@ -212,87 +238,112 @@ def _check_attribute_rows(true_labels: np.ndarray, test: EncodedSplit, dataset: 
     raise RuntimeError(
       f"The attributes read from {dataset} split {test.split!r} do not line up "
       f"with the evaluated studies ({true_labels.shape[0]} vs {test.labels.shape[0]} rows, or "
-      "different labels); the split's order changed between the two reads. Disable "
-      "eval.attribute_coherence to skip this score."
+      "different labels); the split's order changed between the two reads. Set "
+      "eval.coherence.attributes=False to skip this score."
     )
 
 
-def run(ctx: Context) -> dict:
+class Coherence(Evaluator):
   """Trains (or restores) the classifiers, then scores generation from every subset."""
-  ev, data_config = ctx.config.eval, ctx.config.data
-  classifiers = classifiers_lib.get_classifiers(
-    ctx.config,
-    ctx.data,
-    modalities=ctx.model.modalities,
-    vocab_size=ctx.model.vocab_size,
-    classifier_dir=classifiers_lib.classifier_dir_from_config(ctx.config, ctx.workdir),
-    use_attributes=bool(ev.attribute_coherence),
-  )
-  test = ctx.test()
-  real = classify_split(classifiers, ctx.data, data_config.test_split, batch_size=ev.batch_size)
-  true_attributes = None
-  if classifiers.attribute_names:
-    true_attributes, true_labels = ctx.data.attributes(data_config.test_split)
-    _check_attribute_rows(true_labels, test, ctx.data.name)
-  return coherence(
-    ctx.model,
-    ctx.variables,
-    classifiers,
-    test,
-    real,
-    ctx.rng_for("coherence"),
-    batch_size=ev.batch_size,
-    latent=ev.generation_latent,
-    true_attributes=true_attributes,
-  )
 
+  name = "coherence"
 
-def markdown(result: dict, settings: dict) -> str:
-  """The report.md section: label Finding per subset and generated modality; attributes."""
-  c = result
-  modalities = settings["modalities"]
-  rows = [
-    [name] + [fmt(c["subsets"][name][m][HEADLINE_LABEL]) for m in modalities]
-    for name in c["subsets"]
-  ]
-  rows.append(
-    ["real test data (upper reference)"] + [fmt(c["real"][m][HEADLINE_LABEL]) for m in modalities]
-  )
-  rows.append(["random"] + [fmt(c["random"][HEADLINE_LABEL])] * len(modalities))
-  out = [
-    f"## Coherence: classifier AP on generated modalities, label {HEADLINE_LABEL}",
-    "",
-    f"Rows: the subset given; columns: the modality generated from its posterior "
-    f"({c['latent']}). Generated modalities inside the subset are reconstructions. All "
-    "labels are in results.json.",
-    "",
-    table(["given \\ generated"] + modalities, rows),
-    "",
-  ]
-  if "attributes" in c:
-    a = c["attributes"]
-    views = list(a["real"])
-    mean_r = lambda d: fmt(nanmean(list(d.values())))  # noqa: E731
-    rows = [[name] + [mean_r(a["subsets"][name][v]) for v in views] for name in a["subsets"]]
-    rows.append(["real test images (upper reference)"] + [mean_r(a["real"][v]) for v in views])
-    full = list(a["subsets"])[-1]
-    per_attribute = [
-      [n] + [fmt(a["real"][v][n]) for v in views] + [fmt(a["subsets"][full][v][n]) for v in views]
-      for n in a["names"]
+  def default_config(self) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.latent = "sample"  # generate from a 'sample' of q_subset or its 'mean'
+    c.attributes = True  # score generated images against ground-truth attributes where the
+    # dataset has them (synthetic_cxr)
+    return c
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    latent = config.eval.coherence.latent
+    if latent not in LATENTS:
+      raise ValueError(f"config.eval.coherence.latent must be one of {LATENTS}, got {latent!r}.")
+
+  def run(self, ctx: Context) -> CoherenceResult:
+    ev, data_config = ctx.config.eval, ctx.config.data
+    classifiers = classifiers_lib.get_classifiers(
+      ctx.config,
+      ctx.data,
+      modalities=ctx.model.modalities,
+      vocab_size=ctx.model.vocab_size,
+      classifier_dir=classifiers_lib.classifier_dir_from_config(ctx.config, ctx.workdir),
+      use_attributes=bool(ev.coherence.attributes),
+    )
+    test = ctx.test()
+    real = classify_split(classifiers, ctx.data, data_config.test_split, batch_size=ev.batch_size)
+    true_attributes = None
+    if classifiers.attribute_names:
+      true_attributes, true_labels = ctx.data.attributes(data_config.test_split)
+      _check_attribute_rows(true_labels, test, ctx.data.name)
+    return coherence(
+      ctx.model,
+      ctx.variables,
+      classifiers,
+      test,
+      real,
+      ctx.rng_for(self.name),
+      batch_size=ev.batch_size,
+      latent=ev.coherence.latent,
+      true_attributes=true_attributes,
+    )
+
+  def summary_scalars(self, result: CoherenceResult) -> dict[str, float | None]:
+    """Label Finding's AP per subset given and modality generated."""
+    return {
+      f"eval_coherence_ap/{name}->{m}/{HEADLINE_LABEL}": scores.get(HEADLINE_LABEL)
+      for name, per_modality in result.subsets.items()
+      for m, scores in per_modality.items()
+    }
+
+  def markdown(self, result: CoherenceResult, settings: dict) -> str:
+    """The report.md section: label Finding per subset and generated modality; attributes."""
+    c = result
+    modalities = settings["modalities"]
+    rows = [
+      [name] + [fmt(c.subsets[name][m][HEADLINE_LABEL]) for m in modalities] for name in c.subsets
     ]
-    out += [
-      "## Attribute coherence (synthetic ground truth)",
+    rows.append(
+      ["real test data (upper reference)"] + [fmt(c.real[m][HEADLINE_LABEL]) for m in modalities]
+    )
+    rows.append(["random"] + [fmt(c.random[HEADLINE_LABEL])] * len(modalities))
+    out = [
+      f"## Coherence: classifier AP on generated modalities, label {HEADLINE_LABEL}",
       "",
-      a["metric"] + ". Mean over the attributes:",
+      f"Rows: the subset given; columns: the modality generated from its posterior "
+      f"({c.latent}). Generated modalities inside the subset are reconstructions. All "
+      "labels are in results.json.",
       "",
-      table(["given \\ generated"] + views, rows),
-      "",
-      f"Per attribute, real test images and generated from {full}:",
-      "",
-      table(
-        ["attribute"] + [f"real {v}" for v in views] + [f"from {full}: {v}" for v in views],
-        per_attribute,
-      ),
+      table(["given \\ generated"] + modalities, rows),
       "",
     ]
-  return "\n".join(out)
+    if c.attributes is not None:
+      out += _attributes_markdown(c.attributes)
+    return "\n".join(out)
+
+
+def _attributes_markdown(a: dict) -> list[str]:
+  views = list(a["real"])
+  mean_r = lambda d: fmt(nanmean(list(d.values())))  # noqa: E731
+  rows = [[name] + [mean_r(a["subsets"][name][v]) for v in views] for name in a["subsets"]]
+  rows.append(["real test images (upper reference)"] + [mean_r(a["real"][v]) for v in views])
+  full = list(a["subsets"])[-1]
+  per_attribute = [
+    [n] + [fmt(a["real"][v][n]) for v in views] + [fmt(a["subsets"][full][v][n]) for v in views]
+    for n in a["names"]
+  ]
+  return [
+    "## Attribute coherence (synthetic ground truth)",
+    "",
+    a["metric"] + ". Mean over the attributes:",
+    "",
+    table(["given \\ generated"] + views, rows),
+    "",
+    f"Per attribute, real test images and generated from {full}:",
+    "",
+    table(
+      ["attribute"] + [f"real {v}" for v in views] + [f"from {full}: {v}" for v in views],
+      per_attribute,
+    ),
+    "",
+  ]

@@ -1,17 +1,22 @@
-"""What the evaluators share: the evaluation context, encoding a split, tables and JSON.
+"""What the evaluators share: the evaluator base, the evaluation context, encoding a split, tables
+and JSON.
 
-`Context` carries what every evaluator needs (config, model, restored variables, data source,
-output directory, rng) and encodes each split at most once (`Context.encoded`). An evaluator is
-a module with ``run(ctx) -> dict`` (its entry in results.json) and ``markdown(result, settings)
--> str`` (its section of report.md).
+An evaluator is an `Evaluator` (its name, its settings ``config.eval.<name>`` with their
+defaults and checks, ``run(ctx) -> Result``, its TensorBoard scalars and its section of
+report.md), registered in `mopoe_jax.evaluation.registry`. `Context` carries what every evaluator
+needs (config, model, restored variables, data source, output directory, rng) and encodes the
+test split at most once (`Context.test`). A `Result` is a dataclass whose ``to_json()`` is the
+evaluator's entry in results.json.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import time
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
+import zlib
 
 from absl import logging
 import jax
@@ -182,14 +187,19 @@ class Context:
   workdir: str
   rng: jax.Array  # the evaluation's key; `rng_for` derives each evaluator's
   step: int = 0
+  keep_complete: int = 0  # complete test studies whose batch rows `test` keeps (for grids)
   images: dict = dataclasses.field(default_factory=dict)  # name -> uint8 [H, W, 3] grids
   _test: EncodedSplit | None = None
 
-  # Each evaluator's key: split(eval key, 3) in this order, as results of earlier versions used.
-  _RNG_ORDER = ("generation", "coherence", "likelihood")
+  # The keys of these three: split(eval key, 3) in this order, as earlier versions drew them (so
+  # their results do not change); any other evaluator folds the CRC-32 of its name into the key.
+  _RNG_ORDER: ClassVar[tuple[str, ...]] = ("generation", "coherence", "likelihood")
 
   def rng_for(self, evaluator: str) -> jax.Array:
-    return jax.random.split(self.rng, len(self._RNG_ORDER))[self._RNG_ORDER.index(evaluator)]
+    """The key of ``evaluator`` (its name): the same for the same ``eval.seed``."""
+    if evaluator in self._RNG_ORDER:
+      return jax.random.split(self.rng, len(self._RNG_ORDER))[self._RNG_ORDER.index(evaluator)]
+    return jax.random.fold_in(self.rng, zlib.crc32(evaluator.encode()))
 
   @property
   def subset_names(self) -> list[str]:
@@ -198,18 +208,80 @@ class Context:
   def test(self) -> EncodedSplit:
     """The test split's posteriors (with log-variances and the first complete studies)."""
     if self._test is None:
-      ev = self.config.eval
-      keep = ev.generation_studies if "generation" in ev.evaluators else 0
       self._test = encode_split(
         self.model,
         self.variables,
         self.data,
         self.config.data.test_split,
-        batch_size=ev.batch_size,
+        batch_size=self.config.eval.batch_size,
         finding_rule=self.config.data.finding_rule,
-        keep_complete=keep,
+        keep_complete=self.keep_complete,
       )
     return self._test
+
+
+# ------------------------------------------------------------------------------------------------
+# Results and evaluators.
+
+
+class Result:
+  """An evaluator's typed result: a dataclass whose fields are its entry in results.json.
+
+  ``to_json()`` is `dataclasses.asdict` (nested dataclasses become dicts, field order kept),
+  without the fields of ``OMIT_IF_NONE`` that are None (entries an evaluator writes only when it
+  has them).
+  """
+
+  OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ()
+
+  def to_json(self) -> dict:
+    out = dataclasses.asdict(self)
+    for name in self.OMIT_IF_NONE:
+      if out[name] is None:
+        del out[name]
+    return out
+
+
+class Evaluator(abc.ABC):
+  """One evaluator of a trained model: what `mopoe_jax.evaluation.evaluate` knows of it.
+
+  Its settings are the section ``config.eval.<name>`` (`default_config` gives the fields and
+  their defaults; a config without the section runs with them), checked by `check` before any
+  evaluator runs. ``run`` measures and returns a `Result` (its entry in results.json; it may
+  write files under ``ctx.eval_dir`` and put image grids in ``ctx.images``); `summary_scalars`
+  are its TensorBoard scalars and `markdown` its section of report.md. Register an instance in
+  `mopoe_jax.evaluation.registry`.
+  """
+
+  name: ClassVar[str]  # its entry in eval.evaluators and results.json, its config section
+
+  def default_config(self) -> ml_collections.ConfigDict:
+    """The fields of ``config.eval.<name>`` and their defaults."""
+    return ml_collections.ConfigDict()
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the field when ``config`` (whose ``eval.<name>`` section has
+    exactly the fields of `default_config`) asks for something this evaluator cannot do."""
+    del config
+
+  def test_studies_kept(self, config: ml_collections.ConfigDict) -> int:
+    """How many complete test studies' batch rows `Context.test` must keep for this evaluator
+    (images and reports shown beside generated ones); the test split is encoded once for all."""
+    del config
+    return 0
+
+  @abc.abstractmethod
+  def run(self, ctx: Context) -> Result:
+    """Measures the model of ``ctx``."""
+
+  def summary_scalars(self, result: Result) -> dict[str, float | None]:
+    """The headline numbers of ``result`` for TensorBoard (None values are left out)."""
+    del result
+    return {}
+
+  @abc.abstractmethod
+  def markdown(self, result: Result, settings: dict) -> str:
+    """The section of report.md (``settings``: results.json's "settings" entry)."""
 
 
 # ------------------------------------------------------------------------------------------------

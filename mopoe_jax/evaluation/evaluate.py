@@ -1,9 +1,11 @@
 """Evaluation of a trained model: restore once, run the configured evaluators, write the report.
 
-`run_evaluation` runs the evaluators named in ``config.eval.evaluators``
-(`mopoe_jax.evaluation.registry`) and writes, under ``<workdir>/eval/``:
+`run_evaluation` runs the evaluators named in ``config.eval.evaluators`` through the interface
+of `mopoe_jax.evaluation.common.Evaluator` (the registry, `mopoe_jax.evaluation.registry`, knows
+which there are; nothing here knows any one of them) and writes, under ``<workdir>/eval/``:
   results.json        every evaluator's results in one JSON document
-  report.md           a readable summary with the tables and links to the PNGs
+  report.md           a readable summary: one section per evaluator, with links to its files
+and the evaluators write their own files beside them; those registered now:
   probes.json/.md     latent linear probes (the paper's Table 1 and the full per-label table)
   probes_table1.png   Table 1 as a bar chart (mean and interval per subset, random baseline)
   generation/         PNG grids and generated reports: from_<subset>.png/.md, prior.png/.md
@@ -17,7 +19,6 @@ evaluates while the others wait for it (`evaluate`).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from absl import logging
 import jax
@@ -28,40 +29,53 @@ import orbax.checkpoint as ocp
 
 from mopoe_jax.data import labels
 from mopoe_jax.data.datasource import DataSource
-from mopoe_jax.evaluation.common import HEADLINE_LABEL, Context, write_json
-from mopoe_jax.evaluation.generation import GENERATION_DIR
-from mopoe_jax.evaluation.registry import EVALUATORS
+from mopoe_jax.evaluation import registry, retired
+from mopoe_jax.evaluation.common import Context, Result, write_json
 from mopoe_jax.platform import paths
 from mopoe_jax.training import checkpointing, model_file, restore
 from mopoe_jax.vae import model as model_lib
-from mopoe_jax.vae.latents import LATENTS
 
 EVAL_DIR = "eval"
 _DONE_BARRIER = "mopoe_evaluation_done"
 
 
 def check_eval_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field when ``config.eval`` asks for something unknown."""
+  """Raises ValueError naming the field when ``config.eval`` asks for something unknown: an
+  evaluator that is not registered, a field that is neither shared (`registry.SHARED_FIELDS`)
+  nor an evaluator's section (a retired flat field is named with its new place), a section's
+  unknown field, or a value the evaluator's own `Evaluator.check` refuses."""
   ev = config.eval
-  unknown = [e for e in ev.evaluators if e not in EVALUATORS]
+  evaluators = registry.EVALUATORS
+  unknown = [e for e in ev.evaluators if e not in evaluators]
   if unknown:
     raise ValueError(
-      f"config.eval.evaluators has unknown entries {unknown}; choose from {sorted(EVALUATORS)}."
+      f"config.eval.evaluators has unknown entries {unknown}; choose from {list(evaluators)}."
+    )
+  for field in ev:
+    if field in registry.SHARED_FIELDS or field in evaluators:
+      continue
+    raise ValueError(
+      retired.retired_message(field)
+      or (
+        f"config.eval.{field} is not a field: config.eval has {list(registry.SHARED_FIELDS)} "
+        f"and a section per evaluator ({', '.join(f'eval.{n}' for n in evaluators)})."
+      )
     )
   if config.data.finding_rule not in labels.FINDING_RULES:
     raise ValueError(
       f"config.data.finding_rule must be one of {labels.FINDING_RULES}, got "
       f"{config.data.finding_rule!r}."
     )
-  if ev.probe_repeats < 1 or ev.probe_train_examples < 1:
-    raise ValueError(
-      f"config.eval.probe_repeats and probe_train_examples must be >= 1, got "
-      f"{ev.probe_repeats} and {ev.probe_train_examples}."
-    )
-  if ev.generation_latent not in LATENTS:
-    raise ValueError(
-      f"eval.generation_latent must be one of {LATENTS}, got {ev.generation_latent!r}."
-    )
+  config = registry.with_defaults(config)
+  for name in config.eval.evaluators:
+    evaluator = evaluators[name]
+    fields = set(evaluator.default_config())
+    unknown = sorted(set(config.eval[name]) - fields)
+    if unknown:
+      raise ValueError(
+        f"config.eval.{name} has no field {', '.join(unknown)}; its fields: {sorted(fields)}."
+      )
+    evaluator.check(config)
 
 
 def run_evaluation(
@@ -74,7 +88,7 @@ def run_evaluation(
   *,
   step: int = 0,
 ) -> dict:
-  """Runs the evaluators of ``config.eval.evaluators`` and writes the results.
+  """Checks ``config.eval`` (`check_eval_config`), runs its evaluators and writes the results.
 
   Args:
     config: the run's config (``data``, ``model``, ``eval``, ``classifier``).
@@ -85,11 +99,18 @@ def run_evaluation(
     writer: a clu metric writer for scalars and images (optional); step: their step.
 
   Returns:
-    The results dict written to ``<workdir>/eval/results.json``: 'settings', and one entry per
-    evaluator that ran.
+    The results written to ``<workdir>/eval/results.json``: 'settings', and one entry per
+    evaluator that ran (its `Result.to_json()`).
   """
   check_eval_config(config)
+  return _run_checked(config, workdir, model, variables, data, writer, step=step)
+
+
+def _run_checked(config, workdir, model, variables, data, writer, *, step: int) -> dict:
+  """`run_evaluation` of a config that `check_eval_config` passed."""
+  config = registry.with_defaults(config)
   ev = config.eval
+  selected = {name: registry.EVALUATORS[name] for name in ev.evaluators}
   eval_dir = paths.makedirs(paths.join(paths.resolve(workdir), EVAL_DIR))
   ctx = Context(
     config=config,
@@ -100,28 +121,29 @@ def run_evaluation(
     workdir=workdir,
     rng=jax.random.key(ev.seed),
     step=step,
+    keep_complete=max([e.test_studies_kept(config) for e in selected.values()], default=0),
   )
-  results: dict[str, Any] = {
-    "settings": {
-      "dataset": data.name,
-      "test_split": config.data.test_split,
-      "modalities": list(model.modalities),
-      "subsets": ctx.subset_names,
-      "step": step,
-      "eval": ev.to_dict(),
-    }
+  settings = {
+    "dataset": data.name,
+    "test_split": config.data.test_split,
+    "modalities": list(model.modalities),
+    "subsets": ctx.subset_names,
+    "step": step,
+    "eval": ev.to_dict(),
   }
+  outcomes: dict[str, Result] = {}
   start = time.perf_counter()
-  for name in ev.evaluators:
+  for name, evaluator in selected.items():
     tic = time.perf_counter()
-    results[name] = EVALUATORS[name].run(ctx)
+    outcomes[name] = evaluator.run(ctx)
     logging.info("Evaluator %s done (%.0f s).", name, time.perf_counter() - tic)
 
-  results["settings"]["seconds"] = time.perf_counter() - start
+  settings["seconds"] = time.perf_counter() - start
+  results = {"settings": settings, **{name: r.to_json() for name, r in outcomes.items()}}
   write_json(paths.join(eval_dir, "results.json"), results)
-  paths.write_text(paths.join(eval_dir, "report.md"), report_markdown(results))
+  paths.write_text(paths.join(eval_dir, "report.md"), report_markdown(outcomes, settings))
   if writer is not None:
-    writer.write_scalars(step, summary_scalars(results))
+    writer.write_scalars(step, summary_scalars(outcomes))
     if ctx.images:
       writer.write_images(step, {f"eval_generation/{k}": g[None] for k, g in ctx.images.items()})
     writer.flush()
@@ -129,38 +151,23 @@ def run_evaluation(
   return results
 
 
-def summary_scalars(results: dict) -> dict[str, float]:
-  """The headline numbers as flat scalars for TensorBoard (None values left out)."""
+def summary_scalars(outcomes: dict[str, Result]) -> dict[str, float]:
+  """Every evaluator's headline numbers (`Evaluator.summary_scalars`) as flat scalars for
+  TensorBoard, None values left out; ``outcomes``: evaluator name -> its result."""
   scalars = {}
-  for name, scores in results.get("probes", {}).get("subsets", {}).items():
-    scalars[f"eval_probe_ap/{name}/{HEADLINE_LABEL}"] = scores.get(HEADLINE_LABEL)
-  difference = (
-    results.get("probes", {}).get("difference", {}).get("standard", {}).get(HEADLINE_LABEL)
-  )
-  if difference:
-    scalars[f"eval_probe_ap/full_minus_best_single/{HEADLINE_LABEL}"] = difference["mean"]
-  for name, per_modality in results.get("coherence", {}).get("subsets", {}).items():
-    for m, scores in per_modality.items():
-      scalars[f"eval_coherence_ap/{name}->{m}/{HEADLINE_LABEL}"] = scores.get(HEADLINE_LABEL)
-  for name, entry in results.get("likelihood", {}).get("subsets", {}).items():
-    for target, values in entry.items():
-      if values:
-        scalars[f"eval_log_px/{name}/{target}"] = values["log_px"]
-        scalars[f"eval_elbo/{name}/{target}"] = values["elbo"]
+  for name, result in outcomes.items():
+    scalars.update(registry.EVALUATORS[name].summary_scalars(result))
   return {k: float(v) for k, v in scalars.items() if v is not None}
 
 
-# The order of the report's sections.
-_REPORT_ORDER = ("probes", "coherence", "likelihood", "generation")
-
-
-def report_markdown(results: dict) -> str:
-  """A readable summary of ``results`` (report.md): one section per evaluator that ran."""
-  s = results["settings"]
+def report_markdown(outcomes: dict[str, Result], settings: dict) -> str:
+  """A readable summary (report.md): one section per evaluator that ran, in the registry's order
+  (``outcomes``: evaluator name -> its result; ``settings``: results.json's "settings")."""
+  s = settings
   out = [f"# Evaluation of MoPoE on {s['dataset']} ({s['test_split']} split, step {s['step']})", ""]
-  for name in _REPORT_ORDER:
-    if name in results:
-      out.append(EVALUATORS[name].markdown(results[name], s))
+  for name, evaluator in registry.EVALUATORS.items():
+    if name in outcomes:
+      out.append(evaluator.markdown(outcomes[name], s))
   return "\n".join(out) + "\n"
 
 
@@ -214,7 +221,7 @@ def evaluate(
   process 0 evaluates and the others wait for it (``config.eval.multihost_wait_seconds``); every
   process returns when it is done (the others with ``{}``), or raises if it failed.
   """
-  check_eval_config(config)
+  check_eval_config(config)  # on every process, before anything waits or loads
   multihost = jax.process_count() > 1
   if multihost and jax.process_index() != 0:
     _wait_for_process_0(config.eval.multihost_wait_seconds)
@@ -234,12 +241,11 @@ def _evaluate_here(config, workdir: str, data: DataSource, writer, step: int | N
     config, workdir, dataset=data.name, vocab_size=len(data.vocab), step=step
   )
   model_file.write(workdir, config, data.vocab.words, data.name, missing_only=True)
-  results = run_evaluation(config, workdir, model, variables, data, writer, step=step)
+  results = _run_checked(config, workdir, model, variables, data, writer, step=step)
   eval_dir = paths.join(paths.resolve(workdir), EVAL_DIR)
   logging.info(
-    "Tables: %s (report.md, probes.md); JSON: results.json, probes.json; images and "
-    "generated reports: %s",
-    eval_dir,
-    paths.join(eval_dir, GENERATION_DIR),
+    "Tables: %s; every number: %s; each evaluator's files beside them.",
+    paths.join(eval_dir, "report.md"),
+    paths.join(eval_dir, "results.json"),
   )
   return results

@@ -3,33 +3,47 @@
 The protocol: docs/model.md#evaluation.
 
 For every subset, all modalities decoded from z of q_subset (a sample or the mean,
-``eval.generation_latent``) for the first ``eval.generation_studies`` complete test studies;
+``eval.generation.latent``) for the first ``eval.generation.studies`` complete test studies;
 images are the Laplace locations clipped to [0, 1], reports the most likely word at each
 position (argmax of the logits). Unconditional samples decode z ~ N(0, I). Writes PNG grids
 (the given views above a red line, generated views below) and the generated reports under
-``eval/generation/``.
+``eval/generation/``; ``eval.generation.prior_samples`` unconditional samples beside them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Iterator, Sequence
 
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 
 from mopoe_jax.data import visualize
 from mopoe_jax.data.datasource import Vocabulary
-from mopoe_jax.evaluation.common import Context, EncodedSplit, table
+from mopoe_jax.evaluation.common import Context, EncodedSplit, Evaluator, Result, table
 from mopoe_jax.platform import paths
 from mopoe_jax.vae import fusion
 from mopoe_jax.vae import subsets as subsets_lib
-from mopoe_jax.vae.latents import check_latent, decode_latents
+from mopoe_jax.vae.latents import LATENTS, check_latent, decode_latents
 from mopoe_jax.vae.model import MoPoE, is_text
 
 GENERATION_DIR = "generation"
+
+
+@dataclasses.dataclass
+class GenerationResult(Result):
+  """What `write_generation` wrote (results.json's "generation")."""
+
+  latent: str  # 'sample' or 'mean' of q_subset
+  studies: list[int]  # the shown test studies' positions in the split
+  reports: dict  # {subset or 'prior': [generated report per column]} (with a text modality)
+  text_decoding: str
+  image_values: str
+  files: dict  # {subset or 'prior': {"png": path or None, "reports": path}} under eval/
 
 
 @functools.partial(jax.jit, static_argnames=("model", "latent"))
@@ -119,10 +133,10 @@ def write_generation(
   batch_size: int,
   latent: str,
   num_prior: int,
-) -> tuple[dict, dict[str, np.ndarray]]:
+) -> tuple[GenerationResult, dict[str, np.ndarray]]:
   """PNG grids and generated reports under ``out_dir`` for every subset and the prior.
 
-  Returns (a summary for results.json, name -> uint8 grid [H, W, 3] for TensorBoard).
+  Returns (what was written, name -> uint8 grid [H, W, 3] for TensorBoard).
   """
   paths.makedirs(out_dir)
   names = subsets_lib.subset_names(model.modalities, model.mask)
@@ -132,7 +146,7 @@ def write_generation(
   if not studies:
     raise ValueError(
       f"The {test.split!r} split has no study with all of {tuple(model.modalities)}; the "
-      "generation grids show complete studies. Disable them with eval.generation=False."
+      "generation grids show complete studies. Leave 'generation' out of eval.evaluators."
     )
   num = len(studies["index"])
   cond_rng, prior_rng = jax.random.split(rng)
@@ -194,50 +208,71 @@ def write_generation(
   logging.info(
     "Wrote generation grids and reports of %d subsets and the prior to %s.", len(names), out_dir
   )
-  return {
-    "latent": latent,
-    "studies": [int(i) for i in studies["index"]],
-    "reports": reports,
-    "text_decoding": "argmax of the logits at each position",
-    "image_values": "Laplace location clipped to [0, 1]",
-    "files": {
+  return GenerationResult(
+    latent=latent,
+    studies=[int(i) for i in studies["index"]],
+    reports=reports,
+    text_decoding="argmax of the logits at each position",
+    image_values="Laplace location clipped to [0, 1]",
+    files={
       k: {kk: (os.path.join(GENERATION_DIR, v) if v else None) for kk, v in f.items()}
       for k, f in files.items()
     },
-  }, grids
+  ), grids
 
 
-def run(ctx: Context) -> dict:
+class Generation(Evaluator):
   """Grids and reports of every subset and the prior under ``<eval_dir>/generation/``."""
-  ev = ctx.config.eval
-  result, grids = write_generation(
-    ctx.model,
-    ctx.variables,
-    ctx.test(),
-    ctx.data.vocab,
-    ctx.rng_for("generation"),
-    paths.join(ctx.eval_dir, GENERATION_DIR),
-    batch_size=ev.batch_size,
-    latent=ev.generation_latent,
-    num_prior=ev.prior_samples,
-  )
-  ctx.images.update(grids)
-  return result
 
+  name = "generation"
 
-def markdown(result: dict, settings: dict) -> str:
-  """The report.md section: every grid and a link to its reports."""
-  out = [
-    "## Generation",
-    "",
-    f"Given inputs above the red line, generated views below ({result['latent']} of "
-    f"q_subset); one column per {settings['test_split']} study. Reports beside each grid.",
-    "",
-  ]
-  for name, files in result["files"].items():
-    title = "prior N(0, I)" if name == "prior" else f"from {name}"
-    out += [f"### {title}", ""]
-    if files["png"]:
-      out += [f"![{title}]({files['png']})", ""]
-    out += [f"Reports: [{files['reports']}]({files['reports']})", ""]
-  return "\n".join(out)
+  def default_config(self) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.studies = 8  # complete test studies shown, one column each
+    c.prior_samples = 16  # unconditional samples, z ~ N(0, I)
+    c.latent = "sample"  # 'sample' of q_subset or its 'mean'
+    return c
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    g = config.eval.generation
+    if g.latent not in LATENTS:
+      raise ValueError(f"config.eval.generation.latent must be one of {LATENTS}, got {g.latent!r}.")
+    for field in ("studies", "prior_samples"):
+      if g[field] < 1:
+        raise ValueError(f"config.eval.generation.{field} must be >= 1, got {g[field]}.")
+
+  def test_studies_kept(self, config: ml_collections.ConfigDict) -> int:
+    return config.eval.generation.studies
+
+  def run(self, ctx: Context) -> GenerationResult:
+    g = ctx.config.eval.generation
+    result, grids = write_generation(
+      ctx.model,
+      ctx.variables,
+      ctx.test(),
+      ctx.data.vocab,
+      ctx.rng_for(self.name),
+      paths.join(ctx.eval_dir, GENERATION_DIR),
+      batch_size=ctx.config.eval.batch_size,
+      latent=g.latent,
+      num_prior=g.prior_samples,
+    )
+    ctx.images.update(grids)
+    return result
+
+  def markdown(self, result: GenerationResult, settings: dict) -> str:
+    """The report.md section: every grid and a link to its reports."""
+    out = [
+      "## Generation",
+      "",
+      f"Given inputs above the red line, generated views below ({result.latent} of "
+      f"q_subset); one column per {settings['test_split']} study. Reports beside each grid.",
+      "",
+    ]
+    for name, files in result.files.items():
+      title = "prior N(0, I)" if name == "prior" else f"from {name}"
+      out += [f"### {title}", ""]
+      if files["png"]:
+        out += [f"![{title}]({files['png']})", ""]
+      out += [f"Reports: [{files['reports']}]({files['reports']})", ""]
+    return "\n".join(out)

@@ -4,11 +4,13 @@ The protocol: docs/model.md#evaluation.
 
 For subset k and target t (a modality, or 'joint'), S samples z_s ~ q_k(z | x_k) estimate
 log p(x_t) ~= log (1/S) sum_s p(x_t | z_s) p(z_s) / q_k(z_s | x_k), beside the single-sample
-ELBO; nats per study on the first ``eval.likelihood_examples`` test studies.
+ELBO; nats per study on the first ``eval.likelihood.examples`` test studies, S =
+``eval.likelihood.samples``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -17,16 +19,32 @@ from typing import Sequence
 from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from scipy import special
 
 from mopoe_jax.data.datasource import DataSource
-from mopoe_jax.evaluation.common import Context, model_batch, table
+from mopoe_jax.evaluation.common import Context, Evaluator, Result, model_batch, table
 from mopoe_jax.vae import fusion, objective
 from mopoe_jax.vae import subsets as subsets_lib
 from mopoe_jax.vae.model import DATA_MODALITIES, MoPoE, inputs_from_batch
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclasses.dataclass
+class LikelihoodResult(Result):
+  """`likelihood`'s result (results.json's "likelihood")."""
+
+  units: str
+  num_samples: int  # S, samples of q_subset per study
+  num_examples: int  # test studies scored
+  split: str
+  proposal: str
+  elbo: str  # what the ELBO column is
+  # {subset: {modality or 'joint': {"log_px", "elbo", "log_px_by_samples", "num_examples"} or
+  # None}} (`summarize_likelihood`)
+  subsets: dict
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_samples", "image_scale", "text_pad_id"))
@@ -138,7 +156,7 @@ def likelihood(
   batch_size: int,
   image_scale: float,
   text_pad_id: int | None = None,
-) -> dict:
+) -> LikelihoodResult:
   """Importance-sampled log p(x) per subset proposal on the first ``num_examples`` studies.
 
   Images: Laplace(loc = decoder output, scale = ``image_scale``), a density over [0, 1] pixel
@@ -147,7 +165,7 @@ def likelihood(
   """
   if num_samples < 1 or num_examples < 1:
     raise ValueError(
-      f"eval.likelihood_samples ({num_samples}) and eval.likelihood_examples "
+      f"eval.likelihood.samples ({num_samples}) and eval.likelihood.examples "
       f"({num_examples}) must be positive."
     )
   columns = [DATA_MODALITIES.index(m) for m in model.modalities]
@@ -195,55 +213,81 @@ def likelihood(
     np.concatenate(p, axis=-1 if i < 3 else 0) for i, p in enumerate(zip(*parts))
   )
   names = subsets_lib.subset_names(model.modalities, model.mask)
-  return {
-    "units": "nats per study; image terms are Laplace densities of pixel values in [0, 1]",
-    "num_samples": num_samples,
-    "num_examples": int(seen),
-    "split": split,
-    "proposal": "q_subset (the subset's PoE posterior)",
-    "elbo": "single-sample: log p(x | z_1) - KL(q_subset || N(0, I))",
-    "subsets": summarize_likelihood(
-      log_lik, log_ratio, kl, valid, available, names, model.modalities
-    ),
-  }
-
-
-def run(ctx: Context) -> dict:
-  ev, config = ctx.config.eval, ctx.config
-  return likelihood(
-    ctx.model,
-    ctx.variables,
-    ctx.data,
-    config.data.test_split,
-    ctx.rng_for("likelihood"),
-    num_samples=ev.likelihood_samples,
-    num_examples=ev.likelihood_examples,
-    batch_size=ev.likelihood_batch_size,
-    image_scale=config.model.image_scale,
-    text_pad_id=ctx.data.vocab.pad_id if config.model.mask_text_padding else None,
+  return LikelihoodResult(
+    units="nats per study; image terms are Laplace densities of pixel values in [0, 1]",
+    num_samples=num_samples,
+    num_examples=int(seen),
+    split=split,
+    proposal="q_subset (the subset's PoE posterior)",
+    elbo="single-sample: log p(x | z_1) - KL(q_subset || N(0, I))",
+    subsets=summarize_likelihood(log_lik, log_ratio, kl, valid, available, names, model.modalities),
   )
 
 
-def markdown(result: dict, settings: dict) -> str:
-  """The report.md section: log p(x) and the ELBO per proposal and target."""
-  targets = list(settings["modalities"]) + ["joint"]
-  rows = []
-  for name, entry in result["subsets"].items():
-    rows.append(
-      [name]
-      + [
-        f"{entry[t]['log_px']:.1f} / {entry[t]['elbo']:.1f}" if entry.get(t) else "n/a"
-        for t in targets
+class Likelihood(Evaluator):
+  """Importance-sampled log p(x) and the ELBO per subset proposal on the test split."""
+
+  name = "likelihood"
+
+  def default_config(self) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.samples = 64  # samples of q_subset per study
+    c.examples = 256  # the first test studies
+    c.batch_size = 32  # studies per likelihood step (x samples x subsets)
+    return c
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    section = config.eval.likelihood
+    for field in ("samples", "examples", "batch_size"):
+      if section[field] < 1:
+        raise ValueError(f"config.eval.likelihood.{field} must be >= 1, got {section[field]}.")
+
+  def run(self, ctx: Context) -> LikelihoodResult:
+    config = ctx.config
+    section = config.eval.likelihood
+    return likelihood(
+      ctx.model,
+      ctx.variables,
+      ctx.data,
+      config.data.test_split,
+      ctx.rng_for(self.name),
+      num_samples=section.samples,
+      num_examples=section.examples,
+      batch_size=section.batch_size,
+      image_scale=config.model.image_scale,
+      text_pad_id=ctx.data.vocab.pad_id if config.model.mask_text_padding else None,
+    )
+
+  def summary_scalars(self, result: LikelihoodResult) -> dict[str, float | None]:
+    """log p(x) and the ELBO per proposal and target."""
+    scalars = {}
+    for name, entry in result.subsets.items():
+      for target, values in entry.items():
+        if values:
+          scalars[f"eval_log_px/{name}/{target}"] = values["log_px"]
+          scalars[f"eval_elbo/{name}/{target}"] = values["elbo"]
+    return scalars
+
+  def markdown(self, result: LikelihoodResult, settings: dict) -> str:
+    """The report.md section: log p(x) and the ELBO per proposal and target."""
+    targets = list(settings["modalities"]) + ["joint"]
+    rows = []
+    for name, entry in result.subsets.items():
+      rows.append(
+        [name]
+        + [
+          f"{entry[t]['log_px']:.1f} / {entry[t]['elbo']:.1f}" if entry.get(t) else "n/a"
+          for t in targets
+        ]
+      )
+    return "\n".join(
+      [
+        "## Likelihood: importance-sampled log p(x) / single-sample ELBO",
+        "",
+        f"{result.num_samples} samples of q_subset per study, {result.num_examples} "
+        f"studies; {result.units}.",
+        "",
+        table(["proposal q_subset"] + targets, rows),
+        "",
       ]
     )
-  return "\n".join(
-    [
-      "## Likelihood: importance-sampled log p(x) / single-sample ELBO",
-      "",
-      f"{result['num_samples']} samples of q_subset per study, {result['num_examples']} "
-      f"studies; {result['units']}.",
-      "",
-      table(["proposal q_subset"] + targets, rows),
-      "",
-    ]
-  )
