@@ -12,6 +12,8 @@ is a further option: it also changes the test split, so its Table 1 is not compa
 paper's.
 """
 
+import ast
+
 import ml_collections
 
 from configs import default
@@ -43,11 +45,48 @@ CHANGES = (
 )
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """configs/default.py with every change of `CHANGES` applied (values parsed as the field's
-  type: "0.5" becomes 0.5 for a float field)."""
-  config = default.get_config()
-  for field, _, value, _ in CHANGES:
-    section, key = field.split(".")
-    config[section][key] = type(config[section][key])(value)
+def _section(config: ml_collections.ConfigDict, field: str):
+  """(the ConfigDict that holds ``field`` (dotted, e.g. 'eval.probes.repeats'), its key)."""
+  *sections, key = field.split(".")
+  node = config
+  for name in sections:
+    node = node[name]
+  return node, key
+
+
+def parse_value(config: ml_collections.ConfigDict, field: str, text: str):
+  """``text`` read as a value of ``config``'s ``field``, as the command line reads
+  ``--config.<field>=<text>``: a str field takes the text as it is; "None" is None; a bool field
+  takes true or false in any case; any other field a Python literal ("0.5", "7", "(64, 128)").
+  Setting the value checks it against the field's type (a ConfigDict is type-safe).
+
+  Raises:
+    ValueError: ``text`` is no value of that kind.
+  """
+  node, key = _section(config, field)
+  field_type = node.get_type(key)
+  if text == "None":
+    return None
+  if field_type is str:
+    return text
+  if field_type is bool:
+    if text.lower() not in ("true", "false"):
+      raise ValueError(f"{field} is a bool: true or false, not {text!r}.")
+    return text.lower() == "true"
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError) as e:
+    raise ValueError(f"{field} ({field_type.__name__}): {text!r} is not a Python literal.") from e
+
+
+def apply_changes(config: ml_collections.ConfigDict, changes=CHANGES) -> ml_collections.ConfigDict:
+  """Sets every (field, _, value, _) of ``changes`` in ``config`` (`parse_value`)."""
+  for field, _, value, _ in changes:
+    node, key = _section(config, field)
+    node[key] = parse_value(config, field, value)
   return config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """configs/default.py with every change of `CHANGES` applied (`apply_changes`)."""
+  return apply_changes(default.get_config())

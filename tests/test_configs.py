@@ -83,3 +83,38 @@ def test_synthetic_is_built_on_the_recommended_variant():
   config = synthetic.get_config()
   for field, _, value, _ in recommended.CHANGES:
     assert str(_field(config, field)) == value
+
+
+@pytest.mark.parametrize(
+  "field, text, value",
+  [
+    ("data.require_complete", "false", False),  # bool("false") was True
+    ("data.require_complete", "True", True),
+    ("train.num_steps", "None", None),  # a None field: type(None)("7") failed
+    ("train.num_steps", "7", 7),
+    ("model.logvar_bound", "2.5", 2.5),
+    ("train.plateau_factor", "0.5", 0.5),
+    ("model.prior_expert", "full_set", "full_set"),
+    ("eval.probes.repeats", "3", 3),
+    ("model.image_encoder_widths", "(8, 16)", (8, 16)),
+  ],
+)
+def test_recommended_parses_each_change_as_its_field(field, text, value):
+  config = default.get_config()
+  parsed = recommended.parse_value(config, field, text)
+  assert parsed == value and type(parsed) is type(value)
+  recommended.apply_changes(config, [(field, "paper", text, "why")])
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  assert node == value
+
+
+def test_recommended_refuses_a_value_that_is_not_the_fields():
+  config = default.get_config()
+  with pytest.raises(ValueError, match="data.require_complete is a bool"):
+    recommended.parse_value(config, "data.require_complete", "yes")
+  with pytest.raises(ValueError, match="not a Python literal"):
+    recommended.parse_value(config, "train.plateau_factor", "half")
+  with pytest.raises(TypeError):  # the ConfigDict's own type check
+    recommended.apply_changes(config, [("train.plateau_factor", "", "'half'", "")])
