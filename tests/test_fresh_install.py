@@ -156,9 +156,10 @@ def test_the_readme_job_imports_only_declared_distributions(subprocess_cache_dir
   assert "This run is finished: trained to step 4 and evaluated there" in again.stderr
   assert "Dataset synthetic_cxr/tiny" not in again.stderr and "Evaluator" not in again.stderr
 
-  # Another evaluation setting is another run: killed (SIGKILL) in the middle of its evaluation,
-  # the next start evaluates again (training is done) and only then is the run finished.
-  other = [*plain, "--config.eval.seed=1"]
+  # Other evaluators make another run (two cheap ones here): killed (SIGKILL) in the middle of
+  # its evaluation, the next start evaluates again (training is done), and only then is it
+  # finished.
+  other = [*plain, "--config.eval.evaluators=('probes', 'generation')"]
   log_path = tmp_path / "killed.log"
   proc, sent, log = signal_when(
     other,
