@@ -1,9 +1,11 @@
 """The device mesh and global batches of the data-parallel step.
 
 One 1-D mesh with axis ``'data'`` spans every device of every process. A global batch is split
-over that axis (``PartitionSpec('data')``); the train state is replicated (``PartitionSpec()``).
-Each process feeds its own rows (`to_global_batch`), so the batch must divide over the devices
-and the processes (`check_batch_divisible`).
+over that axis (``PartitionSpec('data')``). The train state is replicated (``PartitionSpec()``),
+or its large arrays are split over the same axis (`split_sharding`: one dimension cut in as many
+pieces as there are devices), which `mopoe_jax.training.step` decides per array. Each process
+feeds its own rows (`to_global_batch`), so the batch must divide over the devices and the
+processes (`check_batch_divisible`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,39 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   """The sharding of a global batch: rows split over the 'data' axis."""
   return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def split_axis(shape, num_devices: int, min_elements: int) -> int | None:
+  """The dimension of an array of ``shape`` to split over ``num_devices`` devices, or None (keep
+  it whole on every device).
+
+  None below ``min_elements`` elements (small arrays: the split saves little and costs a
+  collective) or when no dimension divides by the devices. Otherwise the largest dimension that
+  divides, a leading one before the last (minor) one: on TPUs the minor dimension is laid out
+  across the vector lanes, and cutting it pads every piece.
+  """
+  size = 1
+  for d in shape:
+    size *= int(d)
+  if num_devices < 2 or size < min_elements:
+    return None
+  fits = [i for i, d in enumerate(shape) if d % num_devices == 0 and d >= num_devices]
+  leading = [i for i in fits if i < len(shape) - 1]
+  for candidates in (leading, fits):
+    if candidates:
+      return max(candidates, key=lambda i: (shape[i], -i))
+  return None
+
+
+def split_sharding(shape, mesh: Mesh, min_elements: int) -> NamedSharding:
+  """An array of ``shape`` split along `split_axis` over the mesh axis 'data' (each device
+  holds 1/N of it), or replicated where `split_axis` keeps it whole."""
+  axis = split_axis(shape, _num_devices(mesh), min_elements)
+  if axis is None:
+    return replicated(mesh)
+  spec = [None] * len(shape)
+  spec[axis] = DATA_AXIS
+  return NamedSharding(mesh, P(*spec))
 
 
 def _num_devices(mesh_or_num_devices: Mesh | int) -> int:
@@ -85,10 +120,14 @@ def to_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
 
 def abstract(tree, sharding):
   """Shapes, dtypes and weak types of ``tree`` (arrays or `jax.eval_shape` output) with
-  ``sharding``: what ahead-of-time compiles and Orbax restores take."""
-  return jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=sharding, weak_type=getattr(x, "weak_type", False)
-    ),
-    tree,
-  )
+  ``sharding``: what ahead-of-time compiles and Orbax restores take. ``sharding`` is one
+  sharding for every leaf, or a tree of ``tree``'s structure with one per leaf."""
+
+  def leaf(x, s):
+    return jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=s, weak_type=getattr(x, "weak_type", False)
+    )
+
+  if isinstance(sharding, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: leaf(x, sharding), tree)
+  return jax.tree.map(leaf, tree, sharding)

@@ -26,7 +26,14 @@ import ml_collections
 import numpy as np
 
 from mopoe_jax.platform import compilation, sharding, speed
-from mopoe_jax.training.step import StepConfig, eval_step, init_state, train_step
+from mopoe_jax.training.step import (
+  StateSharding,
+  StepConfig,
+  eval_step,
+  gather_sharding,
+  init_state,
+  train_step,
+)
 from mopoe_jax.vae import model as model_lib
 
 # Config fields that steer the loop around the programs (what runs when, where files go, the
@@ -83,20 +90,30 @@ def trace_settings(config: ml_collections.ConfigDict) -> str:
 
 
 def init_program(config: ml_collections.ConfigDict, model, mesh):
-  """The jitted `init_state` of ``model`` and ``config``, its output replicated over ``mesh``:
-  one object per program in this process (`compilation.jitted_once`)."""
+  """The jitted `init_state` of ``model`` and ``config``, its output laid out over ``mesh`` as
+  `StateSharding.from_config` says (replicated, or its large arrays split): one object per
+  program in this process (`compilation.jitted_once`)."""
+  layout = StateSharding.from_config(config, mesh)
   return compilation.jitted_once(
     (init_state, model, trace_settings(config), mesh),
     lambda: jax.jit(
-      functools.partial(init_state, model, config), out_shardings=sharding.replicated(mesh)
+      functools.partial(init_state, model, config, layout=layout),
+      # Split: the layout's constraints inside place each array (an out_shardings tree would
+      # have to carry this very trace's optimizer functions).
+      out_shardings=None if layout.split else sharding.replicated(mesh),
     ),
   )
 
 
-def _flat_train_step(state_leaves, batch, rng, *, treedef, model, step_config):
+def _flat_train_step(state_leaves, batch, rng, *, treedef, model, step_config, gather=None):
   """`train_step` on the state's leaves (what `compilation.StoredProgram` can keep on disk)."""
   state, metrics = train_step(
-    jax.tree.unflatten(treedef, state_leaves), batch, rng, model=model, step_config=step_config
+    jax.tree.unflatten(treedef, state_leaves),
+    batch,
+    rng,
+    model=model,
+    step_config=step_config,
+    gather=gather,
   )
   return jax.tree.leaves(state), metrics
 
@@ -104,12 +121,14 @@ def _flat_train_step(state_leaves, batch, rng, *, treedef, model, step_config):
 def train_program(
   config: ml_collections.ConfigDict, model, step_config: StepConfig, mesh, abstract, batch_shape
 ) -> compilation.StoredProgram:
-  """The train step over ``mesh`` (batch sharded, state replicated and donated) as a
-  `compilation.StoredProgram` of the state's leaves: traced once, kept beside the compilation cache
-  (unless ``train.compilation_cache`` is off), loaded untraced by a restart; one object per
-  program in this process. Call it through `_tree_step`."""
+  """The train step over ``mesh`` (batch sharded, state donated and laid out as ``abstract``'s
+  shardings say) as a `compilation.StoredProgram` of the state's leaves: traced once, kept beside
+  the compilation cache (unless ``train.compilation_cache`` is off), loaded untraced by a restart;
+  one object per program in this process. Call it through `_tree_step`."""
   replicated, sharded = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   treedef = jax.tree.structure(abstract)
+  state_shardings = [x.sharding for x in jax.tree.leaves(abstract)]
+  gather = gather_sharding(abstract)
   key = compilation.program_key(
     "train_step",
     model,
@@ -123,12 +142,14 @@ def train_program(
   return compilation.jitted_once(
     ("stored train step", key),
     lambda: compilation.StoredProgram(
-      functools.partial(_flat_train_step, treedef=treedef, model=model, step_config=step_config),
+      functools.partial(
+        _flat_train_step, treedef=treedef, model=model, step_config=step_config, gather=gather
+      ),
       name="train_step",
       key=key,
       directory=compilation.stored_programs_dir(config.train.compilation_cache),
-      in_shardings=(replicated, sharded, replicated),
-      out_shardings=(replicated, replicated),
+      in_shardings=(state_shardings, sharded, replicated),
+      out_shardings=(state_shardings, replicated),
       donate_argnums=(0,),
     ),
   )
@@ -172,7 +193,7 @@ class Programs:
     init_jit = init_program(config, model, mesh)
     # The state's shapes from the same trace as the state itself: its tree carries the
     # optimizer's functions, which must be the very ones the compiled programs were given.
-    abstract = sharding.abstract(jax.eval_shape(init_jit, init_rng), sharding.replicated(mesh))
+    abstract = StateSharding.from_config(config, mesh).abstract(jax.eval_shape(init_jit, init_rng))
     batch_shape = sharding.abstract(
       model_lib.dummy_batch(config, config.train.batch_size), sharding.batch_sharded(mesh)
     )
@@ -213,15 +234,17 @@ class Programs:
     """The compiled eval step: ``(state, batch with 'valid') -> sums``."""
     replicated, sharded = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
     model, step_config = self.model, self.step_config
+    gather = gather_sharding(self.abstract)
     shape = dict(
       self.batch_shape, valid=jax.ShapeDtypeStruct((batch_size,), np.bool_, sharding=sharded)
     )
     return compilation.compile_fast(
       compilation.jitted_once(
-        (eval_step, model, step_config, self.mesh),
+        (eval_step, model, step_config, self.mesh, gather),
         lambda: jax.jit(
-          functools.partial(eval_step, model=model, step_config=step_config),
-          in_shardings=(replicated, sharded),
+          functools.partial(eval_step, model=model, step_config=step_config, gather=gather),
+          # A split state comes with its arrays' own shardings.
+          in_shardings=(replicated if gather is None else None, sharded),
           out_shardings=replicated,
         ),
       ),

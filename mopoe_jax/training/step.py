@@ -2,10 +2,17 @@
 
 ``train_step(state, batch, rng) -> (state, metrics)`` runs the model on a global batch, the
 objective (`mopoe_jax.vae.objective`), the gradient and the Adam update. Jitted over a ``('data',)``
-mesh (`mopoe_jax.platform.sharding`) with the batch sharded and the state replicated, BatchNorm
-statistics and the loss are computed over the global batch (XLA inserts the all-reduces). A
-non-finite loss or gradient leaves the parameters alone and records the step in
-``state.bad_step``. Nothing here reads data or imports TensorFlow.
+mesh (`mopoe_jax.platform.sharding`) with the batch sharded, BatchNorm statistics and the loss are
+computed over the global batch (XLA inserts the all-reduces). A non-finite loss or gradient leaves
+the parameters alone and records the step in ``state.bad_step``. Nothing here reads data or
+imports TensorFlow.
+
+Where the state lies (`StateSharding`, ``train.shard_optimizer``): replicated, every device
+running the whole Adam update; or with the large parameters and their Adam moments split over
+the devices, each device updating its own slice. Split, the step gathers the parameters whole
+before the forward pass, the gradients are summed over the devices as before and each device
+takes its slice of them: the same arithmetic on the same numbers, so the same parameters bit for
+bit, with less memory per device and less memory traffic.
 """
 
 from __future__ import annotations
@@ -145,6 +152,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       f"{num_devices} devices (the grid's studies are split over them like a batch); use a "
       f"multiple of {num_devices}, e.g. --config.train.image_grid_studies={suggestion}."
     )
+  shard_optimizer_setting(t.shard_optimizer)
+  if t.shard_optimizer_min_elements < 1:
+    raise ValueError(
+      f"config.train.shard_optimizer_min_elements must be >= 1, got "
+      f"{t.shard_optimizer_min_elements}."
+    )
   given = [
     f"train.{k}"
     for k in ("coordinator_address", "num_processes", "process_id")
@@ -206,8 +219,9 @@ def set_plateau_scale(state: TrainState, value: float) -> TrainState:
   return state.replace(opt_state=new_opt)
 
 
-def init_state(model, config, rng) -> TrainState:
-  """Initial parameters, batch statistics and optimizer state (call under jit)."""
+def init_state(model, config, rng, layout: "StateSharding | None" = None) -> TrainState:
+  """Initial parameters, batch statistics and optimizer state (call under jit); with a
+  ``layout`` that splits the state, its arrays come out split as the layout says."""
   variables = model_lib.init_variables(model, config, rng)
   state = TrainState.create(
     apply_fn=model.apply,
@@ -217,7 +231,85 @@ def init_state(model, config, rng) -> TrainState:
     bad_step=jnp.asarray(-1, jnp.int32),
   )
   # A strongly typed step, as a restored one is: a resumed run then compiles the same program.
-  return state.replace(step=jnp.zeros((), jnp.int32))
+  state = state.replace(step=jnp.zeros((), jnp.int32))
+  if layout is not None and layout.split:
+    state = jax.lax.with_sharding_constraint(state, layout.shardings(state))
+  return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the state lies over the devices.
+
+
+def shard_optimizer_setting(value) -> str:
+  """``train.shard_optimizer`` as 'auto', 'on' or 'off' (True/False and their spellings
+  accepted)."""
+  text = str(value).strip().lower()
+  for setting, spellings in (
+    ("auto", ("auto",)),
+    ("on", ("true", "1", "yes", "on")),
+    ("off", ("false", "0", "no", "off")),
+  ):
+    if text in spellings:
+      return setting
+  raise ValueError(f"config.train.shard_optimizer must be 'auto', true or false, got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSharding:
+  """Where each array of the train state lies on ``mesh``.
+
+  ``min_elements`` None: everything replicated. Otherwise the parameters and the optimizer
+  state's arrays of at least ``min_elements`` elements are split over the 'data' axis
+  (`sharding.split_sharding`; the Adam moments have their parameter's shape, so each device
+  holds the same slice of both); the step counters, the injected hyperparameters, the BatchNorm
+  statistics and the small arrays stay replicated.
+  """
+
+  mesh: jax.sharding.Mesh
+  min_elements: int | None = None
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, mesh) -> "StateSharding":
+    """``train.shard_optimizer``: 'auto' splits on accelerators (the mesh's devices are GPUs or
+    TPUs) and not on CPUs, true always, false never; one device never splits."""
+    t = config.train
+    setting = shard_optimizer_setting(t.shard_optimizer)
+    platform = mesh.devices.flat[0].platform
+    split = mesh.size > 1 and (setting == "on" or (setting == "auto" and platform != "cpu"))
+    return cls(mesh, int(t.shard_optimizer_min_elements) if split else None)
+
+  @property
+  def split(self) -> bool:
+    return self.min_elements is not None
+
+  def shardings(self, state: TrainState):
+    """A tree of ``state``'s structure holding each leaf's ``NamedSharding``."""
+    replicated = sharding.replicated(self.mesh)
+    out = jax.tree.map(lambda _: replicated, state)
+    if not self.split:
+      return out
+
+    def leaf(x):
+      return sharding.split_sharding(x.shape, self.mesh, self.min_elements)
+
+    return out.replace(
+      params=jax.tree.map(leaf, state.params), opt_state=jax.tree.map(leaf, state.opt_state)
+    )
+
+  def abstract(self, shapes: TrainState):
+    """``shapes`` (e.g. `jax.eval_shape` of the init) with each leaf's sharding."""
+    return sharding.abstract(shapes, self.shardings(shapes))
+
+
+def gather_sharding(abstract_state):
+  """What the step gathers the parameters to before the forward pass: the replicated sharding
+  of the state's mesh when some parameter of ``abstract_state`` is split, else None (the
+  parameters are whole already)."""
+  params = jax.tree.leaves(abstract_state.params)
+  if all(x.sharding.is_fully_replicated for x in params):
+    return None
+  return sharding.replicated(params[0].sharding.mesh)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,8 +341,19 @@ def _terms(model, step_config: StepConfig, variables, batch, rng, train: bool):
   return terms, available, updates
 
 
-def train_step(state: TrainState, batch: dict, rng, *, model, step_config: StepConfig):
-  """One optimizer step on a global batch; returns (new state, metrics)."""
+def _whole(params, gather):
+  """``params`` gathered whole on every device (``gather``: a replicated sharding), or as they
+  are (None)."""
+  return params if gather is None else jax.lax.with_sharding_constraint(params, gather)
+
+
+def train_step(state: TrainState, batch: dict, rng, *, model, step_config: StepConfig, gather=None):
+  """One optimizer step on a global batch; returns (new state, metrics).
+
+  ``gather`` (`gather_sharding`): with a split state, the replicated sharding that the
+  parameters are gathered to before the forward pass. The gradients then come out whole (summed
+  over the devices) and the update of each split array runs on each device's slice.
+  """
   rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
@@ -259,7 +362,9 @@ def train_step(state: TrainState, batch: dict, rng, *, model, step_config: StepC
     loss, metrics = objective.reduce_terms(terms, step_config.subset_names, available)
     return loss, (metrics, updates["batch_stats"])
 
-  (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    _whole(state.params, gather)
+  )
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
   # A non-finite step changes nothing but the step counter and records where it happened.
@@ -282,8 +387,9 @@ def train_step(state: TrainState, batch: dict, rng, *, model, step_config: StepC
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, model, step_config: StepConfig):
-  """`objective.sums` of the batch's real rows (eval mode, fixed rng); add over batches."""
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+def eval_step(state: TrainState, batch: dict, *, model, step_config: StepConfig, gather=None):
+  """`objective.sums` of the batch's real rows (eval mode, fixed rng); add over batches.
+  ``gather``: as in `train_step`."""
+  variables = {"params": _whole(state.params, gather), "batch_stats": state.batch_stats}
   terms, available, _ = _terms(model, step_config, variables, batch, jax.random.PRNGKey(0), False)
   return objective.sums(terms, step_config.subset_names, available, row_weight=batch["valid"])
