@@ -105,6 +105,59 @@ def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
   assert len(entries[0]) == 1 and entries[1] == entries[0], entries
 
 
+_OTHER_PROCESS_COMPILE = """
+import sys
+sys.path.insert(0, {repo!r})
+import jax, jax.numpy as jnp
+from jax._src import distributed
+from mopoe_jax.platform import runtime
+jax.config.update("jax_compilation_cache_dir", {cache!r})
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+# Process 1 of a CPU run of several processes, as far as JAX's cache writer can tell (it reads
+# nothing else); no jax.distributed needed.
+distributed.global_state.process_id = 1
+hits = []
+jax.monitoring.register_event_listener(
+  lambda event, **kw: hits.append(event) if event.endswith("/cache_hits") else None
+)
+def before_the_hook(x):
+  return jnp.sin(x).sum()
+jax.jit(before_the_hook)(jnp.ones(3))
+assert runtime.store_compiles_on_every_process()
+assert runtime.store_compiles_on_every_process()  # a second call changes nothing
+def after_the_hook(x):
+  return jnp.cos(x).sum()
+assert float(jax.jit(after_the_hook)(jnp.zeros(3))) == 3.0
+print("HITS", len(hits))
+"""
+
+
+def test_a_process_other_than_0_stores_its_cpu_compiles_in_the_cache(tmp_path):
+  """JAX stores compiled programs from process 0 only; on CPU no other process can load them
+  (its keys name its own devices). With `runtime.store_compiles_on_every_process`, process 1
+  stores its own, and its next start loads them; without it (before the call) it stores
+  nothing, as JAX does. Fails when a JAX version changes the writer that the hook extends."""
+  import os
+  import pathlib
+  import subprocess
+  import sys  # pylint: disable=g-import-not-at-top,multiple-imports
+
+  repo = str(pathlib.Path(__file__).resolve().parents[1])
+  cache = str(tmp_path / "xla_cache")
+  script = _OTHER_PROCESS_COMPILE.format(repo=repo, cache=cache)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  hits, entries = [], []
+  for _ in range(2):
+    proc = subprocess.run(
+      [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hits.append(int(proc.stdout.split("HITS")[-1]))
+    entries.append(sorted(f.split("-")[0] for f in os.listdir(cache) if f.endswith("-cache")))
+  assert entries == [["jit_after_the_hook"]] * 2, entries
+  assert hits == [0, 1], hits  # the restart loads what it stored, and only that
+
+
 # ------------------------------------------------------------------------------------------------
 # Traced programs kept on disk (compilation.StoredProgram).
 

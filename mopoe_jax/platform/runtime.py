@@ -13,7 +13,9 @@ background compiles, traced programs kept on disk) are in `mopoe_jax.platform.co
   off. XLA reads XLA_FLAGS when a backend starts, before JAX can say which backend it will use,
   so `apply_defaults` decides from the environment (`planned_backend`).
 - `enable_compilation_cache`: JAX's persistent compilation cache, so that a resumed or
-  re-evaluated run loads the compiled step instead of compiling it again.
+  re-evaluated run loads the compiled step instead of compiling it again;
+  `store_compiles_on_every_process`: every process of a multi-process CPU run stores its own
+  entries there (JAX stores process 0's only, which on CPU no other process can load).
 - `start_processes`: ``jax.distributed`` when the config or the environment (SLURM, Open MPI,
   Cloud TPU, JAX_COORDINATOR_ADDRESS) says the run is one of several processes.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 
 from absl import logging
@@ -78,6 +81,84 @@ def enable_compilation_cache(directory: str) -> str:
   jax.config.update("jax_compilation_cache_dir", directory)
   logging.info("JAX compilation cache: %s", directory)
   return directory
+
+
+# The arguments of JAX's private `jax._src.compiler._cache_write` that
+# `store_compiles_on_every_process` reads (jax 0.10.2 also passes host_callbacks; 0.12 does not).
+_CACHE_WRITE_ARGS = ("cache_key", "compile_time_secs", "module_name", "backend", "executable")
+
+
+def store_compiles_on_every_process() -> bool:
+  """Makes every process store the programs it compiles on the CPU backend in JAX's persistent
+  compilation cache, as process 0 does; True when in place, False when this JAX's internals are
+  not those it was written for (checked with jax 0.10.2 and 0.12.0.1; nothing is changed then).
+
+  JAX writes cache entries from process 0 only, so that the others load process 0's entries
+  under the same keys. On CPU they never can: a key hashes the topology of the program's
+  devices, and XLA:CPU's topology lists only this process's own devices (process index, local
+  id) and this host's CPU features, so every process has keys of its own, and every process but
+  0 compiled every program on every start. Here a CPU process other than 0 stores its compiles
+  under its own keys, with JAX's own rules (``jax_persistent_cache_min_compile_time_secs``,
+  errors), through JAX's own writer: no two processes write the same entry, and a key still
+  names the host's CPU. Other backends keep JAX's rule (there the processes' keys are equal).
+  Every process logs each program it loads from the cache, and each compile that missed it and
+  took at least that minimum time (what a restart loads instead). Calling it again changes
+  nothing.
+  """
+  try:
+    # pylint: disable-next=g-import-not-at-top
+    from jax._src import compilation_cache, compiler, distributed
+  except ImportError:
+    return False
+  original = getattr(compiler, "_cache_write", None)
+  if getattr(original, "stores_on_every_process", False):
+    return True
+  put = getattr(compilation_cache, "put_executable_and_time", None)
+  should_raise = getattr(compiler, "_should_raise_persistent_cache_error", None)
+  try:
+    signature = inspect.signature(original)
+    put_args = tuple(inspect.signature(put).parameters)
+  except (TypeError, ValueError):
+    return False
+  if (
+    not set(_CACHE_WRITE_ARGS) <= set(signature.parameters)
+    or put_args[:4] != ("cache_key", "module_name", "executable", "backend")
+    or not callable(should_raise)
+    or not hasattr(getattr(distributed, "global_state", None), "process_id")
+  ):
+    return False
+
+  def cache_write(*args, **kwargs):
+    given = signature.bind(*args, **kwargs).arguments
+    name, seconds, backend = given["module_name"], given["compile_time_secs"], given["backend"]
+    minimum = jax.config.jax_persistent_cache_min_compile_time_secs
+    if seconds >= minimum:
+      logging.info(
+        "Compiled %s in %.1f s (not in the persistent compilation cache).", name, seconds
+      )
+    if distributed.global_state.process_id == 0 or backend.platform != "cpu":
+      return original(*args, **kwargs)
+    if given.get("host_callbacks") or seconds < minimum:  # JAX's own rules (host callbacks: 0.10)
+      return None
+    try:
+      put(given["cache_key"], name, given["executable"], backend, int(seconds))
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      if should_raise(e):
+        raise
+      logging.warning("Could not store %s in the persistent compilation cache: %s", name, e)
+    return None
+
+  cache_write.stores_on_every_process = True
+  compiler._cache_write = cache_write  # pylint: disable=protected-access
+  log_hit = getattr(compiler, "log_persistent_cache_hit", None)
+  if callable(log_hit):  # JAX logs hits at DEBUG level (WARNING with jax_log_compiles)
+
+    def log_persistent_cache_hit(module_name, *args, **kwargs):
+      logging.info("Loaded %s from the persistent compilation cache.", module_name)
+      return log_hit(module_name, *args, **kwargs)
+
+    compiler.log_persistent_cache_hit = log_persistent_cache_hit
+  return True
 
 
 _SLURM = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
@@ -194,7 +275,9 @@ def initialize_distributed(train_config) -> None:
   ``train.coordinator_address`` ('host:port' of process 0), ``train.num_processes`` and
   ``train.process_id`` are passed when set; a field left None is found by JAX
   (JAX_COORDINATOR_ADDRESS, or the SLURM, Open MPI and Cloud TPU environments). On CPU the
-  processes' collectives run over gloo (TCP). Call before any other JAX call.
+  processes' collectives run over gloo (TCP), and each process stores its own compiles in the
+  persistent compilation cache (`store_compiles_on_every_process`). Call before any other JAX
+  call.
   """
   if planned_backend() == "cpu":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -216,14 +299,21 @@ def initialize_distributed(train_config) -> None:
     jax.local_device_count(),
     jax.device_count(),
   )
-  if jax.default_backend() == "cpu" and jax.process_index() != 0:
+  if jax.default_backend() != "cpu":
+    return
+  if store_compiles_on_every_process():
+    logging.info(
+      "Process %d stores the programs it compiles in the persistent compilation cache (on the "
+      "CPU backend each process's cache keys name its own devices).",
+      jax.process_index(),
+    )
+  elif jax.process_index() != 0:
     logging.warning(
       "Process %d on the CPU backend compiles every program on every start: JAX writes its "
-      "persistent compilation cache from process 0 only, and on CPU the other processes' "
-      "cache keys differ from process 0's (they hash each process's own view of the device "
-      "topology; seen with jax 0.10 and 0.12). The traced train step stored beside the cache "
-      "(its lowered/ folder) is still shared. Do not set jax_share_binary_between_hosts on "
-      "CPU: this process would wait for a binary under its own key, which process 0 never "
-      "publishes.",
+      "persistent compilation cache from process 0 only, on CPU the other processes' cache "
+      "keys differ from process 0's (they hash each process's own devices), and this JAX "
+      "(%s) is not one whose cache writer mopoe_jax can extend to every process. The traced "
+      "train step stored beside the cache (its lowered/ folder) is still shared.",
       jax.process_index(),
+      jax.__version__,
     )
