@@ -18,6 +18,8 @@ NOT_IMPORTED = {
   "importlib_resources": "tensorflow-datasets imports it without declaring it "
   "(tests/test_fresh_install.py)",
   "gcsfs": "etils.epath's fsspec backend loads it for gs:// paths (tests/test_gcs.py)",
+  "ruff": "run as a command by tests/test_lint.py",
+  "import-linter": "run as a command (lint-imports) by tests/test_lint.py",
 }
 # Import names whose distribution is named differently and may not be installed here.
 ALIASES = {
