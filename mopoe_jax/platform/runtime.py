@@ -188,8 +188,8 @@ def _tpu_chips_present(pci="/sys/bus/pci/devices") -> bool:
   return False
 
 
-def multihost_setting(value) -> str:
-  """``train.multihost`` as 'auto', 'on' or 'off' (True/False and their spellings accepted)."""
+def auto_on_off(value, field: str) -> str:
+  """A field that is 'auto', true or false (and their spellings) as 'auto', 'on' or 'off'."""
   text = str(value).strip().lower()
   for setting, spellings in (
     ("auto", ("auto",)),
@@ -198,7 +198,12 @@ def multihost_setting(value) -> str:
   ):
     if text in spellings:
       return setting
-  raise ValueError(f"config.train.multihost must be 'auto', true or false, got {value!r}.")
+  raise ValueError(f"config.{field} must be 'auto', true or false, got {value!r}.")
+
+
+def multihost_setting(value) -> str:
+  """``train.multihost`` as 'auto', 'on' or 'off' (True/False and their spellings accepted)."""
+  return auto_on_off(value, "train.multihost")
 
 
 def detect_processes(environ=os.environ, tpu_chips_present=_tpu_chips_present) -> str | None:

@@ -244,15 +244,7 @@ def init_state(model, config, rng, layout: "StateSharding | None" = None) -> Tra
 def shard_optimizer_setting(value) -> str:
   """``train.shard_optimizer`` as 'auto', 'on' or 'off' (True/False and their spellings
   accepted)."""
-  text = str(value).strip().lower()
-  for setting, spellings in (
-    ("auto", ("auto",)),
-    ("on", ("true", "1", "yes", "on")),
-    ("off", ("false", "0", "no", "off")),
-  ):
-    if text in spellings:
-      return setting
-  raise ValueError(f"config.train.shard_optimizer must be 'auto', true or false, got {value!r}.")
+  return runtime.auto_on_off(value, "train.shard_optimizer")
 
 
 @dataclasses.dataclass(frozen=True)
