@@ -6,7 +6,10 @@ same two commands then resume (neither process compiles any of the loop's progra
 to step 4 and evaluate (process 0 evaluates, process 1 waits for it). The result must equal, bit for
 bit, one process with two devices fed the same global batches (tests/two_shards.py): both run
 the same per-device program, and an all-reduce over two devices adds the same two numbers
-either way (measured: parameters, BatchNorm statistics and Adam state identical).
+either way (measured: parameters, BatchNorm statistics and Adam state identical). The two
+processes split the train state over their devices (``train.shard_optimizer``) where the
+reference keeps it replicated: the split step computes the same numbers, its checkpoints restore
+onto one device, and a resume reloads them split.
 """
 
 import json
@@ -32,7 +35,12 @@ pytestmark = pytest.mark.slow  # main.py in subprocesses
 
 NUM_PROCESSES = 2
 PHASE_TIMEOUT_S = 420
-COMMON = TWO_DEVICE_OVERRIDES  # checkpoints, evaluations and logs every 2 steps
+# Checkpoints, evaluations and logs every 2 steps; the state split over the two processes'
+# devices (the tiny model's arrays are all below the default size that is split).
+COMMON = TWO_DEVICE_OVERRIDES + (
+  "--config.train.shard_optimizer=true",
+  "--config.train.shard_optimizer_min_elements=1024",
+)
 EVALUATION = (
   '--config.eval.evaluators=("likelihood",)',
   "--config.eval.likelihood.examples=8",
