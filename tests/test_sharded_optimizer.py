@@ -144,27 +144,42 @@ for setting in ("false", "true"):
   for b in batches(config, 3):
     state, metrics = step(state, sharding.to_global_batch(b, mesh), step_rng)
     losses.append(float(metrics["loss"]))
-  memory = built._compile.result().memory_analysis()
-  per_device = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state))
-  results[setting] = (built, initial, losses, state_tree(state), state, memory, per_device)
+  # The eval step on the state as it is (split: gathered before the forward pass).
+  batch = dict(batches(config, 1, seed=3)[0], valid=np.arange(16) < 13)
+  sums = jax.device_get(
+    built.eval_step(state, config.train.batch_size)(state, sharding.to_global_batch(batch, mesh))
+  )
+  results[setting] = dict(
+    built=built,
+    initial=initial,
+    losses=losses,
+    final=state_tree(state),
+    state=state,
+    eval_sums=sums,
+    memory=built._compile.result().memory_analysis(),
+    per_device=sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)),
+  )
   print(setting, "SPLIT", split_count(state.params), split_count(state.opt_state),
-        split_count(state.batch_stats), "BYTES", per_device, "ARGUMENTS",
-        memory.argument_size_in_bytes, "TEMP", memory.temp_size_in_bytes, flush=True)
+        split_count(state.batch_stats), "BYTES", results[setting]["per_device"], "ARGUMENTS",
+        results[setting]["memory"].argument_size_in_bytes, flush=True)
 
 replicated, split = results["false"], results["true"]
-assert split_count(replicated[4]) == 0
-assert split_count(split[4].params) > 0 and split_count(split[4].opt_state) > 0
-assert split_count(split[4].batch_stats) == 0
-assert split[6] < replicated[6] / 2  # state bytes held per device
-assert split[5].argument_size_in_bytes < replicated[5].argument_size_in_bytes / 2
-assert_trees_equal(split[1], replicated[1])  # the same initial state
-assert split[2] == replicated[2], (split[2], replicated[2])  # losses, bit for bit
-assert_trees_equal(split[3], replicated[3])  # parameters, statistics, Adam state
-print("EQUAL", split[2])
+assert split_count(replicated["state"]) == 0
+assert split_count(split["state"].params) > 0 and split_count(split["state"].opt_state) > 0
+assert split_count(split["state"].batch_stats) == 0
+assert split["per_device"] < replicated["per_device"] / 2  # state bytes held per device
+assert (
+  split["memory"].argument_size_in_bytes < replicated["memory"].argument_size_in_bytes / 2
+)
+assert_trees_equal(split["initial"], replicated["initial"])  # the same initial state
+assert split["losses"] == replicated["losses"], (split["losses"], replicated["losses"])
+assert_trees_equal(split["final"], replicated["final"])  # parameters, statistics, Adam state
+assert_trees_equal(split["eval_sums"], replicated["eval_sums"])
+print("EQUAL", split["losses"])
 
 # The stored step's key names the state's shardings: the same config over another layout is
 # another program.
-built = split[0]
+built = split["built"]
 other = programs.train_program(
   config_of("true"), built.model, built.step_config, mesh,
   sharding.abstract(built.abstract, sharding.replicated(mesh)), built.batch_shape,
@@ -172,7 +187,7 @@ other = programs.train_program(
 print("KEYS_DIFFER", other is not built.stored_step)  # one object per key (jitted_once)
 
 # A checkpoint of the split state, as training writes it; restored onto the split layout.
-config, state = config_of("true"), split[4]
+config, state = config_of("true"), split["state"]
 manager = checkpointing.create_manager(workdir, async_save=False)
 fields = fingerprint.fields(config, dataset=DATASET, vocab_size=len(WORDS), process_count=1)
 checkpointing.save(manager, state, {"fields": fields})
@@ -180,8 +195,8 @@ manager.wait_until_finished()
 model_file.write(workdir, config, WORDS, DATASET)
 restored = checkpointing.restore_train_state(manager, built.abstract, 3)
 assert split_count(restored.params) == split_count(state.params)
-assert_trees_equal(state_tree(restored), split[3])
-np.savez(workdir + "/expected.npz", *jax.tree.leaves(split[3]))
+assert_trees_equal(state_tree(restored), split["final"])
+np.savez(workdir + "/expected.npz", *jax.tree.leaves(split["final"]))
 print("SAVED")
 """
 )
