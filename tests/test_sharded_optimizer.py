@@ -220,6 +220,17 @@ for x, want in zip(jax.tree.leaves(state), jax.tree.leaves(built.abstract)):
 assert split_count(state.params) > 0
 for x, y in zip(jax.tree.leaves(state_tree(state)), expected):
   np.testing.assert_array_equal(np.asarray(x), y)
+# ... and onto a replicated layout (train.shard_optimizer=false): a checkpoint does not
+# depend on the setting.
+config_off = config_of("false")
+whole = programs.Programs.build(
+  config_off, built.model, built.step_config, mesh, init_rng
+).abstract  # nothing compiles
+assert split_count(whole) == 0
+restored = checkpointing.restore_train_state(manager, whole, 3)
+assert split_count(restored.params) == 0
+for x, y in zip(jax.tree.leaves(state_tree(restored)), expected):
+  np.testing.assert_array_equal(np.asarray(x), y)
 # Training resumes on 4 devices.
 batch = sharding.to_global_batch(batches(config, 1, seed=7)[0], mesh)
 state, metrics = built.train_step()(state, batch, step_rng)
