@@ -57,23 +57,17 @@ def parse_args(argv=None):
 
 
 def apply_overrides(config, overrides) -> None:
-  """``section.field=value`` settings, the value parsed as the field's current type."""
+  """``section.field=value`` settings, each read as the command line reads ``--config.<field>``
+  (`configs.recommended.parse_value`)."""
+  from configs import recommended  # pylint: disable=g-import-not-at-top
+
   for item in overrides:
     name, _, text = item.partition("=")
-    section, _, field = name.rpartition(".")
-    holder = config
-    for part in filter(None, section.split(".")):
-      holder = holder[part]
-    current = holder[field]
-    if isinstance(current, bool) or text.lower() in ("true", "false"):
-      value = text.lower() == "true" if text.lower() in ("true", "false") else text
-    elif isinstance(current, int):
-      value = int(text)
-    elif isinstance(current, float):
-      value = float(text)
-    else:
-      value = text
-    holder[field] = value
+    *sections, field = name.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    node[field] = recommended.parse_value(config, name, text)
 
 
 def _gib(n: float) -> str:

@@ -49,6 +49,8 @@ def test_config_overrides_take_the_fields_type():
   assert config.train.batch_size == 64 and config.model.conv_impl == "xla"
   accelerator_cost.apply_overrides(config, ["train.compilation_cache=false"])
   assert config.train.compilation_cache is False
+  accelerator_cost.apply_overrides(config, ["train.shard_optimizer=false"])  # a str field
+  assert config.train.shard_optimizer == "false"
 
 
 def test_the_groups_table_shows_each_targets_groups_and_total():
