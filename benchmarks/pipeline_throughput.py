@@ -5,9 +5,13 @@
 Builds the dataset first if it is not prepared yet (synthetic_cxr renders it; mimic_cxr needs
 --manual_dir). Prints the time to the first batch of a fresh iterator and of one resumed in the
 middle of a later epoch, then batches/s and examples/s over --num_batches batches after
---warmup_batches. The numbers are per process: a multi-host run feeds each host this fast.
+--warmup_batches, and the CPU time this process spent on them (all of tf.data's threads):
+examples per CPU-second is what one core delivers, the figure that sizes a host's cores to an
+accelerator's step rate (on a shared machine it is also steadier than the wall clock). The
+numbers are per process: a multi-host run feeds each host this fast.
 """
 
+import os
 import time
 
 from absl import app, flags
@@ -37,6 +41,7 @@ def main(argv):
       "name": _DATASET.value,
       "data_dir": _DATA_DIR.value,
       "manual_dir": _MANUAL_DIR.value,
+      "train_split": "train",
       "require_complete": _REQUIRE_COMPLETE.value,
       "shuffle_buffer_size": _SHUFFLE_BUFFER_SIZE.value,
       "prefetch": 2,
@@ -72,10 +77,11 @@ def main(argv):
 
   for _ in range(_WARMUP_BATCHES.value):
     next(iterator)
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(_NUM_BATCHES.value):
     batch = next(iterator)
   seconds = time.perf_counter() - start
+  cpu_seconds = time.process_time() - cpu_start  # every thread of this process (tf.data's)
   batches_per_s = _NUM_BATCHES.value / seconds
   print(
     f"frontal {batch['frontal'].shape} {batch['frontal'].dtype}, "
@@ -84,6 +90,12 @@ def main(argv):
   print(
     f"{batches_per_s:.1f} batches/s, {batches_per_s * _BATCH_SIZE.value:.0f} examples/s "
     f"({_NUM_BATCHES.value} batches of {_BATCH_SIZE.value} in {seconds:.2f} s)"
+  )
+  examples = _NUM_BATCHES.value * _BATCH_SIZE.value
+  print(
+    f"{cpu_seconds:.2f} CPU-s ({cpu_seconds / seconds:.2f} cores busy): "
+    f"{examples / cpu_seconds:.0f} examples per CPU-second, what one core delivers where the "
+    f"pipeline scales over cores; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
   )
 
 
