@@ -271,6 +271,22 @@ def main_command(data_dir: str, workdir: str, cache_dir: str, *overrides: str) -
   ]
 
 
+class RecordingWriter:
+  """Stands in for a clu metric writer: keeps the scalars and images written."""
+
+  def __init__(self):
+    self.scalars, self.images, self.flushed = {}, {}, False
+
+  def write_scalars(self, step, scalars):
+    self.scalars.update(scalars)
+
+  def write_images(self, step, images):
+    self.images.update(images)
+
+  def flush(self):
+    self.flushed = True
+
+
 def signal_when(
   command, log_path, condition, sig, *, timeout_s: float, env=None, cwd=None
 ) -> tuple[subprocess.Popen, bool, str]:

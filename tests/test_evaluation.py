@@ -9,7 +9,7 @@ import json
 import os
 import types
 
-from conftest import load_data, tiny_config
+from conftest import RecordingWriter, load_data, tiny_config
 import jax
 import numpy as np
 from PIL import Image
@@ -34,22 +34,6 @@ SUBSETS = [
   "frontal+lateral+text",
 ]
 LIKELIHOOD_SAMPLES = 32
-
-
-class RecordingWriter:
-  """Stands in for a clu metric writer."""
-
-  def __init__(self):
-    self.scalars, self.images, self.flushed = {}, {}, False
-
-  def write_scalars(self, step, scalars):
-    self.scalars.update(scalars)
-
-  def write_images(self, step, images):
-    self.images.update(images)
-
-  def flush(self):
-    self.flushed = True
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import types
 
-from conftest import REPO, subprocess_env, tiny_config
+from conftest import REPO, RecordingWriter, subprocess_env, tiny_config
 import ml_collections
 import pytest
 
@@ -52,20 +52,6 @@ class CountSubsets(Evaluator):
 
   def markdown(self, result, settings):
     return f"## Counted\n\n{len(result.subsets)} subsets of {settings['dataset']}.\n"
-
-
-class RecordingWriter:
-  def __init__(self):
-    self.scalars, self.images, self.flushed = {}, {}, False
-
-  def write_scalars(self, step, scalars):
-    self.scalars.update(scalars)
-
-  def write_images(self, step, images):
-    self.images.update(images)
-
-  def flush(self):
-    self.flushed = True
 
 
 @pytest.fixture

@@ -82,7 +82,10 @@ print("HITS", events.count("/jax/compilation_cache/cache_hits"))
 """
 
 
-def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
+def _run_twice(template: str, tmp_path, entry_names) -> tuple[list[int], list[list[str]]]:
+  """Runs the script ``template`` (formatted with the repo and a cache folder under
+  ``tmp_path``) in two processes one after the other: (each one's cache hits, the cache's
+  entries after each, as ``entry_names(file names)`` lists them)."""
   import os
   import pathlib
   import subprocess
@@ -90,7 +93,7 @@ def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
 
   repo = str(pathlib.Path(__file__).resolve().parents[1])
   cache = str(tmp_path / "xla_cache")
-  script = _CACHED_COMPILE.format(repo=repo, cache=cache)
+  script = template.format(repo=repo, cache=cache)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   hits, entries = [], []
   for _ in range(2):
@@ -99,7 +102,16 @@ def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     hits.append(int(proc.stdout.split("HITS")[-1]))
-    entries.append(sorted(f for f in os.listdir(cache) if f.startswith("jit_cached_program")))
+    entries.append(entry_names(os.listdir(cache)))
+  return hits, entries
+
+
+def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
+  hits, entries = _run_twice(
+    _CACHED_COMPILE,
+    tmp_path,
+    lambda names: sorted(f for f in names if f.startswith("jit_cached_program")),
+  )
   # Compiled and written by the first process; the second loads it and writes nothing new.
   assert hits[0] == 0 and hits[1] >= 1, hits
   assert len(entries[0]) == 1 and entries[1] == entries[0], entries
@@ -137,23 +149,11 @@ def test_a_process_other_than_0_stores_its_cpu_compiles_in_the_cache(tmp_path):
   (its keys name its own devices). With `runtime.store_compiles_on_every_process`, process 1
   stores its own, and its next start loads them; without it (before the call) it stores
   nothing, as JAX does. Fails when a JAX version changes the writer that the hook extends."""
-  import os
-  import pathlib
-  import subprocess
-  import sys  # pylint: disable=g-import-not-at-top,multiple-imports
-
-  repo = str(pathlib.Path(__file__).resolve().parents[1])
-  cache = str(tmp_path / "xla_cache")
-  script = _OTHER_PROCESS_COMPILE.format(repo=repo, cache=cache)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  hits, entries = [], []
-  for _ in range(2):
-    proc = subprocess.run(
-      [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    hits.append(int(proc.stdout.split("HITS")[-1]))
-    entries.append(sorted(f.split("-")[0] for f in os.listdir(cache) if f.endswith("-cache")))
+  hits, entries = _run_twice(
+    _OTHER_PROCESS_COMPILE,
+    tmp_path,
+    lambda names: sorted(f.split("-")[0] for f in names if f.endswith("-cache")),
+  )
   assert entries == [["jit_after_the_hook"]] * 2, entries
   assert hits == [0, 1], hits  # the restart loads what it stored, and only that
 
