@@ -219,7 +219,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Several hosts: process 0 evaluates and the others wait for it at most this long.
   ev.multihost_wait_seconds = 6 * 3600
   ev.seed = 0
-  # The evaluators that run, in order (mopoe_jax/evaluation/registry/): any of 'probes',
+  # The evaluators that run, in order (mopoe_jax/evaluation/registry.py): any of 'probes',
   # 'generation', 'coherence', 'likelihood'.
   ev.evaluators = ("probes", "generation", "coherence", "likelihood")
   # Each evaluator's own settings: config.eval.<its name> (the module of the same name in
