@@ -47,6 +47,14 @@ def parse_args(argv=None):
   parser.add_argument("--vocab", type=int, default=2900)
   parser.add_argument("--json", default=None, help="also write every figure to this file")
   parser.add_argument(
+    "--save_hlo", default=None, help="a folder: write each optimized program's text there"
+  )
+  parser.add_argument(
+    "--recount",
+    action="store_true",
+    help="compile nothing: count the programs of --save_hlo again and update --json's figures",
+  )
+  parser.add_argument(
     "--set",
     action="append",
     default=[],
@@ -98,7 +106,7 @@ def versions() -> str:
   return ", ".join(out)
 
 
-def cost(config, vocab: int, target: str, per_device_batch: int) -> dict:
+def cost(config, vocab: int, target: str, per_device_batch: int, hlo_path=None) -> dict:
   kind, _, shape = target.partition(":")
   if kind in GPU_KINDS:
     if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
@@ -108,10 +116,10 @@ def cost(config, vocab: int, target: str, per_device_batch: int) -> dict:
       )
     from benchmarks.costing import gpu_cost  # pylint: disable=g-import-not-at-top
 
-    return gpu_cost.cost_step(config, vocab, kind, int(shape), per_device_batch)
+    return gpu_cost.cost_step(config, vocab, kind, int(shape), per_device_batch, hlo_path)
   from benchmarks.costing import tpu_cost  # pylint: disable=g-import-not-at-top
 
-  return tpu_cost.cost_step(config, vocab, target, per_device_batch)
+  return tpu_cost.cost_step(config, vocab, target, per_device_batch, hlo_path)
 
 
 HEADER = (
@@ -173,6 +181,65 @@ def groups_table(results: list[dict]) -> list[str]:
   return lines
 
 
+def hlo_file(folder: str, target: str, per_device_batch: int) -> str:
+  return os.path.join(folder, f"{target.replace(':', '_')}_{per_device_batch}.hlo.txt")
+
+
+def _finish_target(rows: list[dict], step_cost) -> None:
+  """Prints a target's rows with the largest batch that fits (a line through the first two)."""
+  largest = None
+  if len(rows) > 1:
+    largest = step_cost.largest_batch_estimate(rows[0], rows[1], rows[0]["device_memory_bytes"])
+  for r in rows:
+    r["largest_batch_estimate"] = largest
+    print("| " + " | ".join(row(r, largest)) + " |", flush=True)
+
+
+def device_figures(target: str) -> dict:
+  """The peak, HBM and link bandwidth the roofline takes for a target's devices."""
+  kind, _, shape = target.replace(" x", ":").partition(":")
+  if kind in GPU_KINDS:
+    from benchmarks.costing import gpu_targets  # pylint: disable=g-import-not-at-top
+
+    spec = gpu_targets.GPUS[kind]
+    return dict(
+      peak_flops=spec.peak_bf16_flops,
+      hbm_bytes_per_second=spec.hbm_bytes_per_second,
+      link_bytes_per_second=spec.link_bytes_per_second,
+    )
+  from benchmarks.costing import tpu_cost  # pylint: disable=g-import-not-at-top
+
+  chip = tpu_cost.TPU_CHIPS[kind]
+  return dict(
+    peak_flops=tpu_cost.peak_flops(kind),
+    hbm_bytes_per_second=chip.hbm_bytes_per_second,
+    link_bytes_per_second=chip.link_bytes_per_second,
+  )
+
+
+def recount(args, step_cost) -> int:
+  """The figures of ``--json`` with the programs saved in ``--save_hlo`` counted again."""
+  with open(args.json) as f:
+    everything = json.load(f)
+  print(f"counted again from {args.save_hlo} ({versions()})")
+  print("| " + " | ".join(HEADER) + " |")
+  print("|" + " --- |" * len(HEADER), flush=True)
+  by_target = {}
+  for i, r in enumerate(everything):
+    for key, value in device_figures(r["target"]).items():
+      r.setdefault(key, value)  # figures written before they were recorded
+    with open(hlo_file(args.save_hlo, r["target"], r["per_device_batch"])) as f:
+      everything[i] = step_cost.traffic_figures(r, f.read())
+    by_target.setdefault(r["target"], []).append(everything[i])
+  for rows in by_target.values():
+    _finish_target(rows, step_cost)
+  with open(args.json, "w") as f:
+    json.dump(everything, f, indent=1)
+  print()
+  print("\n".join(groups_table([rows[0] for rows in by_target.values()])))
+  return 0
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no TPU here: do not ask a metadata server
@@ -181,6 +248,10 @@ def main(argv=None) -> int:
   _common.setup_jax_env(None)  # JAX_PLATFORMS=cpu: the CUDA plugin is then not started
   from benchmarks.costing import step_cost  # pylint: disable=g-import-not-at-top
 
+  if args.recount:
+    if not (args.json and args.save_hlo):
+      raise SystemExit("--recount needs --json (the figures) and --save_hlo (the programs).")
+    return recount(args, step_cost)
   config = _common.get_config(args.size)
   apply_overrides(config, args.set)
   vocab = args.vocab if args.size == "paper" else 64
@@ -199,18 +270,17 @@ def main(argv=None) -> int:
       batches = [per_device, 2 * per_device]
     rows = []
     for b in batches:
-      r = cost(config, vocab, target, b)
+      path = hlo_file(args.save_hlo, target, b) if args.save_hlo else None
+      if path:
+        os.makedirs(args.save_hlo, exist_ok=True)
+      r = cost(config, vocab, target, b, path)
+      r["target"] = target
       rows.append(r)
       everything.append(r)
       if args.json:
         with open(args.json, "w") as f:
           json.dump(everything, f, indent=1)
-    largest = None
-    if len(rows) > 1:
-      largest = step_cost.largest_batch_estimate(rows[0], rows[1], rows[0]["device_memory_bytes"])
-    for r in rows:
-      r["largest_batch_estimate"] = largest
-      print("| " + " | ".join(row(r, largest)) + " |", flush=True)
+    _finish_target(rows, step_cost)
     first.append(rows[0])
   if args.json:
     with open(args.json, "w") as f:

@@ -67,6 +67,59 @@ def test_the_groups_table_shows_each_targets_groups_and_total():
   assert lines[-1] == "| **total** | **3.00** | **1.00** |"
 
 
+_ONE_KERNEL = """
+HloModule negate
+
+ENTRY %main (x: f32[1024,1024]) -> f32[1024,1024] {
+  %x = f32[1024,1024]{1,0} parameter(0)
+  ROOT %y = f32[1024,1024]{1,0} negate(%x), metadata={op_name="jit(s)/cond/branch_1_fun/neg"}
+}
+"""
+
+
+def test_a_saved_program_is_counted_again_into_the_figures():
+  compiled = {
+    "flops": 1e9,
+    "xla_bytes_accessed": 5e7,
+    "devices": 8,
+    "peak_flops": 1e12,  # 1 ms of compute
+    "hbm_bytes_per_second": 1e9,  # 8.4 ms for the kernel's 8 MiB
+    "link_bytes_per_second": 1e9,
+  }
+  r = step_cost.traffic_figures(compiled, _ONE_KERNEL)
+  assert r["hbm_bytes"] == 2 * 2**22 and r["hbm_groups"] == {"optimizer update": 2 * 2**22}
+  assert r["roofline_step_seconds"] == r["hbm_seconds"] == pytest.approx(2 * 2**22 / 1e9)
+  assert r["compute_seconds"] == pytest.approx(1e-3) and r["bound_by"] == "HBM bandwidth"
+  assert r["xla_bytes_roofline_step_seconds"] == pytest.approx(5e-2)
+  assert r["collective_bytes"] == 0 and r["collective_seconds"] == 0
+  assert "hbm_bytes" not in compiled  # a new dict
+
+
+def test_recount_updates_the_figures_from_the_saved_programs(tmp_path, capsys):
+  row = {
+    "target": "h100:1",
+    "devices": 1,
+    "per_device_batch": 200,
+    "global_batch": 200,
+    "flops": 989e9,  # 1 ms on an H100
+    "xla_bytes_accessed": None,
+    "bytes_needed": 2**30,
+    "device_memory_bytes": 84942979072,
+    "fits": True,
+    "compile_seconds": 1.0,
+    "hbm_bytes": 1,  # what an older count said
+  }
+  (tmp_path / "h100_1_200.hlo.txt").write_text(_ONE_KERNEL)
+  figures = tmp_path / "figures.json"
+  figures.write_text(json.dumps([row]))
+  args = ["--recount", "--json", str(figures), "--save_hlo", str(tmp_path)]
+  assert accelerator_cost.main(args) == 0
+  (r,) = json.loads(figures.read_text())
+  assert r["hbm_bytes"] == 2 * 2**22 and r["peak_flops"] == 989e12
+  assert r["compute_seconds"] == pytest.approx(1e-3) and r["bound_by"] == "compute"
+  assert "| h100:1 | 1 | 200 (200) |" in capsys.readouterr().out
+
+
 # The loop's train step of a small model compiled for another platform's devices, no such
 # device here: argv = platform, target, per-device batch, modalities.
 _COST = """
@@ -152,6 +205,6 @@ def _gpu_plugin_missing() -> str | None:
 def test_a_small_step_compiles_for_two_h100s_without_a_gpu():
   r = _cost_elsewhere("cuda", "h100:2", "4", "text")
   _check_figures(r, 2, 4)
-  assert r["target"] == "h100 x2" and r["device_memory_bytes"] == 84942979072
+  assert r["target"] == "h100:2" and r["device_memory_bytes"] == 84942979072
   assert r["flops_from"] == "unoptimized program / devices" and r["xla_bytes_accessed"] is None
   assert r["hbm_groups"]["all-reduce: gradients"] > 0 and r["collective_bytes"] > 0

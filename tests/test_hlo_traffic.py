@@ -173,6 +173,54 @@ def test_a_slice_reads_its_slice_and_an_in_place_update_writes_its_update():
   assert (kernels["out"].bytes_read, kernels["out"].bytes_written) == (8 * 128 * 4 + 4, 8 * 128 * 4)
 
 
+# XLA:TPU's forms: an asynchronous slice into VMEM, buffers allocated and seen as one (no
+# traffic), and a loop whose trip count only its condition says (i < 4, i from a copy of 0).
+_TPU_FORMS = """
+HloModule forms
+
+%body (p: (u32[], f32[64,128])) -> (u32[], f32[64,128]) {
+  %p = (u32[]{:T(128)}, f32[64,128]{1,0:T(8,128)}) parameter(0)
+  %i = u32[]{:T(128)} get-tuple-element(%p), index=0
+  %x = f32[64,128]{1,0:T(8,128)} get-tuple-element(%p), index=1
+  %y = f32[64,128]{1,0:T(8,128)} negate(%x)
+  ROOT %t = (u32[]{:T(128)}, f32[64,128]{1,0:T(8,128)}) tuple(%i, %y)
+}
+
+%condition (p.1: (u32[], f32[64,128])) -> pred[] {
+  %p.1 = (u32[]{:T(128)}, f32[64,128]{1,0:T(8,128)}) parameter(0)
+  %i.1 = u32[]{:T(128)} get-tuple-element(%p.1), index=0
+  %four = u32[]{:T(128)} constant(4)
+  ROOT %lt = pred[]{:T(512)} compare(%i.1, %four), direction=LT
+}
+
+ENTRY %main (big: bf16[64,1024], x: f32[64,128]) -> f32[64,128] {
+  %big = bf16[64,1024]{1,0:T(8,128)(2,1)} parameter(0)
+  %x = f32[64,128]{1,0:T(8,128)} parameter(1)
+  %start = ((bf16[64,1024]{1,0:T(8,128)(2,1)}), bf16[64,256]{1,0:T(8,128)(2,1)S(1)}, s32[]{:S(2)}) slice-start(%big), slice={[0:64], [0:256]}
+  %piece = bf16[64,256]{1,0:T(8,128)(2,1)S(1)} slice-done(%start)
+  %buffer = bf16[64,1024]{1,0:T(8,128)(2,1)} custom-call(), custom_call_target="AllocateBuffer"
+  %joined = bf16[64,1024]{1,0:T(8,128)(2,1)} custom-call(%buffer, %piece), custom_call_target="ConcatBitcast"
+  %zero = u32[]{:T(128)} constant(0)
+  %zero.1 = u32[]{:T(128)} copy(%zero)
+  %init = (u32[]{:T(128)}, f32[64,128]{1,0:T(8,128)}) tuple(%zero.1, %x)
+  %loop = (u32[]{:T(128)}, f32[64,128]{1,0:T(8,128)}) while(%init), condition=%condition, body=%body
+  ROOT %out = f32[64,128]{1,0:T(8,128)} get-tuple-element(%loop), index=1
+}
+"""  # noqa: E501
+
+
+def test_tpu_forms_an_async_slice_buffers_that_move_nothing_and_a_loop_counted_from_its_condition():
+  traffic = hlo_traffic.hbm_traffic(_TPU_FORMS)
+  kernels = {k.name: k for k in traffic.kernels}
+  assert (kernels["start"].bytes_read, kernels["start"].bytes_written) == (64 * 256 * 2, 0)
+  assert "buffer" not in kernels and "joined" not in kernels and "piece" not in kernels
+  assert traffic.loops_without_trip_count == 0
+  assert kernels["y"].bytes == 4 * 2 * 64 * 128 * 4  # 4 trips: the condition's i < 4 from 0
+  assert kernels["zero.1"].bytes == 2 * 4  # the copy of the constant, in HBM
+  assert kernels["lt"].bytes == 4 * (4 + 4 + 1)  # i and 4 read, the pred written, 4 times
+  assert traffic.bytes == 64 * 256 * 2 + 4 * 2 * 64 * 128 * 4 + 2 * 4 + 4 * (4 + 4 + 1)
+
+
 @pytest.mark.parametrize(
   "shape, space, expected",
   [

@@ -26,7 +26,12 @@ def topology(gpu: str, count: int):
 
 
 def cost_step(
-  config: ml_collections.ConfigDict, vocab_size: int, gpu: str, count: int, per_device_batch: int
+  config: ml_collections.ConfigDict,
+  vocab_size: int,
+  gpu: str,
+  count: int,
+  per_device_batch: int,
+  hlo_path: str | None = None,
 ) -> dict:
   """The train step of ``config`` on ``count`` GPUs of kind ``gpu`` at ``per_device_batch``
   studies per GPU: `step_cost.figures` plus the GPU's memory and whether the step fits."""
@@ -35,10 +40,10 @@ def cost_step(
     config, vocab_size, topology(gpu, count).devices, per_device_batch, "cuda"
   )
   out = step_cost.figures(
-    step, spec.peak_bf16_flops, spec.hbm_bytes_per_second, spec.link_bytes_per_second
+    step, spec.peak_bf16_flops, spec.hbm_bytes_per_second, spec.link_bytes_per_second, hlo_path
   )
   out.update(
-    target=f"{gpu} x{count}",
+    target=f"{gpu}:{count}",
     device_memory_bytes=spec.memory_bytes,
     fits=out["bytes_needed"] <= spec.memory_bytes,
   )

@@ -7,24 +7,29 @@ figure for a roofline it overstates HBM traffic several times. `hbm_traffic` cou
 ``compiled.as_text()``:
 
 - the *kernels* of the programs that run: every instruction of the entry computation, of the
-  bodies and conditions of its loops (times the loop's known trip count; once, and reported,
-  where XLA knows none), of the computations it calls, and of one branch of each conditional
-  (the branch that moves the most: the update branch of the train step's non-finite guard);
-  a fusion is one kernel, its fused computation is not entered;
+  bodies and conditions of its loops (times the loop's trip count: XLA's known one, else the
+  one its condition states, ``i < N`` from a constant start; once, and reported, where neither
+  is there), of the computations it calls, and of one branch of each conditional (the branch
+  that moves the most: the update branch of the train step's non-finite guard); a fusion is one
+  kernel, its fused computation is not entered;
 - per kernel, the bytes of each operand it reads and of its result, counting only the arrays
   whose layout puts them in device memory (memory space 0: no ``S(n)`` in the layout; on a TPU
   S(1) is VMEM, S(2) and S(6) scalar memories), with the padding of the layout's tiles (a TPU
   ``T(8,128)`` tile pads the two minor dimensions to multiples of 8 and 128);
+- an operand that a kernel only slices (a fusion whose parameter feeds slices alone, XLA:TPU's
+  asynchronous ``slice-start``) as the slices' bytes; a buffer a fusion updates in place (its
+  root a dynamic-update-slice of a parameter) as the update's bytes, written, not read;
 - an asynchronous copy or collective once, at its start, with its operands and its destination
   (for a copy between HBM and VMEM: the HBM end only);
 - nothing for instructions that launch no kernel: parameters, constants, tuples, tuple
-  elements, bitcasts and the ``-done`` halves of asynchronous pairs.
+  elements, bitcasts, the ``-done`` halves of asynchronous pairs, and XLA:TPU's
+  ``AllocateBuffer`` and ``ConcatBitcast`` calls (a buffer allocated; buffers seen as one).
 
 It leaves out what the text does not say: caches (a GPU's L2: every kernel is taken to read its
-operands from HBM and write its result there), partial reads (a kernel that reads a slice of an
-operand counts the whole operand, an in-place update of a slice the whole buffer), a GPU
-library call's scratch workspace is counted as written once, and host transfers. The parsing
-does not depend on the backend: on a CPU or a GPU every array is in memory space 0.
+operands from HBM and write its result there), reads of part of an operand other than the
+slices above (a gather, a reduction window: the whole operand counts), a GPU library call's
+scratch workspace (counted as written once) and host transfers. The parsing does not depend on
+the backend: on a CPU or a GPU every array is in memory space 0.
 
 `attribute` groups the counted bytes by where they go (`classify`: each modality's encoder and
 decoder, forward and backward; the optimizer update; collectives; casts and layout copies) from
@@ -87,13 +92,18 @@ _NO_KERNEL = {
   "async-update",
   "send-done",
   "recv-done",
+  "slice-done",
 }
+# XLA:TPU's custom calls that move nothing: a buffer allocated (uninitialized), buffers that lie
+# side by side seen as one.
+_NO_KERNEL_CALLS = {"AllocateBuffer", "ConcatBitcast"}
 # Asynchronous starts whose result is a tuple holding the destination at this index.
 _START_DESTINATION = {
   "copy-start": 0,
   "all-gather-start": 1,
   "collective-permute-start": 1,
   "async-start": 1,
+  "slice-start": 1,  # XLA:TPU's asynchronous slice: ((operand), slice, context)
 }
 COLLECTIVES = {
   "all-reduce",
@@ -132,8 +142,12 @@ class Instruction:
   operands: tuple[str, ...]
   attributes: str  # everything after the operand list
   op_name: str  # metadata op_name ('' where there is none)
-  parameter_number: int | None = None  # a parameter's: parameter(N)
+  literal: str = ""  # what a parameter or a constant holds between its parentheses
   is_root: bool = False
+
+  @property
+  def parameter_number(self) -> int | None:
+    return int(self.literal) if self.opcode == "parameter" else None
 
 
 @dataclasses.dataclass
@@ -238,7 +252,7 @@ def parse_instruction(line: str) -> Instruction | None:
     operands=operands,
     attributes=attributes,
     op_name=op_name.group(1) if op_name else "",
-    parameter_number=int(operand_text) if opcode == "parameter" else None,
+    literal=operand_text if opcode in ("parameter", "constant") else "",
     is_root=line.lstrip().startswith("ROOT "),
   )
 
@@ -369,6 +383,40 @@ def _trip_count(attributes: str) -> int | None:
   return int(m.group(1)) if m else None
 
 
+def _constant_value(instruction: Instruction | None) -> int | None:
+  """The value of an integer scalar constant (``constant(4)``), else None."""
+  if instruction is None or instruction.opcode != "constant":
+    return None
+  m = re.fullmatch(r"\s*(-?\d+)\s*", instruction.literal)
+  return int(m.group(1)) if m else None
+
+
+def _inferred_trip_count(computations, caller: Computation, loop: Instruction) -> int | None:
+  """The trip count of a loop XLA recorded none for, from its condition where that is
+  ``element k < N`` with element k starting at a constant c in the loop's initial tuple (and,
+  as XLA's loops do, stepping by one): N - c. None otherwise."""
+  condition = computations.get((_called(loop.attributes, "condition") or [""])[0])
+  root = next((i for i in condition.instructions if i.is_root), None) if condition else None
+  if root is None or root.opcode != "compare" or "direction=LT" not in root.attributes:
+    return None
+  element, bound = (condition.by_name.get(o) for o in root.operands[:2])
+  if element is None or element.opcode != "get-tuple-element":
+    return None
+  index = re.search(r"index=(\d+)", element.attributes)
+  limit = _constant_value(bound)
+  init = caller.by_name.get(loop.operands[0]) if loop.operands else None
+  if index is None or limit is None or init is None or init.opcode != "tuple":
+    return None
+  k = int(index.group(1))
+  source = caller.by_name.get(init.operands[k]) if k < len(init.operands) else None
+  for _ in range(4):  # the initial value is often a copy of the constant
+    if source is None or source.opcode not in ("copy", "bitcast", "copy-start", "copy-done"):
+      break
+    source = caller.by_name.get(source.operands[0]) if source.operands else None
+  start = _constant_value(source)
+  return limit - start if start is not None and limit >= start else None
+
+
 def _movement_kind(computations, instruction: Instruction) -> str:
   """'cast' or 'copy' for a fusion that only converts or moves data, else ''."""
   if instruction.opcode in ("copy", "copy-start", "transpose"):
@@ -430,8 +478,17 @@ def _fusion_access(fused: Computation) -> tuple[dict[int, int], int | None]:
   return partial, written
 
 
+def _call_target(instruction: Instruction) -> str | None:
+  if instruction.opcode != "custom-call":
+    return None
+  m = re.search(r'custom_call_target="([^"]*)"', instruction.attributes)
+  return m.group(1) if m else None
+
+
 def _kernel_bytes(computations, computation: Computation, ins: Instruction) -> tuple[int, int]:
   partial, written = {}, None
+  if ins.opcode == "slice-start":  # reads its slice of the operand
+    partial[0] = shape_bytes(tuple_elements(ins.shape)[1], None)
   if ins.opcode == "fusion":
     called = _called(ins.attributes, "calls")
     if called and called[0] in computations:
@@ -477,10 +534,12 @@ def hbm_traffic(text: str) -> Traffic:
     computation = computations[name]
     kernels = []
     for ins in computation.instructions:
-      if ins.opcode in _NO_KERNEL:
+      if ins.opcode in _NO_KERNEL or _call_target(ins) in _NO_KERNEL_CALLS:
         continue
       if ins.opcode == "while":
         trips = _trip_count(ins.attributes)
+        if trips is None:
+          trips = _inferred_trip_count(computations, computation, ins)
         if trips is None:
           unknown_loops += 1
           trips = 1

@@ -121,12 +121,11 @@ def figures(
   peak_flops: float,
   hbm_bytes_per_second: float,
   link_bytes_per_second: float | None = None,
+  hlo_path: str | None = None,
 ) -> dict:
-  """Per device and step: memory, FLOPs, XLA's bytes accessed, the HBM bytes of `hlo_traffic`
-  and their groups, and the roofline: the larger of FLOPs over the peak and HBM bytes over the
-  bandwidth (a lower bound: no host, no input pipeline, collectives apart). The collectives'
-  bytes (their results) and, given the interconnect's one-way bandwidth per device, the time of
-  a ring all-reduce of them, 2 (N - 1) / N bytes each way, not overlapped with anything."""
+  """Per device and step: memory, FLOPs, XLA's bytes accessed, and `traffic_figures` of the
+  optimized program. With ``hlo_path``, the program's text is written there (`traffic_figures`
+  counts it again without compiling)."""
   out = dict(memory_needed(step.compiled))
   analysis = _analysis(step.compiled.cost_analysis())
   whole = unoptimized_flops(step.lowered)
@@ -136,33 +135,49 @@ def figures(
   else:
     out["flops"], out["flops_from"] = whole / step.num_devices, "unoptimized program / devices"
   out["xla_bytes_accessed"] = float(analysis["bytes accessed"]) if analysis else None
-  traffic = hlo_traffic.hbm_traffic(step.compiled.as_text())
-  out["hbm_bytes"] = traffic.bytes
-  out["hbm_groups"] = hlo_traffic.attribute(traffic)
-  out["loops_without_trip_count"] = traffic.loops_without_trip_count
-  out["collective_bytes"] = traffic.collective_bytes
-  n = step.num_devices
-  out["collective_seconds"] = (
-    2 * (n - 1) / n * traffic.collective_bytes / link_bytes_per_second
-    if link_bytes_per_second and n > 1
-    else None
-  )
-  compute_s = out["flops"] / peak_flops
-  memory_s = traffic.bytes / hbm_bytes_per_second
-  out["compute_seconds"], out["hbm_seconds"] = compute_s, memory_s
-  out["roofline_step_seconds"] = max(compute_s, memory_s)
-  out["bound_by"] = "HBM bandwidth" if memory_s > compute_s else "compute"
-  if out["xla_bytes_accessed"] is not None:
-    out["xla_bytes_roofline_step_seconds"] = max(
-      compute_s, out["xla_bytes_accessed"] / hbm_bytes_per_second
-    )
   out.update(
     devices=step.num_devices,
     per_device_batch=step.per_device_batch,
     global_batch=step.per_device_batch * step.num_devices,
     lower_seconds=step.lower_seconds,
     compile_seconds=step.compile_seconds,
+    peak_flops=peak_flops,
+    hbm_bytes_per_second=hbm_bytes_per_second,
+    link_bytes_per_second=link_bytes_per_second,
   )
+  text = step.compiled.as_text()
+  if hlo_path:
+    with open(hlo_path, "w") as f:
+      f.write(text)
+  return traffic_figures(out, text)
+
+
+def traffic_figures(out: dict, hlo_text: str) -> dict:
+  """``out`` (`figures` of a compiled step) with the figures of its optimized program's text: the
+  HBM bytes of `hlo_traffic` and their groups, the collectives' bytes and, given the
+  interconnect's one-way bandwidth per device, the time of a ring all-reduce of them
+  (2 (N - 1) / N bytes each way, not overlapped with anything), and the roofline: the larger of
+  FLOPs over the peak and HBM bytes over the bandwidth (a lower bound: no host, no input
+  pipeline, collectives apart)."""
+  out = dict(out)
+  traffic = hlo_traffic.hbm_traffic(hlo_text)
+  out["hbm_bytes"] = traffic.bytes
+  out["hbm_groups"] = hlo_traffic.attribute(traffic)
+  out["loops_without_trip_count"] = traffic.loops_without_trip_count
+  out["collective_bytes"] = traffic.collective_bytes
+  n, link = out["devices"], out["link_bytes_per_second"]
+  out["collective_seconds"] = (
+    2 * (n - 1) / n * traffic.collective_bytes / link if link and n > 1 else None
+  )
+  compute_s = out["flops"] / out["peak_flops"]
+  memory_s = traffic.bytes / out["hbm_bytes_per_second"]
+  out["compute_seconds"], out["hbm_seconds"] = compute_s, memory_s
+  out["roofline_step_seconds"] = max(compute_s, memory_s)
+  out["bound_by"] = "HBM bandwidth" if memory_s > compute_s else "compute"
+  if out["xla_bytes_accessed"] is not None:
+    out["xla_bytes_roofline_step_seconds"] = max(
+      compute_s, out["xla_bytes_accessed"] / out["hbm_bytes_per_second"]
+    )
   return out
 
 

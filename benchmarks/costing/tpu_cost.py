@@ -62,8 +62,17 @@ def topology(name: str):
   )
 
 
+def peak_flops(generation: str) -> float:
+  """The chip's dense bfloat16 FLOP/s (`speed.PEAK_FLOPS`)."""
+  return speed.peak_flops(_DEVICE_KINDS[generation])
+
+
 def cost_step(
-  config: ml_collections.ConfigDict, vocab_size: int, slice_name: str, per_chip_batch: int
+  config: ml_collections.ConfigDict,
+  vocab_size: int,
+  slice_name: str,
+  per_chip_batch: int,
+  hlo_path: str | None = None,
 ) -> dict:
   """Compiles the loop's train step of ``config`` for the slice at ``per_chip_batch`` studies
   per chip (`step_cost.compile_train_step`) and returns its per-chip figures
@@ -75,9 +84,10 @@ def cost_step(
   )
   out = step_cost.figures(
     step,
-    speed.peak_flops(_DEVICE_KINDS[generation]),
+    peak_flops(generation),
     chip.hbm_bytes_per_second,
     chip.link_bytes_per_second,
+    hlo_path,
   )
   out.update(
     target=slice_name,
