@@ -207,4 +207,4 @@ def test_a_small_step_compiles_for_two_h100s_without_a_gpu():
   _check_figures(r, 2, 4)
   assert r["target"] == "h100:2" and r["device_memory_bytes"] == 84942979072
   assert r["flops_from"] == "unoptimized program / devices" and r["xla_bytes_accessed"] is None
-  assert r["hbm_groups"]["all-reduce: gradients"] > 0 and r["collective_bytes"] > 0
+  assert r["hbm_groups"]["collectives, backward (gradients)"] > 0 and r["collective_bytes"] > 0

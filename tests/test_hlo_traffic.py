@@ -122,9 +122,10 @@ def test_the_groups_add_up_to_the_total_and_follow_the_module_paths():
   groups = hlo_traffic.attribute(traffic)
   assert sum(groups.values()) == traffic.bytes
   assert groups["casts"] == _F32_256 + _BF16_256
-  assert groups["layout copies"] == _F32_256  # the prefetch
-  assert groups["frontal encoder, backward"] == _F32_256
-  assert groups["all-reduce: gradients"] == 2 * _F32_256
+  # The prefetch into VMEM counts for the kernel it brings the bytes to.
+  assert "layout copies" not in groups
+  assert groups["frontal encoder, backward"] == 2 * _F32_256
+  assert groups["collectives, backward (gradients)"] == 2 * _F32_256
   assert groups["text decoder, forward"] == 3 * 2 * _PADDED
   assert groups["optimizer update"] == 2 * _F32_256
 

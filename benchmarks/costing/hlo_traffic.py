@@ -158,6 +158,10 @@ class Computation:
 
   def __post_init__(self):
     self.by_name = {i.name: i for i in self.instructions}
+    self.users = collections.defaultdict(list)
+    for i in self.instructions:
+      for operand in i.operands:
+        self.users[operand].append(i)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,9 +421,30 @@ def _inferred_trip_count(computations, caller: Computation, loop: Instruction) -
   return limit - start if start is not None and limit >= start else None
 
 
+def _prefetch(instruction: Instruction) -> bool:
+  """An asynchronous copy or slice into another memory (a TPU's HBM -> VMEM prefetch)."""
+  if instruction.opcode not in ("copy-start", "slice-start"):
+    return False
+  destination = tuple_elements(instruction.shape)[_START_DESTINATION[instruction.opcode]]
+  return shape_bytes(destination) == 0 and shape_bytes(destination, None) > 0
+
+
+def _consumer_op_name(computation: Computation, instruction: Instruction) -> str:
+  """The op_name of the first kernel that uses what an asynchronous start brings (through its
+  -done), where the start has none: its bytes are read for that kernel."""
+  frontier, names = [instruction], []
+  for _ in range(4):  # start -> done -> (a ConcatBitcast, a bitcast, ...) -> the kernel
+    frontier = [u for i in frontier for u in computation.users[i.name]]
+    names += [u.op_name for u in frontier if u.op_name]
+    model = [n for n in names if "jvp(" in n or "/cond" in n]
+    if model:
+      return model[0]
+  return names[0] if names else ""
+
+
 def _movement_kind(computations, instruction: Instruction) -> str:
   """'cast' or 'copy' for a fusion that only converts or moves data, else ''."""
-  if instruction.opcode in ("copy", "copy-start", "transpose"):
+  if instruction.opcode in ("copy", "copy-start", "transpose") and not _prefetch(instruction):
     return "copy"
   if instruction.opcode == "convert":
     return "cast"
@@ -452,10 +477,7 @@ def _fusion_access(fused: Computation) -> tuple[dict[int, int], int | None]:
   not take them whole: {parameter number: bytes read} for a parameter used only through slices
   (the slices' bytes), and the bytes written when the root updates a slice of a parameter in
   place (dynamic-update-slice: the update's bytes; the rest of the buffer is not touched)."""
-  users = collections.defaultdict(list)
-  for ins in fused.instructions:
-    for operand in ins.operands:
-      users[operand].append(ins)
+  users = fused.users
   partial, written = {}, None
   for ins in fused.instructions:
     number = ins.parameter_number
@@ -562,6 +584,8 @@ def hbm_traffic(text: str) -> Traffic:
       op_name = ins.op_name
       if not op_name and ins.opcode in COLLECTIVES:
         op_name = _operand_op_name(computation, ins)
+      if not op_name and _prefetch(ins):
+        op_name = _consumer_op_name(computation, ins)
       if not op_name and ins.opcode == "fusion":
         called = _called(ins.attributes, "calls")
         fused = computations.get(called[0]) if called else None
@@ -601,7 +625,9 @@ def classify(kernel: Kernel) -> str:
   if kernel.opcode in COLLECTIVES or (
     kernel.opcode == "async-start" and any(c in name for c in ("all-reduce", "psum"))
   ):
-    return "all-reduce: gradients" if "transpose(" in name else "all-reduce: forward (statistics)"
+    if "transpose(" in name:
+      return "collectives, backward (gradients)"
+    return "collectives, forward (batch statistics, parameters)"
   if kernel.in_branch or _UPDATE.search(name):
     return "optimizer update"
   if kernel.movement_only == "cast":
