@@ -18,7 +18,7 @@ from benchmarks.costing import hlo_traffic
 #   %p1   f32[1000,100] T(8,128)  in HBM, padded    1000 x 128 x 4 = 512,000 B
 #   %vmem f32[256,256] S(1)       in VMEM (not counted)
 _MODULE = """
-HloModule jit_step, is_scheduled=true
+HloModule jit_step, is_scheduled=true, num_partitions=4
 
 %fused_scale (param_0: f32[256,256]) -> f32[256,256] {
   %param_0 = f32[256,256]{1,0} parameter(0)
@@ -115,6 +115,24 @@ def test_the_hand_written_module_counts_exactly_what_is_in_hbm():
   assert traffic.bytes == expected
   assert traffic.loops_without_trip_count == 0
   assert traffic.collective_bytes == _F32_256
+  # A ring all-reduce over the module's 4 devices sends 2 (4 - 1) / 4 of its result.
+  assert traffic.link_bytes == pytest.approx(1.5 * _F32_256)
+
+
+@pytest.mark.parametrize(
+  "opcode, shape, groups, expected",
+  [
+    ("all-reduce", "f32[1024]{0}", "replica_groups=[2,4]<=[8]", 2 * 3 / 4 * 4096),
+    ("all-gather", "f32[1024]{0}", "replica_groups={{0,1},{2,3}}", 1 / 2 * 4096),
+    ("reduce-scatter", "f32[128]{0}", "replica_groups=mesh['a'=8,'b'=1] {'a'}", 7 * 512),
+    ("collective-permute-start", "(f32[64]{0}, f32[64]{0}, u32[], u32[])",
+     "source_target_pairs={{0,1},{1,0}}", 256),
+    ("all-reduce", "f32[1024]{0}", "replica_groups={}", 2 * 7 / 8 * 4096),  # all 8 devices
+  ],
+)  # fmt: skip
+def test_what_a_device_sends_for_a_collective(opcode, shape, groups, expected):
+  ins = hlo_traffic.Instruction("c", shape, opcode, ("x",), f", {groups}, to_apply=%add", "")
+  assert hlo_traffic._link_bytes(ins, 8) == pytest.approx(expected)
 
 
 def test_the_groups_add_up_to_the_total_and_follow_the_module_paths():

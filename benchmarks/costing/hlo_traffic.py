@@ -176,7 +176,8 @@ class Kernel:
   bytes_written: int
   in_branch: bool  # inside a conditional's branch
   movement_only: str  # 'cast', 'copy' or '' (a fusion that only converts or moves data)
-  collective_bytes: int = 0  # a collective's result, in any memory space (what crosses links)
+  collective_bytes: int = 0  # a collective's result, in any memory space
+  link_bytes: float = 0  # what a device sends over its links for it (`_link_bytes`)
 
   @property
   def bytes(self) -> int:
@@ -196,6 +197,11 @@ class Traffic:
   def collective_bytes(self) -> int:
     """Bytes of the results of the collectives (all-reduce, all-gather, ...) per run."""
     return sum(k.collective_bytes for k in self.kernels)
+
+  @property
+  def link_bytes(self) -> float:
+    """Bytes a device sends over its links per run, by bandwidth-optimal (ring) algorithms."""
+    return sum(k.link_bytes for k in self.kernels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,9 +547,53 @@ def _operand_op_name(computation: Computation, ins: Instruction, depth: int = 3)
   return (backward or names or [""])[0]
 
 
+def _group_size(instruction: Instruction, num_partitions: int) -> int:
+  """Devices in a collective's groups: ``replica_groups=[G,S]<=[N]`` (S), ``{{0,1,..},..}``
+  (the first group's), ``mesh['a'=4,'b'=2] {'a'}`` (the listed axes'); else all."""
+  text = instruction.attributes
+  m = re.search(r"replica_groups=\[(\d+),(\d+)\]", text)
+  if m:
+    return int(m.group(2))
+  m = re.search(r"replica_groups=\{\{([\d,\s]*)\}", text)
+  if m:
+    return len([x for x in m.group(1).split(",") if x.strip()])
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", text)
+  if m:
+    sizes = dict(re.findall(r"'(\w+)'=(\d+)", m.group(1)))
+    axes = re.findall(r"'(\w+)'", m.group(2))
+    return math.prod(int(sizes[a]) for a in axes if a in sizes) or num_partitions
+  m = re.search(r"source_target_pairs=", text)
+  return 2 if m else num_partitions
+
+
+def _link_bytes(instruction: Instruction, num_partitions: int) -> float:
+  """What one device sends for a collective by a bandwidth-optimal (ring) algorithm over a
+  group of n: an all-reduce 2 (n - 1) / n of its result, an all-gather or all-to-all
+  (n - 1) / n, a reduce-scatter n - 1 times its (1/n) result, a permute its result."""
+  base = instruction.opcode.removesuffix("-start")
+  if instruction.opcode not in COLLECTIVES:
+    return 0.0
+  n = _group_size(instruction, num_partitions)
+  if n < 2:
+    return 0.0
+  result = _result_bytes(instruction, None)
+  factor = {
+    "all-reduce": 2 * (n - 1) / n,
+    "all-gather": (n - 1) / n,
+    "all-to-all": (n - 1) / n,
+    "ragged-all-to-all": (n - 1) / n,
+    "reduce-scatter": n - 1,
+    "collective-permute": 1.0,
+    "collective-broadcast": 1.0,
+  }[base]
+  return factor * result
+
+
 def hbm_traffic(text: str) -> Traffic:
   """The device-memory bytes one run of the program moves (see the module docstring)."""
   computations = parse_module(text)
+  partitions = re.search(r"num_partitions=(\d+)", text[:4000])
+  num_partitions = int(partitions.group(1)) if partitions else 1
   entry = [c for c in computations.values() if c.is_entry]
   if len(entry) != 1:
     raise ValueError(f"expected one ENTRY computation, found {len(entry)}")
@@ -602,6 +652,7 @@ def hbm_traffic(text: str) -> Traffic:
           in_branch=in_branch,
           movement_only=_movement_kind(computations, ins),
           collective_bytes=times * _result_bytes(ins, None) if ins.opcode in COLLECTIVES else 0,
+          link_bytes=times * _link_bytes(ins, num_partitions),
         )
       )
     return kernels

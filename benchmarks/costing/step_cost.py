@@ -154,21 +154,20 @@ def figures(
 
 def traffic_figures(out: dict, hlo_text: str) -> dict:
   """``out`` (`figures` of a compiled step) with the figures of its optimized program's text: the
-  HBM bytes of `hlo_traffic` and their groups, the collectives' bytes and, given the
-  interconnect's one-way bandwidth per device, the time of a ring all-reduce of them
-  (2 (N - 1) / N bytes each way, not overlapped with anything), and the roofline: the larger of
-  FLOPs over the peak and HBM bytes over the bandwidth (a lower bound: no host, no input
-  pipeline, collectives apart)."""
+  HBM bytes of `hlo_traffic` and their groups, the collectives' bytes (their results) and,
+  given the interconnect's one-way bandwidth per device, the time to send what ring algorithms
+  send of them (`hlo_traffic.Traffic.link_bytes`; not overlapped with anything), and the
+  roofline: the larger of FLOPs over the peak and HBM bytes over the bandwidth (a lower bound:
+  no host, no input pipeline, collectives apart)."""
   out = dict(out)
   traffic = hlo_traffic.hbm_traffic(hlo_text)
   out["hbm_bytes"] = traffic.bytes
   out["hbm_groups"] = hlo_traffic.attribute(traffic)
   out["loops_without_trip_count"] = traffic.loops_without_trip_count
   out["collective_bytes"] = traffic.collective_bytes
-  n, link = out["devices"], out["link_bytes_per_second"]
-  out["collective_seconds"] = (
-    2 * (n - 1) / n * traffic.collective_bytes / link if link and n > 1 else None
-  )
+  out["link_bytes"] = traffic.link_bytes
+  link = out["link_bytes_per_second"]
+  out["collective_seconds"] = traffic.link_bytes / link if link and out["devices"] > 1 else None
   compute_s = out["flops"] / out["peak_flops"]
   memory_s = traffic.bytes / out["hbm_bytes_per_second"]
   out["compute_seconds"], out["hbm_seconds"] = compute_s, memory_s
