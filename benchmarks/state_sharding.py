@@ -9,12 +9,15 @@ Variants (``--variants``, comma-separated):
   replicated   the whole state on every device, every device runs the whole Adam update
   split        the library's split state (`mopoe_jax.training.step.StateSharding`): the large
                parameters and Adam moments split over the devices, the parameters gathered
-               whole (float32) before the forward pass, the gradients summed whole, then sliced
-  bf16_gather  split, but each split parameter is cast to bfloat16 before it is gathered and
-               the model gets that copy (its gradient goes on in float32): half the gathered
-               bytes. The same numbers only where every use of a parameter casts it to
-               bfloat16 anyway; the float32 text-logits layer is not such a use. An experiment.
-  scatter      split, with the gradients constrained to the split layout (a reduce-scatter
+               whole before the forward pass and the gradients summed whole, each behind an
+               optimization barrier, then sliced for the update
+  unpinned     split without the barriers (a sharding constraint only): XLA is then free to
+               move the gather into the networks and the slicing into the gradients
+  bf16_gather  unpinned, each split parameter cast to bfloat16 before it is gathered and the
+               model given that copy (its gradient goes on in float32). The same numbers only
+               where every use of a parameter casts it to bfloat16 anyway; the float32
+               text-logits layer is not such a use. An experiment.
+  scatter      unpinned, with the gradients constrained to the split layout (a reduce-scatter
                instead of an all-reduce then a slice); the gradient norm is then summed from
                the slices, in another order. An experiment.
 
@@ -42,7 +45,7 @@ if __package__ in (None, ""):
 
 from benchmarks import _common  # noqa: E402  pylint: disable=g-import-not-at-top
 
-VARIANTS = ("replicated", "split", "bf16_gather", "scatter")
+VARIANTS = ("replicated", "split", "unpinned", "bf16_gather", "scatter")
 _COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
 _BYTES = {"f32": 4, "bf16": 2, "s32": 4, "u32": 4, "pred": 1, "u8": 1, "f16": 2, "s8": 1}
 
@@ -85,7 +88,7 @@ def _variant_step(
   state, batch, rng, *, model, step_config, gather, split_shardings, bf16_gather, scatter
 ):
   """`step.train_step` with the experimental gather / gradient layouts of the module docstring
-  (the same code otherwise)."""
+  (the same code otherwise), none behind an optimization barrier."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
