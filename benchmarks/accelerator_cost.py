@@ -1,8 +1,7 @@
 """What a TPU slice or NVIDIA GPUs would cost, before they are booked: the step compiled for them.
 
   pip install -e '.[tpu]'                        # libtpu: compiles for TPUs on any machine
-  pip install jax-cuda12-plugin==$(python -c 'import jax; print(jax.__version__)') \\
-      jax-cuda12-pjrt==$(python -c 'import jax; print(jax.__version__)')   # the GPU compiler
+  pip install 'jax[cuda12-local]'                # the GPU compiler (the test extra has it)
   python benchmarks/accelerator_cost.py          # paper config: v5e:2x4, v4:2x2x1, H100, H200
   python benchmarks/accelerator_cost.py --targets h200:1,v5e:2x4 --batch 25,50 --json out.json
 
@@ -111,8 +110,8 @@ def cost(config, vocab: int, target: str, per_device_batch: int, hlo_path=None) 
   if kind in GPU_KINDS:
     if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
       raise SystemExit(
-        f"{target}: JAX's CUDA plugin is not installed (pip install jax-cuda12-plugin=="
-        "<jax version> jax-cuda12-pjrt==<jax version>)."
+        f"{target}: JAX's CUDA plugin is not installed (pip install 'jax[cuda12-local]', "
+        "or pip install -e '.[test]')."
       )
     from benchmarks.costing import gpu_cost  # pylint: disable=g-import-not-at-top
 
@@ -132,7 +131,7 @@ HEADER = (
   "XLA bytes accessed GiB",
   "roofline ms/step (bound by)",
   "collectives MiB (ms)",
-  "paper training h",
+  "paper training min",
   "largest batch per device that fits (est.)",
   "compile s",
 )
@@ -154,7 +153,7 @@ def row(r: dict, largest) -> list[str]:
     _gib(xla) if xla is not None else "-",
     f"{1e3 * r['roofline_step_seconds']:.2f} ({r['bound_by']})",
     collective,
-    f"{steps * r['roofline_step_seconds'] / 3600:.2f}",
+    f"{steps * r['roofline_step_seconds'] / 60:.1f}",
     str(largest) if largest is not None else "-",
     f"{r['compile_seconds']:.0f}",
   ]

@@ -245,6 +245,20 @@ def subprocess_cache_dir():
   return jax.config.jax_compilation_cache_dir
 
 
+def gpu_plugin_missing() -> str | None:
+  """Why XLA:GPU cannot compile here (a test's skip reason), or None: JAX's CUDA plugin at jax's
+  version (the test extra installs it on x86-64 Linux: jax[cuda12-local])."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+
+  try:
+    version = metadata.version("jax-cuda12-plugin")
+  except metadata.PackageNotFoundError:
+    return "JAX's CUDA plugin is not installed (pip install 'jax[cuda12-local]')"
+  if version != jax.__version__:
+    return f"jax-cuda12-plugin {version} does not match jax {jax.__version__}"
+  return None
+
+
 def subprocess_env(**extra) -> dict:
   """The environment of a main.py subprocess: CPU, fast compiles (as in this process)."""
   env = dict(

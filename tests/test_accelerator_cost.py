@@ -6,8 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, subprocess_env
-import jax
+from conftest import REPO, gpu_plugin_missing, subprocess_env
 import pytest
 
 from benchmarks import accelerator_cost
@@ -193,21 +192,9 @@ def test_a_small_step_compiles_for_a_v5e_slice_without_a_tpu():
   assert r["collective_bytes"] > 0 and r["collective_seconds"] > 0
 
 
-def _gpu_plugin_missing() -> str | None:
-  from importlib import metadata  # pylint: disable=g-import-not-at-top
-
-  try:
-    version = metadata.version("jax-cuda12-plugin")
-  except metadata.PackageNotFoundError:
-    return "JAX's CUDA plugin is not installed (jax-cuda12-plugin, jax-cuda12-pjrt)"
-  if version != jax.__version__:
-    return f"jax-cuda12-plugin {version} does not match jax {jax.__version__}"
-  return None
-
-
 @pytest.mark.slow  # XLA:GPU compiles a small step for two GPUs (about a minute on 2 cores)
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(_gpu_plugin_missing() is not None, reason=str(_gpu_plugin_missing()))
+@pytest.mark.skipif(gpu_plugin_missing() is not None, reason=str(gpu_plugin_missing()))
 def test_a_small_step_compiles_for_two_h100s_without_a_gpu():
   r = _cost_elsewhere("cuda", "h100:2", "4", "text")
   _check_figures(r, 2, 4)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, gpu_plugin_missing, subprocess_env
 import jax
 import jax.numpy as jnp
 import pytest
@@ -322,18 +322,6 @@ print("RESULT", json.dumps({"bytes": traffic.bytes, "argument": memory.argument_
 """
 
 
-def _plugin_missing_reason():
-  try:
-    from importlib import metadata  # pylint: disable=g-import-not-at-top
-
-    version = metadata.version("jax-cuda12-plugin")
-  except metadata.PackageNotFoundError:
-    return "JAX's CUDA plugin is not installed (jax-cuda12-plugin, jax-cuda12-pjrt)"
-  if version != jax.__version__:
-    return f"jax-cuda12-plugin {version} does not match jax {jax.__version__}"
-  return None
-
-
 def _compile_elsewhere(platform: str) -> dict:
   python_path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
   env = subprocess_env(
@@ -367,7 +355,7 @@ def test_a_tpu_program_counts_its_tile_padding():
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(_plugin_missing_reason() is not None, reason=str(_plugin_missing_reason()))
+@pytest.mark.skipif(gpu_plugin_missing() is not None, reason=str(gpu_plugin_missing()))
 def test_a_gpu_program_compiles_without_a_gpu_and_moves_its_buffer_in_and_out():
   r = _compile_elsewhere("cuda")
   assert r["bytes"] == 2 * 1000 * 1000 * 4 and r["argument"] == 1000 * 1000 * 4
