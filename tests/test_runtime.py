@@ -40,8 +40,17 @@ def test_planned_backend_finds_accelerator_plugins(monkeypatch):
     lambda name: object() if name == "jax_cuda12_plugin" else None,
   )
   monkeypatch.setattr(runtime.importlib.metadata, "entry_points", lambda group: [])
+  monkeypatch.setattr(runtime, "nvidia_driver_present", lambda: True)
   assert runtime.planned_backend({}) == "cuda"
-  assert runtime.apply_defaults({}) == ""
+  env = {}
+  assert runtime.apply_defaults(env) == "" and "JAX_PLATFORMS" not in env
+  # The plugin without NVIDIA's driver (the test extra's, for compiling only): the CPU, its
+  # flags, and JAX told so (otherwise it logs the plugin's failure as an error).
+  monkeypatch.setattr(runtime, "nvidia_driver_present", lambda: False)
+  assert runtime.planned_backend({}) == "cpu"
+  env = {}
+  assert runtime.apply_defaults(env) == " ".join(runtime.CPU_FLAGS)
+  assert env["JAX_PLATFORMS"] == "cpu"
   monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name: None)
   assert runtime.planned_backend({}) == "cpu"
 

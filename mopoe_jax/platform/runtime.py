@@ -22,6 +22,7 @@ background compiles, traced programs kept on disk) are in `mopoe_jax.platform.co
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.metadata
 import importlib.util
 import inspect
@@ -54,8 +55,28 @@ def planned_backend(environ=os.environ) -> str:
     if importlib.util.find_spec(m) is not None
   ]
   if any("cuda" in name for name in plugins):
-    return "cuda"
+    if nvidia_driver_present():
+      return "cuda"
+    # JAX would fail to start the plugin (an error, then the CPU): the plugin is only there to
+    # compile for GPUs that are elsewhere (the test extra installs it everywhere).
+    plugins = [name for name in plugins if "cuda" not in name]
   return "accelerator" if plugins else "cpu"
+
+
+def nvidia_driver_present() -> bool:
+  """Whether NVIDIA's driver is on this machine (its control device or libcuda), without which
+  JAX's CUDA plugin cannot start."""
+  return os.path.exists("/dev/nvidiactl") or ctypes.util.find_library("cuda") is not None
+
+
+def _driverless_cuda_plugin(environ) -> bool:
+  return (
+    not environ.get("JAX_PLATFORMS", "").strip()
+    and planned_backend(environ) == "cpu"
+    and any(
+      importlib.util.find_spec(m) is not None for m in ("jax_cuda12_plugin", "jax_cuda13_plugin")
+    )
+  )
 
 
 def apply_defaults(environ=os.environ) -> str:
@@ -65,6 +86,14 @@ def apply_defaults(environ=os.environ) -> str:
   option the user already set is left as the user set it. Returns the resulting XLA_FLAGS. Set
   MOPOE_XLA_DEFAULTS=0 to leave XLA_FLAGS alone.
   """
+  if _driverless_cuda_plugin(environ):
+    # Without this JAX logs the plugin's failure to load CUDA as an error, with a traceback.
+    logging.info(
+      "JAX's CUDA plugin is installed but this machine has no NVIDIA driver: JAX_PLATFORMS=cpu."
+    )
+    environ["JAX_PLATFORMS"] = "cpu"
+    if environ is os.environ:
+      jax.config.update("jax_platforms", "cpu")
   flags = environ.get("XLA_FLAGS", "")
   if environ.get("MOPOE_XLA_DEFAULTS", "1") != "0" and planned_backend(environ) == "cpu":
     for flag in CPU_FLAGS:
