@@ -137,7 +137,8 @@ def train_program(
     str(treedef),
     [(x.shape, str(x.dtype), str(x.sharding)) for x in jax.tree.leaves(abstract)],
     sorted((k, v.shape, str(v.dtype), str(v.sharding)) for k, v in batch_shape.items()),
-    [d.id for d in mesh.devices.flat],
+    # The devices' kind too: compile-only devices of two GPU or TPU kinds have the same ids.
+    [(d.id, d.device_kind) for d in mesh.devices.flat],
   )
   return compilation.jitted_once(
     ("stored train step", key),
