@@ -170,7 +170,7 @@ def _tree_step(flat_step, treedef):
 class Programs:
   """The loop's programs for one model, config and mesh; nothing is compiled by `build`."""
 
-  init_jit: Any  # jitted init_state (rng) -> replicated state
+  init_jit: Any  # jitted init_state: rng -> the state as `abstract` lays it out
   abstract: Any  # the state's shapes and shardings
   batch_shape: dict  # a train batch's shapes and shardings
   stored_step: compilation.StoredProgram
