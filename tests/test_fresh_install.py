@@ -15,6 +15,7 @@ same omission fails the run itself with a ModuleNotFoundError.
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import site
 import subprocess
@@ -139,7 +140,14 @@ def test_the_readme_job_imports_only_declared_distributions(subprocess_cache_dir
     files = json.load(f)
   owners = owners_of(files)
   assert "tensorflow-datasets" in owners.values() and "jax" in owners.values()
-  closure = declared_closure("mopoe-jax")
+  # JAX imports every accelerator plugin that is installed (the jax_plugins it finds, with
+  # JAX_PLATFORMS=cpu too): a user's choice of backend (the extras cuda12, cuda13, tpu; the test
+  # extra's CUDA plugin), not an import of the job.
+  closure = declared_closure("mopoe-jax") | {
+    name
+    for name in (canonicalize_name(d.metadata["Name"]) for d in importlib.metadata.distributions())
+    if re.fullmatch(r"jax-(cuda|rocm)\d+-(plugin|pjrt)|libtpu", name)
+  }
   undeclared = {}
   for path, dist in owners.items():
     if dist not in closure:
