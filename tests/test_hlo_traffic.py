@@ -343,6 +343,7 @@ def _compile_elsewhere(platform: str) -> dict:
   return json.loads(line[len("RESULT ") :])
 
 
+@pytest.mark.slow  # XLA:TPU compiles in a subprocess
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(
   importlib.util.find_spec("libtpu") is None,
@@ -354,6 +355,7 @@ def test_a_tpu_program_counts_its_tile_padding():
   assert r["kind"] == "TPU v5 lite"
 
 
+@pytest.mark.slow  # XLA:GPU compiles in a subprocess
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(gpu_plugin_missing() is not None, reason=str(gpu_plugin_missing()))
 def test_a_gpu_program_compiles_without_a_gpu_and_moves_its_buffer_in_and_out():

@@ -5,6 +5,8 @@ import pytest
 
 from benchmarks.costing import lowering
 
+pytestmark = pytest.mark.slow  # lowers the small model's programs four times (about 30 s)
+
 
 @pytest.fixture(scope="module")
 def described():
