@@ -30,11 +30,11 @@ from mopoe_jax.platform import runtime  # noqa: E402
 
 
 def _test_xla_flags() -> str:
-  """Tests only, where the jaxlib has the option (jaxlib 0.10; 0.12's XLA:CPU refuses it): XLA:CPU's
-  elemental emitters instead of its fusion emitters compile the tests' programs in about 40% less
-  time (the tiny train step 18-20 s -> 11-13 s on a 2-core AMD EPYC, jax 0.10.2). Results differ
-  from the default's in the last bits; every comparison in the suite is between programs
-  compiled with the same flags (main.py subprocesses inherit them: `subprocess_env`)."""
+  """Tests only, where the jaxlib has the option (jaxlib 0.10; 0.12's XLA:CPU refuses it):
+  XLA:CPU's elemental emitters instead of its fusion emitters compile the tests' programs in
+  about 40% less time (the tiny train step 18-20 s -> 11-13 s on a 2-core AMD EPYC, jax 0.10.2).
+  Results differ from the default's in the last bits; every comparison in the suite is between
+  programs compiled with the same flags (main.py subprocesses inherit them: `subprocess_env`)."""
   major, minor = (int(x) for x in jax.__version__.split(".")[:2])  # jax pins its jaxlib's
   return "--xla_cpu_use_fusion_emitters=false" if (major, minor) < (0, 11) else ""
 
