@@ -105,7 +105,7 @@ def test_declared_dependencies_match_the_imports():
   unused = (
     test_extra
     - {d for n in test_imports for d in _distributions(n)}
-    - {"pytest-timeout"}  # a pytest plugin
+    - {"pytest-timeout", "pytest-xdist"}  # pytest plugins
     - {"jax"}  # jax[cuda12-local]: for JAX's CUDA plugin, which JAX loads
     - set(NOT_IMPORTED)
   )
