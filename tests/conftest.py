@@ -6,10 +6,12 @@ run without it. CUDA_VISIBLE_DEVICES="" keeps it (and JAX) off any GPU.
 
 import atexit
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -60,26 +62,30 @@ import pytest  # noqa: E402
 END_TO_END_FIXTURES = frozenset({"straight_run", "evaluated", "two_device_run"})
 
 
-# The README's test command runs the suite on two pytest-xdist workers (`-n auto`, at most one
-# per core: `pytest_xdist_auto_num_workers`), each taking a whole module at a time (setup.cfg:
-# `--dist loadfile`, modules in the order collected). The longest modules go first, so that
-# no worker is left alone with one at the end: the order of their durations in a full run on a
-# 2-core AMD EPYC (s, jax 0.10.2). Others keep pytest's order after them.
+# The README's test command runs the suite on pytest-xdist workers (`-n auto`: one per core,
+# at most `MAX_WORKERS`), each taking a whole module at a time in the order collected (setup.cfg:
+# `--dist loadfile --no-loadscope-reorder`). These modules go first, the longest first, so that
+# no worker is left alone with a long one at the end; but two that compile the same programs
+# are kept apart at the start, or both workers compile them at once (test_fresh_install's run
+# loads the three-modality tiny programs that test_train compiles). Seconds of each module on
+# two workers, a 2-core AMD EPYC, jax 0.10.2. Other modules follow in pytest's order.
 LONGEST_FIRST = (
   "test_train",  # 330
-  "test_fresh_install",  # 135
-  "test_multihost",  # 125
-  "test_sharded_optimizer",  # 120
-  "test_iu_xray",  # 120
-  "test_inference",  # 130 (straight_run, when another module has not built it)
-  "test_evaluation",  # 115
+  "test_multihost",  # 175 (test_train's two-device reference run is shared: two_device_run)
+  "test_iu_xray",  # 140
+  "test_sharded_optimizer",  # 100
+  "test_fresh_install",  # 165
+  "test_kill",  # 105
   "test_checkpoint_safety",  # 100
-  "test_benchmarks",  # 95
-  "test_kill",  # 85
-  "test_networks",  # 80
-  "test_gcs",  # 65
-  "test_accelerator_cost",  # 45
-  "test_lowering",  # 40
+  "test_gcs",  # 80
+  "test_benchmarks",  # 70
+  "test_networks",  # 70
+  "test_evaluation",  # 60
+  "test_accelerator_cost",  # 35
+  "test_layers",  # 35
+  "test_inference",  # 35
+  "test_lowering",  # 30
+  "test_device_count",  # 20
 )
 MAX_WORKERS = 4
 
@@ -437,26 +443,82 @@ def two_device_config(data_dir: str, **train_overrides):
 
 class BackgroundRun:
   """A subprocess that `start()` starts in the background; `workdir()` starts it if it has not
-  started yet, waits for it and checks that it succeeded."""
+  started yet, waits for it and checks that it succeeded.
 
-  def __init__(self, command, workdir: str, log_path: str, env: dict, timeout_s: float):
+  With ``shared`` (a folder that every pytest-xdist worker of the test run sees), the workers
+  share one run: the first to start it holds an exclusive lock on ``shared/lock`` until the
+  process has ended (and writes ``shared/done`` if it succeeded); another worker's `start()`
+  then does nothing, and its `workdir()` waits for the lock and returns the same workdir (or,
+  without ``done``, as after a failed run, runs the command itself).
+  """
+
+  def __init__(
+    self, command, workdir: str, log_path: str, env: dict, timeout_s: float, shared=None
+  ):
     self._command, self._env = command, env
     self._workdir, self._log_path, self._timeout_s = workdir, log_path, timeout_s
-    self._proc = None
+    self._proc, self._watcher = None, None
+    self._lock = open(os.path.join(shared, "lock"), "a") if shared else None  # noqa: SIM115
+    self._done = os.path.join(shared, "done") if shared else None
+
+  def _flock(self, *operation: str) -> bool:
+    """fcntl.flock on the shared lock (e.g. "LOCK_EX", "LOCK_NB"); False if it would block."""
+    import fcntl  # pylint: disable=g-import-not-at-top
+
+    flags = 0
+    for name in operation:
+      flags |= getattr(fcntl, name)
+    try:
+      fcntl.flock(self._lock, flags)
+    except BlockingIOError:
+      return False
+    return True
+
+  def _launch(self) -> None:
+    with open(self._log_path, "w") as log:
+      self._proc = subprocess.Popen(
+        self._command, env=self._env, stdout=log, stderr=subprocess.STDOUT
+      )
+    if self._lock is not None:  # the lock is held; released as soon as the process ends
+      self._watcher = threading.Thread(target=self._release_when_ended, daemon=True)
+      self._watcher.start()
+
+  def _release_when_ended(self) -> None:
+    try:
+      code = self._proc.wait(timeout=self._timeout_s)
+    except subprocess.TimeoutExpired:
+      self.stop()
+      code = self._proc.returncode
+    if code == 0:
+      with open(self._done, "w") as f:
+        f.write(self._log_path)
+    self._flock("LOCK_UN")
 
   def start(self) -> None:
-    if self._proc is None:
-      with open(self._log_path, "w") as log:
-        self._proc = subprocess.Popen(
-          self._command, env=self._env, stdout=log, stderr=subprocess.STDOUT
-        )
+    if self._proc is not None:
+      return
+    if self._lock is None:
+      self._launch()
+    elif self._flock("LOCK_EX", "LOCK_NB"):  # no other worker runs it now
+      if os.path.exists(self._done):  # ... and one has run it
+        self._flock("LOCK_UN")
+      else:
+        self._launch()
 
   def workdir(self) -> str:
     self.start()
+    if self._proc is None:  # another worker ran it or runs it: wait for its end
+      self._flock("LOCK_EX")
+      if os.path.exists(self._done):
+        self._flock("LOCK_UN")
+        return self._workdir
+      self._launch()
     try:
       code = self._proc.wait(timeout=self._timeout_s)
     finally:
       self.stop()
+      if self._watcher is not None:
+        self._watcher.join()
     with open(self._log_path) as log:
       assert code == 0, log.read()[-4000:]
     return self._workdir
@@ -467,13 +529,25 @@ class BackgroundRun:
       self._proc.wait()
 
 
+def xdist_shared_dir(tmp_path_factory, name: str) -> str | None:
+  """A folder ``name`` that every pytest-xdist worker of this test run sees (None outside
+  xdist): the parent of the workers' base temporary folders is the run's own."""
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    return None
+  path = tmp_path_factory.getbasetemp().parent / name
+  path.mkdir(exist_ok=True)
+  return str(path)
+
+
 @pytest.fixture(scope="session")
 def two_device_run(synthetic_tiny_dir, subprocess_cache_dir, tmp_path_factory):
   """`TWO_DEVICE_STEPS` steps of `two_device_config` in one process with two virtual CPU
   devices, fed the global batches of a two-process run (tests/two_shards.py). Not started
   until a test calls `.start()` (the multi-host test, when a core is free) or `.workdir()`
-  (which waits for it)."""
-  workdir = tmp_path_factory.mktemp("two_devices")
+  (which waits for it). Under pytest-xdist the workers share one run (test_train.py and
+  test_multihost.py need it; the synthetic datasets the workers build are the same)."""
+  shared = xdist_shared_dir(tmp_path_factory, "two_device_run")
+  workdir = pathlib.Path(shared) if shared else tmp_path_factory.mktemp("two_devices")
   run = BackgroundRun(
     [
       sys.executable,
@@ -489,6 +563,7 @@ def two_device_run(synthetic_tiny_dir, subprocess_cache_dir, tmp_path_factory):
     str(workdir / "run.log"),
     subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
     timeout_s=600,
+    shared=shared,
   )
   yield run
   run.stop()
