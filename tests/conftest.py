@@ -94,7 +94,8 @@ def pytest_xdist_auto_num_workers(config):
   """`-n auto`: a worker per core, at most `MAX_WORKERS` (each holds JAX and TensorFlow, and the
   end-to-end tests start processes of their own)."""
   del config
-  return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(1, min(MAX_WORKERS, cores or 1))  # sched_getaffinity: Linux only (not macOS)
 
 
 def pytest_collection_modifyitems(items):

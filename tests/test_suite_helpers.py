@@ -1,11 +1,13 @@
-"""The suite's own machinery (tests/conftest.py): a background run shared by pytest-xdist
-workers runs once, and the ones that wait for it get its workdir."""
+"""The suite's own machinery (tests/conftest.py): how many pytest-xdist workers `-n auto` starts,
+the modules that go first, and a background run shared by the workers (it runs once; the ones
+that wait for it get its workdir)."""
 
+import os
 import sys
 import threading
 import time
 
-from conftest import LONGEST_FIRST, BackgroundRun
+from conftest import LONGEST_FIRST, MAX_WORKERS, BackgroundRun, pytest_xdist_auto_num_workers
 
 # Appends one line to ``count`` after half a second: how many times the command ran.
 COMMAND = "import sys, time; time.sleep(0.5); open(sys.argv[1], 'a').write('ran\\n')"
@@ -66,3 +68,15 @@ def test_the_longest_modules_first_names_existing_modules(request):
   tests = request.config.rootpath / "tests"
   assert len(set(LONGEST_FIRST)) == len(LONGEST_FIRST)
   assert all((tests / f"{name}.py").is_file() for name in LONGEST_FIRST), LONGEST_FIRST
+
+
+def test_auto_workers_follow_the_cores_up_to_the_cap(monkeypatch):
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+  assert pytest_xdist_auto_num_workers(None) == 2
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+  assert pytest_xdist_auto_num_workers(None) == MAX_WORKERS
+  monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS has no affinity
+  monkeypatch.setattr(os, "cpu_count", lambda: 3)
+  assert pytest_xdist_auto_num_workers(None) == min(3, MAX_WORKERS)
+  monkeypatch.setattr(os, "cpu_count", lambda: None)
+  assert pytest_xdist_auto_num_workers(None) == 1
