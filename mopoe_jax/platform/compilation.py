@@ -84,8 +84,7 @@ def compile_timed(jitted, *example_args, name: str):
   done = time.perf_counter()
   logging.info(
     "Compiled the %s: lowering %.1f s, compiling %.1f s (or loading it, when the persistent "
-    "cache holds it: misses are logged as such; on CPU a load takes seconds too, 2.7 s for "
-    "the tiny config's step on 2 cores).",
+    "cache holds it: misses are logged as such; on CPU a load takes seconds too).",
     name,
     lowered_at - tic,
     done - lowered_at,
