@@ -453,3 +453,49 @@ def test_a_resumed_run_does_not_repeat_a_finished_evaluation(straight_run, tmp_p
   assert meta["plateau_best_step"] == straight_meta["plateau_best_step"]
   with open(tmp_path / train.EVALUATED_FILE) as f:
     assert json.load(f)["step"] == 30
+
+
+def test_a_rerun_after_the_last_step_evaluates_what_is_due_and_compiles_no_train_step(
+  straight_run, tmp_path, monkeypatch
+):
+  """Resumed from the last step's checkpoint (step 30), nothing is left to train: the run
+  neither compiles the train step nor builds the training data; it runs the evaluation that the
+  checkpoint says is due, and a second rerun (that evaluation recorded as finished) compiles
+  neither step."""
+  config, workdir, straight = straight_run
+  shutil.copytree(
+    os.path.join(checkpointing.checkpoint_dir(workdir), "30"),
+    os.path.join(checkpointing.checkpoint_dir(str(tmp_path)), "30"),
+  )
+  compiled, evaluated, eval_programs = [], [], []
+  real_compile_step, real_eval_step = programs.Programs.compile_step, programs.Programs.eval_step
+  real_evaluate_loss = train.evaluate_loss
+
+  def counting_compile_step(self, step_rng):
+    compiled.append(step_rng)
+    return real_compile_step(self, step_rng)
+
+  def counting_eval_step(self, state, batch_size):
+    eval_programs.append(batch_size)
+    return real_eval_step(self, state, batch_size)
+
+  def counting_evaluate_loss(*args, **kwargs):
+    evaluated.append(int(args[1].step))
+    return real_evaluate_loss(*args, **kwargs)
+
+  def no_train_batches(*args, **kwargs):
+    raise AssertionError("the training data was built")
+
+  monkeypatch.setattr(programs.Programs, "compile_step", counting_compile_step)
+  monkeypatch.setattr(programs.Programs, "eval_step", counting_eval_step)
+  monkeypatch.setattr(train, "evaluate_loss", counting_evaluate_loss)
+  monkeypatch.setattr(tfds_source.TfdsData, "train_batches", no_train_batches)
+  resumed = train_run(config, str(tmp_path))
+  assert (compiled, evaluated, eval_programs) == ([], [30], [config.train.batch_size])
+  assert_trees_equal(state_tree(resumed), state_tree(straight))
+  with open(tmp_path / train.EVALUATED_FILE) as f:
+    assert json.load(f)["step"] == 30
+
+  again = train_run(config, str(tmp_path))
+  assert (compiled, evaluated, eval_programs) == ([], [30], [config.train.batch_size])
+  assert_trees_equal(state_tree(again), state_tree(straight))

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -203,9 +204,10 @@ def _flat_hparams(config) -> dict:
   return flat
 
 
-def _check_newest_checkpoint(manager, config, fields: dict) -> None:
+def _check_newest_checkpoint(manager, config, fields: dict) -> int | None:
   """Checks the recorded fields of the newest checkpoint whose metadata reads against the config
-  (raises `fingerprint.MismatchError`), so that a refused run stops before anything compiles."""
+  (raises `fingerprint.MismatchError`), so that a refused run stops before anything compiles;
+  returns its step (None: no checkpoint's metadata reads)."""
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       meta = checkpointing.read_meta(manager, step)
@@ -214,7 +216,8 @@ def _check_newest_checkpoint(manager, config, fields: dict) -> None:
     fingerprint.check(
       meta, config, fields, step=step, directory=str(manager.directory), resuming=True
     )
-    return
+    return step
+  return None
 
 
 def _resume(manager, abstract, config, fields: dict, workdir: str):
@@ -342,8 +345,10 @@ class _Loop:
   mesh: Any
   fields: dict
   total_steps: int
-  eval_step: Any
-  grids: TrainingGrids | None
+  # state -> the compiled eval step, and state -> the image grids (None: no grids): called at the
+  # first evaluation, so that a run that never evaluates compiles neither.
+  make_eval_step: Callable[[Any], Any]
+  make_grids: Callable[[Any], TrainingGrids] | None
   plateau: Plateau
   keep_best: checkpointing.KeepStep
   state: Any = None
@@ -355,6 +360,8 @@ class _Loop:
   data_seconds: float = 0.0  # of the logged interval, spent waiting for the next batch
   step_flops: float | None = None  # per device and step (XLA's cost analysis)
   last_eval: dict | None = None
+  _eval_step: Any = None
+  _grids: TrainingGrids | None = None
 
   def next_batch(self, train_iter) -> dict:
     """The next global batch of the model's keys; the wait counts as waiting for data."""
@@ -383,12 +390,16 @@ class _Loop:
     re-scaled); its time is left out of the training clock (steps/s counts training time
     only). Recorded as finished (`EVALUATED_FILE`) so that a resumed run does not repeat it."""
     t, eval_tic = self.config.train, time.time()
+    if self._eval_step is None:
+      self._eval_step = self.make_eval_step(self.state)
+      if self.make_grids is not None:
+        self._grids = self.make_grids(self.state)
     metrics = evaluate_loss(
-      self.eval_step, self.state, self.data, self.config, self.mesh, t.eval_batches
+      self._eval_step, self.state, self.data, self.config, self.mesh, t.eval_batches
     )
     self.writer.write_scalars(self.step, {f"eval_{k}": v for k, v in metrics.items()})
-    if self.grids is not None:
-      self.writer.write_images(self.step, self.grids(self.state))
+    if self._grids is not None:
+      self.writer.write_images(self.step, self._grids(self.state))
     logging.info(
       "eval at step %d: loss %.2f (%.1f s)", self.step, metrics["loss"], time.time() - eval_tic
     )
@@ -561,13 +572,16 @@ def train_and_evaluate(
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(t.seed))
   keep_best = checkpointing.KeepStep()
   manager = checkpointing.create_manager(workdir, keep=t.keep_checkpoints, keep_step=keep_best)
-  _check_newest_checkpoint(manager, config, fields)  # a refused run compiles nothing
-  # The train step compiles in the background while the state is initialised or restored.
-  programs = programs_lib.Programs.build(config, model, step_config, mesh, init_rng, step_rng)
+  newest = _check_newest_checkpoint(manager, config, fields)  # a refused run compiles nothing
+  # The train step compiles in the background while the state is initialised or restored;
+  # not when the newest checkpoint is of the last step (a rerun that only evaluates).
+  training_left = newest is None or newest < total_steps
+  programs = programs_lib.Programs.build(
+    config, model, step_config, mesh, init_rng, step_rng if training_left else None
+  )
   state, meta = _resume(manager, programs.abstract, config, fields, workdir)
   state, plateau = _start(programs, init_rng, state, meta, keep_best, manager)
   _announce(config, workdir, data, writer, state, total_steps, steps_per_epoch)
-  grids = TrainingGrids(model, config, data, state, mesh) if t.image_grid_studies else None
   loop = _Loop(
     config,
     workdir,
@@ -577,8 +591,10 @@ def train_and_evaluate(
     mesh,
     fields,
     total_steps,
-    programs.eval_step(state, t.batch_size),
-    grids,
+    lambda state: programs.eval_step(state, t.batch_size),
+    functools.partial(TrainingGrids, model, config, data, mesh=mesh)
+    if t.image_grid_studies
+    else None,
     plateau,
     keep_best,
     state=state,
@@ -587,9 +603,16 @@ def train_and_evaluate(
     eval_pending=bool(meta is not None and meta.get("eval_due")),
   )
   finished_eval = _finished_evaluation(workdir, meta)
-  train_iter = data.train_batches(global_batch_size=t.batch_size, seed=t.seed, start_step=loop.step)
-  train_step_fn = programs.train_step()
-  loop.step_flops = programs.train_step_flops()
+  train_iter = train_step_fn = None
+  if loop.step < total_steps:  # (a newer checkpoint that did not restore: compiles only now)
+    programs.compile_step(step_rng)
+    train_iter = data.train_batches(
+      global_batch_size=t.batch_size, seed=t.seed, start_step=loop.step
+    )
+    train_step_fn = programs.train_step()
+    loop.step_flops = programs.train_step_flops()
+  else:
+    logging.info("Trained to step %d already: no train step to compile.", loop.step)
   profile = speed.StepProfile(workdir, loop.step, t.profile_steps) if t.profile_steps else None
   loop.tic = time.time()
   with (
