@@ -59,14 +59,15 @@ def _scalars(workdir, tag):
   return sorted(out)
 
 
-@pytest.mark.slow  # 160 steps through the loop
+@pytest.mark.slow  # 48 steps (4 epochs) through the loop
 def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path):
+  log_every = 6
   config = tiny_config(
     synthetic_tiny_dir,
-    num_steps=160,
-    log_every_steps=20,
-    eval_every_steps=80,
-    checkpoint_every_steps=160,
+    num_steps=8 * log_every,
+    log_every_steps=log_every,
+    eval_every_steps=4 * log_every,
+    checkpoint_every_steps=8 * log_every,
     profile_steps=2,
   )
   train_run(config, str(tmp_path))
@@ -74,7 +75,7 @@ def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path
   assert len(losses) == 8
   assert losses[-1] < 0.8 * losses[0], losses
   evals = _scalars(str(tmp_path), "eval_loss")
-  assert [s for s, _ in evals] == [80, 160] and evals[1][1] < evals[0][1]
+  assert [s for s, _ in evals] == [24, 48] and evals[1][1] < evals[0][1]
   for tag in (
     "train_nll/frontal",
     "train_nll/text",
@@ -101,7 +102,7 @@ def test_loss_falls_and_tensorboard_has_the_metrics(synthetic_tiny_dir, tmp_path
   # logged interval (the first includes the 5 warm-up steps).
   schedule = step_lib.learning_rate_schedule(config.train.learning_rate, config.train.warmup_steps)
   logged = _scalars(str(tmp_path), "train_learning_rate")
-  expected = [np.mean([float(schedule(t)) for t in range(s - 20, s)]) for s, _ in logged]
+  expected = [np.mean([float(schedule(t)) for t in range(s - log_every, s)]) for s, _ in logged]
   np.testing.assert_allclose([v for _, v in logged], expected, rtol=1e-5)
   assert logged[0][1] < logged[1][1]
 
