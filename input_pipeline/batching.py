@@ -321,7 +321,28 @@ def eval_iterator(
   process_index: int | None = None,
   process_count: int | None = None,
 ) -> Iterator[Batch]:
-  """One pass over this process's shard of ``split`` in fixed order, in batches of equal size.
+  """One pass over this process's shard of ``split`` in fixed order (`eval_dataset`)."""
+  return eval_dataset(
+    builder,
+    data_config,
+    split,
+    batch_size=batch_size,
+    process_index=process_index,
+    process_count=process_count,
+  ).as_numpy_iterator()
+
+
+def eval_dataset(
+  builder: tfds.core.DatasetBuilder,
+  data_config: ml_collections.ConfigDict,
+  split: str,
+  *,
+  batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> tf.data.Dataset:
+  """This process's shard of ``split`` in fixed order, in batches of equal size: each iteration
+  is one pass (build it once, iterate it at every evaluation).
 
   Every batch has ``batch_size // process_count`` rows (``batch_size`` is the global batch, as in
   `train_iterator`; one process: exactly ``batch_size``): the last ones are padded with zeros and
@@ -366,8 +387,7 @@ def eval_iterator(
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   ds = ds.take(num_batches * local_batch_size).batch(local_batch_size, drop_remainder=True)
   ds = ds.prefetch(int(data_config.prefetch))
-  ds = ds.with_options(_data_options())
-  return ds.as_numpy_iterator()
+  return ds.with_options(_data_options())
 
 
 def selected_iterator(

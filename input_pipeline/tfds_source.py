@@ -55,6 +55,7 @@ class TfdsData:
   config: ml_collections.ConfigDict  # the run's ``data`` section
   builder: tfds.core.DatasetBuilder
   vocab: text_lib.Vocabulary
+  _eval_datasets: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @property
   def name(self) -> str:
@@ -88,14 +89,19 @@ class TfdsData:
     process_index: int | None = None,
     process_count: int | None = None,
   ) -> Iterator[batching.Batch]:
-    return batching.eval_iterator(
-      self.builder,
-      self.config,
-      split,
-      batch_size=batch_size,
-      process_index=process_index,
-      process_count=process_count,
-    )
+    # Built once per split and shape (building traces the pipeline's functions: about a second
+    # on CPU), iterated afresh by each call: the loop evaluates every few steps.
+    key = (split, batch_size, process_index, process_count)
+    if key not in self._eval_datasets:
+      self._eval_datasets[key] = batching.eval_dataset(
+        self.builder,
+        self.config,
+        split,
+        batch_size=batch_size,
+        process_index=process_index,
+        process_count=process_count,
+      )
+    return self._eval_datasets[key].as_numpy_iterator()
 
   def selected_batches(
     self, split: str, indices: np.ndarray, *, batch_size: int
