@@ -426,8 +426,9 @@ TWO_DEVICE_TRAIN = {
   "train.image_grid_studies": 0,
 }
 TWO_DEVICE_STEPS = 4
-TWO_DEVICE_OVERRIDES = tuple(
-  f"--config.{k}={v!r}" for k, v in {**TWO_MODALITIES, **TWO_DEVICE_TRAIN}.items()
+TWO_DEVICE_OVERRIDES = tuple(  # a string field's flag takes the bare value, others a literal
+  f"--config.{k}={v if isinstance(v, str) else repr(v)}"
+  for k, v in {**TWO_MODALITIES, **TWO_DEVICE_TRAIN}.items()
 )
 
 
