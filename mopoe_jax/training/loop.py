@@ -3,11 +3,13 @@
 `train_and_evaluate` reads top to bottom: the run's settings; a check of the newest
 checkpoint's recorded fields against the config (`mopoe_jax.training.fingerprint`: a refused run
 compiles nothing); the programs (`mopoe_jax.training.programs.Programs.build`: traced once and
-kept beside the compilation cache, the train step compiling in the background); the state,
-restored from the newest checkpoint that restores (data position included; a damaged newer one
-is logged and set aside) or new; then `_Loop.train`, which feeds the step global batches, logs
-to the metric writer it is given, checkpoints with Orbax, evaluates the loss on the eval split
-and lowers the learning rate on a plateau (when ``train.plateau_factor`` < 1).
+kept beside the compilation cache, the train step compiling in the background unless the
+newest checkpoint is of the last step; the eval step and the image grids compiling meanwhile,
+or at the first evaluation of a run with nothing left to train); the state, restored from the
+newest checkpoint that restores (data position included; a damaged newer one is logged and set
+aside) or new; then `_Loop.train`, which feeds the step global batches, logs to the metric
+writer it is given, checkpoints with Orbax, evaluates the loss on the eval split and lowers the
+learning rate on a plateau (when ``train.plateau_factor`` < 1).
 
 A step's checkpoint is written before that step's evaluation runs; the evaluation is recorded
 as due in it, and as finished in ``<workdir>/loop_evaluated.json`` once it has run, so that a
@@ -345,8 +347,9 @@ class _Loop:
   mesh: Any
   fields: dict
   total_steps: int
-  # state -> the compiled eval step, and state -> the image grids (None: no grids): called at the
-  # first evaluation, so that a run that never evaluates compiles neither.
+  # state -> the compiled eval step, and state -> the image grids (None: no grids), called by
+  # `prepare_evaluation`: at the start when there is training left (they compile while the train
+  # step compiles in the background), else at the first evaluation (none: neither compiles).
   make_eval_step: Callable[[Any], Any]
   make_grids: Callable[[Any], TrainingGrids] | None
   plateau: Plateau
@@ -385,15 +388,19 @@ class _Loop:
       "eval_due": eval_due,
     }
 
+  def prepare_evaluation(self) -> None:
+    """Compiles the eval step and the image grids (once)."""
+    if self._eval_step is None:
+      self._eval_step = self.make_eval_step(self.state)
+      if self.make_grids is not None:
+        self._grids = self.make_grids(self.state)
+
   def evaluate(self) -> None:
     """Eval loss, grids and the plateau tracker at the current step (the learning rate may be
     re-scaled); its time is left out of the training clock (steps/s counts training time
     only). Recorded as finished (`EVALUATED_FILE`) so that a resumed run does not repeat it."""
     t, eval_tic = self.config.train, time.time()
-    if self._eval_step is None:
-      self._eval_step = self.make_eval_step(self.state)
-      if self.make_grids is not None:
-        self._grids = self.make_grids(self.state)
+    self.prepare_evaluation()
     metrics = evaluate_loss(
       self._eval_step, self.state, self.data, self.config, self.mesh, t.eval_batches
     )
@@ -606,6 +613,7 @@ def train_and_evaluate(
   train_iter = train_step_fn = None
   if loop.step < total_steps:  # (a newer checkpoint that did not restore: compiles only now)
     programs.compile_step(step_rng)
+    loop.prepare_evaluation()  # while the train step compiles
     train_iter = data.train_batches(
       global_batch_size=t.batch_size, seed=t.seed, start_step=loop.step
     )
