@@ -312,24 +312,9 @@ def train_iterator(
   return ds.as_numpy_iterator()
 
 
-def eval_iterator(
-  builder: tfds.core.DatasetBuilder,
-  data_config: ml_collections.ConfigDict,
-  split: str,
-  *,
-  batch_size: int,
-  process_index: int | None = None,
-  process_count: int | None = None,
-) -> Iterator[Batch]:
-  """One pass over this process's shard of ``split`` in fixed order (`eval_dataset`)."""
-  return eval_dataset(
-    builder,
-    data_config,
-    split,
-    batch_size=batch_size,
-    process_index=process_index,
-    process_count=process_count,
-  ).as_numpy_iterator()
+def eval_iterator(builder: tfds.core.DatasetBuilder, *args, **kwargs) -> Iterator[Batch]:
+  """One pass over `eval_dataset` (the same arguments) as numpy batches."""
+  return eval_dataset(builder, *args, **kwargs).as_numpy_iterator()
 
 
 def eval_dataset(
