@@ -76,7 +76,7 @@ def main(argv):
   ):
     return
   # TensorFlow (tf.data) must not take the accelerators that JAX uses.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from input_pipeline.tf_import import tf  # pylint: disable=g-import-not-at-top
 
   tf.config.set_visible_devices([], "GPU")
   from clu import metric_writers  # pylint: disable=g-import-not-at-top

@@ -48,10 +48,10 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import builders, integrity
+from input_pipeline.tf_import import tf
 from mopoe_jax.data import modalities
 from mopoe_jax.data import text as text_lib
 from mopoe_jax.platform.sharding import check_batch_divisible

@@ -19,7 +19,7 @@ import json
 import os
 import re
 
-import tensorflow as tf
+from input_pipeline.tf_import import tf
 
 _JSON_FILES = ("dataset_info.json", "features.json", "metadata.json")
 _TFRECORD_FRAMING_BYTES = 16  # length (8) + length crc (4) + data crc (4)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 
 from absl import app, flags, logging
-import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from input_pipeline.tf_import import tf
 
 
 def run(builder_class, manual_dir_help: str) -> None:

@@ -12,10 +12,10 @@ from typing import Iterator, Sequence
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import batching, integrity
+from input_pipeline.tf_import import tf
 from mopoe_jax.data import text as text_lib
 
 ATTRIBUTES_FEATURE = "attributes"

@@ -336,3 +336,53 @@ def test_the_locked_default_config_sets_every_pipeline_knob(builder, data_dir):
   )
   # require_complete (the paper's): one epoch is 3 batches of distinct complete studies.
   assert len(set(epoch)) == 24 and set(epoch) <= set(COMPLETE_TRAIN)
+
+
+@pytest.mark.timeout(180)
+def test_the_pipeline_imports_tensorflow_without_keras_and_keras_stays_importable():
+  """input_pipeline/tf_import.py: TensorFlow's eager import of Keras is skipped (a quarter of
+  its import time), and a later ``import keras`` still works."""
+  pytest.importorskip("keras")
+  script = textwrap.dedent("""
+      import sys
+      from input_pipeline import tfds_source
+      assert "tensorflow" in sys.modules
+      keras = sorted(m for m in sys.modules if m == "keras" or m.startswith("keras."))
+      assert not keras, keras[:5]
+      assert "keras.src.optimizers" not in sys.modules  # no block left behind
+      import keras.src.optimizers
+      print("OK")
+  """)
+  root = pathlib.Path(__file__).parents[1]
+  result = subprocess.run(
+    [sys.executable, "-c", script],
+    cwd=root,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=170,
+  )
+  assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_tensorflow_is_imported_through_tf_import_only():
+  """main.py and the input pipeline import TensorFlow through input_pipeline/tf_import.py; a
+  plain ``import tensorflow`` run first would load Keras with it."""
+  import ast  # pylint: disable=g-import-not-at-top
+
+  root = pathlib.Path(__file__).parents[1]
+  direct = []
+  for path in [root / "main.py", *sorted((root / "input_pipeline").rglob("*.py"))]:
+    if path.name == "tf_import.py":
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = (
+        [a.name for a in node.names]
+        if isinstance(node, ast.Import)
+        else [node.module or ""]
+        if isinstance(node, ast.ImportFrom)
+        else []
+      )
+      if any(n == "tensorflow" or n.startswith("tensorflow.") for n in names):
+        direct.append(f"{path.relative_to(root)}:{node.lineno}")
+  assert not direct, direct
