@@ -70,7 +70,9 @@ class JaxWorker:
       step_config = step_lib.StepConfig.from_config(config, model, pad_id=_common.PAD_ID)
       # As the training loop does: the init program runs once, compiled fast on CPU.
       init = self.compilation.compile_fast(
-        jax.jit(functools.partial(step_lib.init_state, model, config)), jax.random.PRNGKey(0)
+        jax.jit(functools.partial(step_lib.init_state, model, config)),
+        jax.random.PRNGKey(0),
+        runs_once=True,
       )
       self.setup = (key, config, model, step_config, init)
     _, config, model, step_config, init = self.setup

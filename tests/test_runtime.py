@@ -55,7 +55,7 @@ def test_planned_backend_finds_accelerator_plugins(monkeypatch):
   assert runtime.planned_backend({}) == "cpu"
 
 
-def test_fast_compile_options_only_on_cpu(monkeypatch):
+def test_fast_compile_options_on_cpu_and_the_init_follows_disable_most_optimizations(monkeypatch):
   seen = []
 
   class Lowered:
@@ -66,10 +66,19 @@ def test_fast_compile_options_only_on_cpu(monkeypatch):
     def lower(self, *args):
       return Lowered()
 
+  assert jax.config.read("jax_disable_most_optimizations")  # conftest.py's setting
   compilation.compile_fast(Jitted())
+  compilation.compile_fast(Jitted(), runs_once=True)  # the flag's own options (level 0)
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    compilation.compile_fast(Jitted(), runs_once=True)
+  finally:
+    jax.config.update("jax_disable_most_optimizations", True)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   compilation.compile_fast(Jitted())
-  assert seen == [compilation.FAST_COMPILE_OPTIONS, None]
+  compilation.compile_fast(Jitted(), runs_once=True)
+  fast = compilation.FAST_COMPILE_OPTIONS
+  assert seen == [fast, None, fast, None, None]
 
 
 _CACHED_COMPILE = """

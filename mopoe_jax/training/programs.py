@@ -218,7 +218,7 @@ class Programs:
   def init_state(self, init_rng):
     """A new train state (compiled with the fast-compile options)."""
     tic = time.perf_counter()
-    state = compilation.compile_fast(self.init_jit, init_rng)(init_rng)
+    state = compilation.compile_fast(self.init_jit, init_rng, runs_once=True)(init_rng)
     jax.block_until_ready(state)
     logging.info("Initialised the train state in %.1f s.", time.perf_counter() - tic)
     return state
