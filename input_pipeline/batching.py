@@ -418,7 +418,9 @@ def selected_iterator(
   )
   if data_config.require_complete:
     ds = ds.filter(_is_complete)
-  ds = ds.enumerate().filter(lambda i, ex: tf.gather(selected, i)).map(lambda i, ex: _select(ex))
+  # One lambda per line: AutoGraph cannot tell two on one line apart, and logs a warning for each.
+  ds = ds.enumerate().filter(lambda i, ex: tf.gather(selected, i))
+  ds = ds.map(lambda i, ex: _select(ex))
   ds = ds.map(_decode_images(builder), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda ex: {**ex, "valid": tf.constant(True)})
   padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
