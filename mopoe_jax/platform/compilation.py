@@ -80,11 +80,9 @@ def compile_fast(jitted, *example_args, runs_once: bool = False):
   evaluation's programs keep level 1 under the flag: their split and replicated forms agree bit
   for bit there, not at level 0 (tests/test_sharded_optimizer.py).
   """
-  options = None
-  if jax.default_backend() == "cpu":
-    options = FAST_COMPILE_OPTIONS
-    if runs_once and jax.config.read("jax_disable_most_optimizations"):
-      options = None
+  options = FAST_COMPILE_OPTIONS if jax.default_backend() == "cpu" else None
+  if runs_once and jax.config.read("jax_disable_most_optimizations"):
+    options = None
   return jitted.lower(*example_args).compile(compiler_options=options)
 
 
