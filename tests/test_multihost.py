@@ -1,7 +1,7 @@
 """A real two-process run: jax.distributed on a localhost coordinator, gloo collectives on CPU.
 
 Two main.py processes (one CPU device each, each reading its own shard of the data) train the
-tiny config with two modalities (conftest.TWO_MODALITIES) for 2 steps, checkpoint and stop; the
+tiny config with one modality (conftest.ONE_MODALITY) for 2 steps, checkpoint and stop; the
 same two commands then resume (neither process compiles any of the loop's programs again), train
 to step 4 and evaluate (process 0 evaluates, process 1 waits for it). The result must equal, bit for
 bit, one process with two devices fed the same global batches (tests/two_shards.py): both run

@@ -302,15 +302,14 @@ def test_two_devices_match_one_device(two_device_run, synthetic_tiny_dir, tmp_pa
     np.testing.assert_allclose([v for _, v in a], [v for _, v in b], rtol=2e-4, err_msg=tag)
   # Parameters. A bias feeding BatchNorm has an exactly zero gradient, which round-off makes
   # +-tiny; Adam turns that into a step of up to the learning rate either way. Such leaves (an
-  # Adam mean below 1e-6 of the largest; measured: <= 2e-7, every other leaf >= 4e-5) may
-  # differ by twice the learning rates summed over the steps. Every other leaf must move by the
-  # same update from the same start, up to round-off that Adam's first steps amplify where a
-  # gradient nearly cancels (its sign decides a step of the learning rate): measured over the
-  # 151 other leaves, the median within 1.3e-5 of the update's norm, 148 within 1e-3, the
-  # worst 1.8e-2 (the frontal decoder's last block; which leaves are worst depends on the
-  # initial values: 5e-5 at most from another init). Allowed: the median 1e-4, 90% of the
-  # leaves 1e-3, every leaf 5e-2; a run that did not train (or started elsewhere) differs by
-  # about 1 in every leaf.
+  # Adam mean below 1e-6 of the largest; measured: 18 leaves, <= 8e-8, every other leaf >=
+  # 2e-3) may differ by twice the learning rates summed over the steps. Every other leaf must
+  # move by the same update from the same start, up to round-off: measured over the 89 other
+  # leaves on jax 0.10 and 0.12, the median within 7e-7 of the update's norm, the worst 3.1e-5
+  # (a BatchNorm scale). Allowed: the median 1e-5, every leaf 1e-3; a run that did not train
+  # (or started elsewhere) differs by about 1 in every leaf. (With the frontal view as well,
+  # round-off that Adam's first steps amplify where a gradient nearly cancels reached 1.8e-2 in
+  # the image decoder's last block.)
   schedule = step_lib.learning_rate_schedule(config.train.learning_rate, config.train.warmup_steps)
   noise_atol = 2 * sum(float(schedule(t)) for t in range(TWO_DEVICE_STEPS))
   adam_mu = _by_path(one["opt_state"][0].inner_state[0].mu)
@@ -329,20 +328,19 @@ def test_two_devices_match_one_device(two_device_run, synthetic_tiny_dir, tmp_pa
     assert np.linalg.norm(update1) > 1e-4, path  # it trained
     relative[path] = np.linalg.norm(update1 - update2) / np.linalg.norm(update1)
   worst = sorted(relative.items(), key=lambda kv: -kv[1])[:5]
-  assert np.median(list(relative.values())) <= 1e-4, worst
-  assert np.mean([r <= 1e-3 for r in relative.values()]) >= 0.9, worst
-  assert worst[0][1] <= 5e-2, worst
+  assert np.median(list(relative.values())) <= 1e-5, worst
+  assert worst[0][1] <= 1e-3, worst
   # BatchNorm statistics: the running means see those biases too (measured over these 4 steps:
-  # up to 16% of their movement in the frontal decoder's blocks on jax 0.10, 15% on jax 0.12;
-  # 11% from another init); allowed 25%; statistics that did not move differ by 100%.
+  # up to 1.9% of their movement, in the report decoder's blocks); allowed 5%; statistics that
+  # did not move differ by 100%.
   stats0, stats1, stats2 = (
     _by_path(t) for t in (init.batch_stats, one["batch_stats"], two["batch_stats"])
   )
   assert stats1.keys() == stats2.keys() == stats0.keys() and stats1
   for path, b1 in stats1.items():
     b0, b2 = stats0[path], stats2[path]
-    assert np.linalg.norm(b1 - b0) > 5e-4, path  # measured: >= 2e-3
-    assert np.linalg.norm(b1 - b2) <= 0.25 * np.linalg.norm(b1 - b0), path
+    assert np.linalg.norm(b1 - b0) > 5e-4, path  # measured: >= 2.7e-2
+    assert np.linalg.norm(b1 - b2) <= 0.05 * np.linalg.norm(b1 - b0), path
 
 
 def test_evaluate_mode_restores_without_optimizer_state(straight_run, tmp_path):
