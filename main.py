@@ -76,10 +76,10 @@ def main(argv):
   ):
     return
   # TensorFlow (tf.data) must not take the accelerators that JAX uses.
-  from input_pipeline.tf_import import tf  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tf_import  # pylint: disable=g-import-not-at-top
 
-  tf.config.set_visible_devices([], "GPU")
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  tf_import.tf.config.set_visible_devices([], "GPU")
+  metric_writers = tf_import.metric_writers()  # clu, without Keras
   import jax  # pylint: disable=g-import-not-at-top
 
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top

@@ -1,5 +1,5 @@
-"""TensorFlow for the input pipeline (``from input_pipeline.tf_import import tf``), imported
-without the Keras optimizers that ``import tensorflow`` loads eagerly.
+"""TensorFlow for the input pipeline (``from input_pipeline.tf_import import tf``), and clu's
+metric writers (`metric_writers`), imported without Keras.
 
 TensorFlow 2.16+ imports ``keras.src.optimizers`` (and with it most of Keras) at import time,
 to register optimizers for SavedModel loading, and carries on without it if that import fails.
@@ -10,8 +10,10 @@ Where TensorFlow is already imported, this is a plain import.
 """
 
 import sys
+import types
 
 _EAGER_KERAS = "keras.src.optimizers"
+_HPARAMS_KERAS = "tensorboard.plugins.hparams._keras"
 
 if "tensorflow" in sys.modules or _EAGER_KERAS in sys.modules:
   import tensorflow as tf
@@ -23,4 +25,42 @@ else:
     if sys.modules.get(_EAGER_KERAS, 0) is None:
       del sys.modules[_EAGER_KERAS]
 
-__all__ = ["tf"]
+
+class _KerasCallback:
+  """Stands in for TensorBoard's hparams Keras callback while clu is imported; making one
+  imports the real module and returns its callback."""
+
+  def __new__(cls, *args, **kwargs):
+    if getattr(sys.modules.get(_HPARAMS_KERAS), "Callback", None) is cls:
+      del sys.modules[_HPARAMS_KERAS]  # made during clu's import: load the real module
+    from tensorboard.plugins.hparams import _keras  # pylint: disable=g-import-not-at-top
+
+    return _keras.Callback(*args, **kwargs)
+
+
+def metric_writers():
+  """``clu.metric_writers``, imported without loading Keras.
+
+  clu's TensorBoard writer imports ``tensorboard.plugins.hparams.api``, which imports the
+  hparams Keras callback; defining it touches ``tf.keras``, which loads all of Keras and with it
+  scikit-learn and SciPy: 1.9 CPU-s of the 2.0 that importing clu took (2-core AMD EPYC,
+  TensorFlow 2.21), paid by every main.py start that trains or evaluates. The writers never use
+  the callback: during clu's import that module is a stand-in (`_KerasCallback`); afterwards the
+  real one imports as before.
+  """
+  if "clu.metric_writers" not in sys.modules and _HPARAMS_KERAS not in sys.modules:
+    stand_in = types.ModuleType(_HPARAMS_KERAS)
+    stand_in.Callback = _KerasCallback
+    sys.modules[_HPARAMS_KERAS] = stand_in
+    try:
+      from clu import metric_writers as writers  # pylint: disable=g-import-not-at-top
+    finally:
+      if sys.modules.get(_HPARAMS_KERAS) is stand_in:
+        del sys.modules[_HPARAMS_KERAS]
+    return writers
+  from clu import metric_writers as writers  # pylint: disable=g-import-not-at-top
+
+  return writers
+
+
+__all__ = ["metric_writers", "tf"]

@@ -354,18 +354,31 @@ def test_selected_studies_are_read_without_autograph_warnings(builder, data_dir,
 
 
 @pytest.mark.timeout(180)
-def test_the_pipeline_imports_tensorflow_without_keras_and_keras_stays_importable():
+def test_the_pipeline_imports_tensorflow_without_keras_and_keras_stays_importable(tmp_path):
   """input_pipeline/tf_import.py: TensorFlow's eager import of Keras is skipped (a quarter of
-  its import time), and a later ``import keras`` still works."""
+  its import time), so is the one of clu's writers (TensorBoard's hparams Keras callback), and
+  Keras, the writers and that callback still work afterwards."""
   pytest.importorskip("keras")
-  script = textwrap.dedent("""
+  script = textwrap.dedent(f"""
       import sys
-      from input_pipeline import tfds_source
+      from input_pipeline import tfds_source, tf_import
       assert "tensorflow" in sys.modules
+      metric_writers = tf_import.metric_writers()
+      assert "clu.metric_writers" in sys.modules
       keras = sorted(m for m in sys.modules if m == "keras" or m.startswith("keras."))
       assert not keras, keras[:5]
       assert "keras.src.optimizers" not in sys.modules  # no block left behind
+      assert "tensorboard.plugins.hparams._keras" not in sys.modules  # no stand-in left behind
+      writer = metric_writers.create_default_writer({str(tmp_path)!r})
+      writer.write_scalars(1, {{"loss": 1.0}})
+      writer.write_hparams({{"lr": 0.1}})
+      writer.close()
       import keras.src.optimizers
+      from tensorboard.plugins.hparams import api, _keras
+      import tensorflow as tf
+      callback = api.KerasCallback({str(tmp_path / "hp")!r}, {{"lr": 0.1}})
+      assert type(callback) is _keras.Callback, type(callback)
+      assert isinstance(callback, tf.keras.callbacks.Callback)
       print("OK")
   """)
   root = pathlib.Path(__file__).parents[1]
@@ -381,8 +394,9 @@ def test_the_pipeline_imports_tensorflow_without_keras_and_keras_stays_importabl
 
 
 def test_tensorflow_is_imported_through_tf_import_only():
-  """main.py and the input pipeline import TensorFlow through input_pipeline/tf_import.py; a
-  plain ``import tensorflow`` run first would load Keras with it."""
+  """main.py and the input pipeline import TensorFlow and clu through
+  input_pipeline/tf_import.py; a plain ``import tensorflow`` or ``from clu import ...`` run first
+  would load Keras with it."""
   import ast  # pylint: disable=g-import-not-at-top
 
   root = pathlib.Path(__file__).parents[1]
@@ -398,6 +412,6 @@ def test_tensorflow_is_imported_through_tf_import_only():
         if isinstance(node, ast.ImportFrom)
         else []
       )
-      if any(n == "tensorflow" or n.startswith("tensorflow.") for n in names):
+      if any(n.split(".")[0] in ("tensorflow", "clu") for n in names):
         direct.append(f"{path.relative_to(root)}:{node.lineno}")
   assert not direct, direct
