@@ -20,10 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv):
   del argv
   from absl import logging  # pylint: disable=g-import-not-at-top
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from conftest import two_device_config  # pylint: disable=g-import-not-at-top
 
-  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tf_import, tfds_source  # pylint: disable=g-import-not-at-top
   from mopoe_jax.evaluation import evaluate
   from mopoe_jax.platform import paths, runtime
 
@@ -32,6 +31,7 @@ def main(argv):
   from mopoe_jax.training import loop as train
 
   logging.info("XLA_FLAGS=%s", runtime.apply_defaults())
+  metric_writers = tf_import.metric_writers()  # as main.py: clu without Keras
   config = two_device_config(FLAGS.data_dir, num_steps=FLAGS.num_steps)
   config.train.compilation_cache_dir = paths.join(FLAGS.workdir, "xla_cache")
   config.eval.evaluators = ("likelihood",)

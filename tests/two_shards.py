@@ -68,13 +68,13 @@ class TwoShards:
 def main(argv):
   del argv
   from absl import logging  # pylint: disable=g-import-not-at-top
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
-  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tf_import, tfds_source  # pylint: disable=g-import-not-at-top
   from mopoe_jax.platform import runtime  # pylint: disable=g-import-not-at-top
   from mopoe_jax.training import loop as train
 
   logging.info("XLA_FLAGS=%s", runtime.apply_defaults())  # as main.py
+  metric_writers = tf_import.metric_writers()  # as main.py: clu without Keras
   config = FLAGS.config
   if config.train.compilation_cache_dir:
     runtime.enable_compilation_cache(config.train.compilation_cache_dir)
