@@ -21,6 +21,8 @@ from mopoe_jax.data import labels as labels_lib
 from mopoe_jax.data import visualize
 from mopoe_jax.evaluation import charts, classifiers, evaluate, likelihood
 from mopoe_jax.evaluation import probes as probes_lib
+from mopoe_jax.platform import sharding
+from mopoe_jax.training import programs
 from mopoe_jax.vae import model as model_lib
 from mopoe_jax.vae import subsets
 
@@ -44,10 +46,11 @@ def evaluated(synthetic_tiny_dir, tmp_path_factory):
   data = load_data(config)
   vocab = data.vocab
   model = model_lib.create_model(config, len(vocab))
-  batch = next(data.eval_batches("train", batch_size=8))
-  inputs, available = model_lib.inputs_from_batch(batch, model.modalities)
-  rngs = {name: jax.random.key(i) for i, name in enumerate(("params", "sample", "dropout"))}
-  variables = jax.jit(model.init, static_argnums=3)(rngs, inputs, available, False)
+  # An untrained model, initialised by the training loop's own init program (tests/test_train.py
+  # compiles it; the persistent cache usually holds it by now).
+  init_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))[0]
+  state = programs.init_program(config, model, sharding.make_data_mesh())(init_rng)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
   workdir = str(tmp_path_factory.mktemp("workdir"))
   writer = RecordingWriter()
   results = evaluate.run_evaluation(config, workdir, model, variables, data, writer=writer)
