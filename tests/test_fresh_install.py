@@ -164,15 +164,15 @@ def test_the_readme_job_imports_only_declared_distributions(subprocess_cache_dir
   assert "This run is finished: trained to step 4 and evaluated there" in again.stderr
   assert "Dataset synthetic_cxr/tiny" not in again.stderr and "Evaluator" not in again.stderr
 
-  # Other evaluators make another run (two cheap ones here): killed (SIGKILL) in the middle of
-  # its evaluation, the next start evaluates again (training is done), and only then is it
-  # finished.
-  other = [*plain, "--config.eval.evaluators=('probes', 'generation')"]
+  # Other evaluators make another run (the two cheapest: no scikit-learn, no classifiers):
+  # killed (SIGKILL) in the middle of its evaluation, the next start evaluates again (training
+  # is done), and only then is it finished.
+  other = [*plain, "--config.eval.evaluators=('generation', 'likelihood')"]
   log_path = tmp_path / "killed.log"
   proc, sent, log = signal_when(
     other,
     log_path,
-    lambda: "Evaluator probes done" in log_path.read_text(),
+    lambda: "Evaluator generation done" in log_path.read_text(),
     signal.SIGKILL,
     timeout_s=600,
     env=env,
@@ -184,7 +184,7 @@ def test_the_readme_job_imports_only_declared_distributions(subprocess_cache_dir
   )
   assert resumed.returncode == 0, resumed.stderr[-4000:]
   assert "This run is finished" not in resumed.stderr
-  assert "Evaluator probes done" in resumed.stderr and "Tables: " in resumed.stderr
+  assert "Evaluator likelihood done" in resumed.stderr and "Tables: " in resumed.stderr
   finished = subprocess.run(
     other, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
   )
