@@ -28,11 +28,10 @@ else:
 
 class _KerasCallback:
   """Stands in for TensorBoard's hparams Keras callback while clu is imported; making one
-  imports the real module and returns its callback."""
+  imports the real module (the stand-in is gone from sys.modules by then) and returns its
+  callback."""
 
   def __new__(cls, *args, **kwargs):
-    if getattr(sys.modules.get(_HPARAMS_KERAS), "Callback", None) is cls:
-      del sys.modules[_HPARAMS_KERAS]  # made during clu's import: load the real module
     from tensorboard.plugins.hparams import _keras  # pylint: disable=g-import-not-at-top
 
     return _keras.Callback(*args, **kwargs)
@@ -48,18 +47,16 @@ def metric_writers():
   the callback: during clu's import that module is a stand-in (`_KerasCallback`); afterwards the
   real one imports as before.
   """
+  stand_in = None
   if "clu.metric_writers" not in sys.modules and _HPARAMS_KERAS not in sys.modules:
     stand_in = types.ModuleType(_HPARAMS_KERAS)
     stand_in.Callback = _KerasCallback
     sys.modules[_HPARAMS_KERAS] = stand_in
-    try:
-      from clu import metric_writers as writers  # pylint: disable=g-import-not-at-top
-    finally:
-      if sys.modules.get(_HPARAMS_KERAS) is stand_in:
-        del sys.modules[_HPARAMS_KERAS]
-    return writers
-  from clu import metric_writers as writers  # pylint: disable=g-import-not-at-top
-
+  try:
+    from clu import metric_writers as writers  # pylint: disable=g-import-not-at-top
+  finally:
+    if stand_in is not None and sys.modules.get(_HPARAMS_KERAS) is stand_in:
+      del sys.modules[_HPARAMS_KERAS]
   return writers
 
 
