@@ -434,6 +434,17 @@ TWO_DEVICE_OVERRIDES = tuple(  # a string field's flag takes the bare value, oth
 )
 
 
+def loop_initial_state(config, model):
+  """The train state a run of ``config`` starts from on this process's devices: the training
+  loop's own init program and init key (one compile per config, shared with the loop's runs
+  through the persistent cache)."""
+  from mopoe_jax.platform import sharding  # pylint: disable=g-import-not-at-top
+  from mopoe_jax.training import programs  # pylint: disable=g-import-not-at-top
+
+  init_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))[0]
+  return programs.init_program(config, model, sharding.make_data_mesh())(init_rng)
+
+
 def two_device_config(data_dir: str, **train_overrides):
   """`tiny_config` with `ONE_MODALITY` and the train fields of `TWO_DEVICE_OVERRIDES`."""
   config = tiny_config(

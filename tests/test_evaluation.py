@@ -9,7 +9,7 @@ import json
 import os
 import types
 
-from conftest import RecordingWriter, load_data, tiny_config
+from conftest import RecordingWriter, load_data, loop_initial_state, tiny_config
 import jax
 import numpy as np
 from PIL import Image
@@ -21,8 +21,6 @@ from mopoe_jax.data import labels as labels_lib
 from mopoe_jax.data import visualize
 from mopoe_jax.evaluation import charts, classifiers, evaluate, likelihood
 from mopoe_jax.evaluation import probes as probes_lib
-from mopoe_jax.platform import sharding
-from mopoe_jax.training import programs
 from mopoe_jax.vae import model as model_lib
 from mopoe_jax.vae import subsets
 
@@ -48,8 +46,7 @@ def evaluated(synthetic_tiny_dir, tmp_path_factory):
   model = model_lib.create_model(config, len(vocab))
   # An untrained model, initialised by the training loop's own init program (tests/test_train.py
   # compiles it; the persistent cache usually holds it by now).
-  init_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))[0]
-  state = programs.init_program(config, model, sharding.make_data_mesh())(init_rng)
+  state = loop_initial_state(config, model)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   workdir = str(tmp_path_factory.mktemp("workdir"))
   writer = RecordingWriter()

@@ -12,6 +12,7 @@ from conftest import (
   TWO_DEVICE_STEPS,
   assert_trees_equal,
   load_data,
+  loop_initial_state,
   restored_state_tree,
   state_tree,
   tiny_config,
@@ -289,8 +290,7 @@ def test_two_devices_match_one_device(two_device_run, synthetic_tiny_dir, tmp_pa
   assert not [t for t in _tags(one_dir) | _tags(two_dir) if t.startswith("generation/")]
   # The initial state, as train_and_evaluate makes it (the same program, already compiled).
   model = model_lib.create_model(config, len(data.vocab))
-  init_rng = jax.random.split(jax.random.PRNGKey(config.train.seed))[0]
-  init = jax.device_get(programs.init_program(config, model, sharding.make_data_mesh())(init_rng))
+  init = jax.device_get(loop_initial_state(config, model))
   one, two = (restored_state_tree(config, d, TWO_DEVICE_STEPS) for d in (one_dir, two_dir))
   assert jax.tree.structure(one) == jax.tree.structure(two)
 
