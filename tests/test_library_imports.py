@@ -47,7 +47,9 @@ def test_no_library_module_imports_the_data_side():
 def test_every_library_module_imports_where_tensorflow_cannot_be_imported():
   """Each mopoe_jax module imports, and the train step traces, where `import tensorflow` and
   `import tensorflow_datasets` raise ImportError. The step runs there too: the JAX benchmark
-  worker trains with both blocked (tests/test_benchmarks.py)."""
+  worker trains with both blocked (tests/test_benchmarks.py). No module loads scikit-learn or
+  Matplotlib when imported: the probes, coherence and charts import them when they run, so a
+  training start (or an evaluation without them) does not pay for them."""
   script = textwrap.dedent(f"""
       import sys
       for name in ("tensorflow", "tensorflow_datasets"):
@@ -74,6 +76,8 @@ def test_every_library_module_imports_where_tensorflow_cannot_be_imported():
       assert metrics["loss"].shape == ()
       loaded = {{m.split(".")[0] for m, v in sys.modules.items() if v}}
       assert not loaded & {{"tensorflow", "tensorflow_datasets", "clu", "input_pipeline"}}
+      # Loaded by the evaluators that use them, not by an import (2-3 CPU-s of every start).
+      assert not loaded & {{"sklearn", "matplotlib"}}, loaded & {{"sklearn", "matplotlib"}}
       print("OK", len(names))
       """)
   env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 import numpy as np
 
 from mopoe_jax.platform import paths
@@ -64,6 +62,11 @@ def interval_bar_chart(
   base = _array(baselines)
   x = np.arange(len(names))
   ticks = [n.replace("+", "+\n") for n in names]
+
+  # Matplotlib is imported here, where a chart is drawn: runs that draw none (training, the
+  # evaluators without charts) do not load it.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   fig = Figure(figsize=(size[0] / _DPI, size[1] / _DPI), dpi=_DPI, layout="constrained")
   FigureCanvasAgg(fig)

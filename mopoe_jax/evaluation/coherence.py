@@ -19,8 +19,9 @@ from typing import Sequence
 from absl import logging
 import ml_collections
 import numpy as np
-from sklearn import metrics as sklearn_metrics
 
+# scikit-learn is imported where it is used (`_average_precisions`): only runs that score
+# coherence load it.
 from mopoe_jax.data.datasource import DataSource
 from mopoe_jax.data.labels import PROBE_LABELS
 from mopoe_jax.evaluation import classifiers as classifiers_lib
@@ -95,6 +96,8 @@ def _average_precisions(
   targets: np.ndarray, scores: np.ndarray, rows: np.ndarray, label_names: Sequence[str], split: str
 ):
   """{label: AP or None}, {label: reason} over ``rows`` of targets/scores [N, L]."""
+  from sklearn import metrics as sklearn_metrics  # pylint: disable=g-import-not-at-top
+
   values, skipped = {}, {}
   for j, label in enumerate(label_names):
     y = targets[rows, j]

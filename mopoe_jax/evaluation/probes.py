@@ -29,11 +29,9 @@ import warnings
 from absl import logging
 import ml_collections
 import numpy as np
-from scipy import stats
-from sklearn import exceptions as sklearn_exceptions
-from sklearn import linear_model
-from sklearn import metrics as sklearn_metrics
 
+# scikit-learn and SciPy are imported in the functions that use them: a run that trains, or
+# evaluates without probes, does not load them (with Matplotlib, about 2-3 CPU-s per start).
 from mopoe_jax.data.labels import PROBE_LABELS
 from mopoe_jax.evaluation.common import (
   HEADLINE_LABEL,
@@ -78,6 +76,8 @@ def legacy_average_precision(y_true: np.ndarray, hard_predictions: np.ndarray) -
   numbers only, labelled LEGACY; it is not an average precision of the probe. With no positive
   prediction it is 0.
   """
+  from sklearn import metrics as sklearn_metrics  # pylint: disable=g-import-not-at-top
+
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # "No positive class found in y_true"
     return float(
@@ -94,6 +94,9 @@ def fit_probe(
 
   Returns (P(positive) [N_test], hard 0/1 predictions [N_test], converged).
   """
+  from sklearn import exceptions as sklearn_exceptions  # pylint: disable=g-import-not-at-top
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+
   probe = linear_model.LogisticRegression(solver="lbfgs", max_iter=max_iter)
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", sklearn_exceptions.ConvergenceWarning)
@@ -181,6 +184,8 @@ def mean_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> dic
   if n < 2:
     return {"mean": mean, "std": None, "interval": None, "n": n}
   std = float(x.std(ddof=1))
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
   half = float(stats.t.ppf((1.0 + level) / 2.0, df=n - 1)) * std / math.sqrt(n)
   return {"mean": mean, "std": std, "interval": [mean - half, mean + half], "n": n}
 
@@ -535,6 +540,8 @@ def _fit_subset(
   test_split: str,
 ) -> _SubsetFits:
   """One subset's probes: per label, a fit on each draw's rows, scored on the test rows."""
+  from sklearn import metrics as sklearn_metrics  # pylint: disable=g-import-not-at-top
+
   repeats = len(draw_rows)
   out = _SubsetFits(
     values={"standard": {}, "legacy": {}}, skipped={}, prevalence={}, not_converged=0
