@@ -14,11 +14,20 @@ processes and each one's id (docs/training.md#training-on-several-hosts). Every 
 can be overridden, e.g. --config.train.batch_size=128.
 """
 
+import gc
 import logging as logging_std
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+# Python's cyclic garbage collector runs a young collection every 700 net allocations of
+# containers, and now and then a full one over every object of TensorFlow, JAX and their
+# traces (about 0.2 s each). Importing and tracing allocate millions: at the default a training
+# start spent 2.2 CPU-s collecting (8 full collections), at 10,000 it spends 0.6 and none is
+# full (tiny config, warm cache, 2-core AMD EPYC, Python 3.12). Garbage is still collected, in
+# larger batches; the training loop's own steps allocate little.
+gc.set_threshold(10_000, 10, 10)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
