@@ -99,9 +99,11 @@ def test_killed_during_a_save_and_preempted_then_the_same_command_ends_as_an_uni
   assert sent and proc.returncode == 143, log[-4000:]
   assert "incomplete checkpoint write(s) left by an interrupted save" in log
   assert f"Resumed from step {latest}" in log
-  # The restart loads the traced step that an earlier start stored (compilation.StoredProgram):
-  # the end state below, equal to the straight run's, is computed by that stored program.
-  assert "Loaded the traced train_step" in log, log[-4000:]
+  # The restart loads the traced step, eval step and image grids that an earlier start stored
+  # (compilation.StoredProgram): the end state below, equal to the straight run's, is computed
+  # by that stored step.
+  for name in ("train_step", "eval_step", "image_grids"):
+    assert f"Loaded the traced {name}" in log, (name, log[-4000:])
   match = re.search(
     r"Preempted at step (\d+); the checkpoint of step \1 is in (\S+)\. Rerun "
     "the same command to resume",

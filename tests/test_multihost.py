@@ -133,8 +133,9 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
     for log in logs
   )
   assert all("Resumed from step 2" in log for log in logs)
-  # Both processes load the step that phase 1 traced and stored, and still match (below).
+  # Both processes load the steps that phase 1 traced and stored, and still match (below).
   assert all("Loaded the traced train_step" in log for log in logs)
+  assert all("Loaded the traced eval_step" in log for log in logs)
   assert "Process 1: process 0 evaluates; waiting for it" in logs[1]
   # Neither process compiles any of the loop's programs: each loads them from the persistent
   # cache, process 1 its own entries (runtime.store_compiles_on_every_process; JAX stores

@@ -41,14 +41,29 @@ class TrainingGrids:
     n = config.train.image_grid_studies
     batch = next(data.eval_batches(config.data.eval_split, batch_size=n))
     self._batch = sharding.to_global_batch({k: batch[k] for k in MODEL_KEYS}, mesh)
-    jitted = compilation.jitted_once(
-      (_generate, model, self._modalities, mesh),
-      lambda: jax.jit(
+    variables = self._variables(state)
+    # Traced once and kept on disk as the train step is (a restart loads it untraced).
+    args = (variables, self._batch)
+    key = compilation.program_key(
+      "image_grids",
+      model,
+      self._modalities,
+      str(jax.tree.structure(args)),
+      [(x.shape, str(x.dtype), str(x.sharding)) for x in jax.tree.leaves(args)],
+      [(d.id, d.device_kind) for d in mesh.devices.flat],
+    )
+    program = compilation.jitted_once(
+      ("stored image grids", key),
+      lambda: compilation.StoredProgram(
         functools.partial(_generate, model, self._modalities),
+        name="image_grids",
+        key=key,
+        directory=compilation.stored_programs_dir(config.train.compilation_cache),
+        in_shardings=jax.tree.map(lambda x: x.sharding, args),
         out_shardings=sharding.replicated(mesh),
       ),
     )
-    self._fn = compilation.compile_fast(jitted, self._variables(state), self._batch)
+    self._fn = compilation.compile_fast(program, *args)
 
   @staticmethod
   def _variables(state) -> dict:

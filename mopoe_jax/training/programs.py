@@ -5,7 +5,7 @@
 - the train step (`train_program`): traced once and kept on disk beside the compilation cache
   (`compilation.StoredProgram`), so that a restart neither traces nor lowers it; `build` starts
   its compile in a background thread, which runs while the state is initialised or restored;
-- the eval step (`Programs.eval_step`).
+- the eval step (`eval_program`, `Programs.eval_step`): kept on disk as the train step is.
 
 A program's key (what makes a stored step stale) comes from the model, the step's settings,
 the state's structure and shapes, the devices, and the config (`trace_settings`) less the fields
@@ -29,7 +29,7 @@ from mopoe_jax.platform import compilation, sharding, speed
 from mopoe_jax.training.step import (
   StateSharding,
   StepConfig,
-  eval_step,
+  eval_sums,
   gather_sharding,
   init_state,
   train_step,
@@ -156,6 +156,40 @@ def train_program(
   )
 
 
+def eval_program(
+  settings: str, model, step_config: StepConfig, mesh, abstract, batch_shape, directory
+) -> compilation.StoredProgram:
+  """`eval_sums` over ``mesh`` as a `compilation.StoredProgram` (traced once, kept in
+  ``directory``, loaded untraced by a restart): the parameters and BatchNorm statistics laid out
+  as ``abstract``'s shardings say, the batch (``batch_shape``, with 'valid') sharded, the sums
+  replicated. ``settings``: `trace_settings` of the config. One object per program in this
+  process."""
+  variables = (abstract.params, abstract.batch_stats)
+  gather = gather_sharding(abstract)
+  key = compilation.program_key(
+    "eval_step",
+    model,
+    step_config,
+    settings,
+    str(jax.tree.structure(variables)),
+    [(x.shape, str(x.dtype), str(x.sharding)) for x in jax.tree.leaves(variables)],
+    sorted((k, v.shape, str(v.dtype), str(v.sharding)) for k, v in batch_shape.items()),
+    [(d.id, d.device_kind) for d in mesh.devices.flat],
+  )
+  params_shardings, stats_shardings = jax.tree.map(lambda x: x.sharding, variables)
+  return compilation.jitted_once(
+    ("stored eval step", key),
+    lambda: compilation.StoredProgram(
+      functools.partial(eval_sums, model=model, step_config=step_config, gather=gather),
+      name="eval_step",
+      key=key,
+      directory=directory,
+      in_shardings=(params_shardings, stats_shardings, sharding.batch_sharded(mesh)),
+      out_shardings=sharding.replicated(mesh),
+    ),
+  )
+
+
 def _tree_step(flat_step, treedef):
   """``(state, batch, rng) -> (state, metrics)`` from the compiled `_flat_train_step`."""
 
@@ -177,6 +211,8 @@ class Programs:
   model: Any
   step_config: StepConfig
   mesh: Any
+  settings: str = ""  # `trace_settings` of the config: part of the eval step's key
+  stored_dir: str | None = None  # where the traced programs are kept (None: nowhere)
   _compile: compilation.BackgroundCompile | None = None
 
   @classmethod
@@ -199,7 +235,17 @@ class Programs:
       model_lib.dummy_batch(config, config.train.batch_size), sharding.batch_sharded(mesh)
     )
     stored = train_program(config, model, step_config, mesh, abstract, batch_shape)
-    programs = cls(init_jit, abstract, batch_shape, stored, model, step_config, mesh)
+    programs = cls(
+      init_jit,
+      abstract,
+      batch_shape,
+      stored,
+      model,
+      step_config,
+      mesh,
+      settings=trace_settings(config),
+      stored_dir=compilation.stored_programs_dir(config.train.compilation_cache),
+    )
     if step_rng is not None:
       programs.compile_step(step_rng)
     return programs
@@ -232,23 +278,13 @@ class Programs:
     return speed.program_flops(self._compile.result())
 
   def eval_step(self, state, batch_size: int):
-    """The compiled eval step: ``(state, batch with 'valid') -> sums``."""
-    replicated, sharded = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
-    model, step_config = self.model, self.step_config
-    gather = gather_sharding(self.abstract)
+    """The compiled eval step: ``(state, batch with 'valid') -> sums`` (`eval_program`)."""
+    sharded = sharding.batch_sharded(self.mesh)
     shape = dict(
       self.batch_shape, valid=jax.ShapeDtypeStruct((batch_size,), np.bool_, sharding=sharded)
     )
-    return compilation.compile_fast(
-      compilation.jitted_once(
-        (eval_step, model, step_config, self.mesh, gather),
-        lambda: jax.jit(
-          functools.partial(eval_step, model=model, step_config=step_config, gather=gather),
-          # A split state comes with its arrays' own shardings.
-          in_shardings=(replicated if gather is None else None, sharded),
-          out_shardings=replicated,
-        ),
-      ),
-      state,
-      shape,
+    program = eval_program(
+      self.settings, self.model, self.step_config, self.mesh, self.abstract, shape, self.stored_dir
     )
+    compiled = compilation.compile_fast(program, state.params, state.batch_stats, shape)
+    return lambda state, batch: compiled(state.params, state.batch_stats, batch)

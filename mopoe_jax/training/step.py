@@ -394,6 +394,14 @@ def train_step(state: TrainState, batch: dict, rng, *, model, step_config: StepC
 def eval_step(state: TrainState, batch: dict, *, model, step_config: StepConfig, gather=None):
   """`objective.sums` of the batch's real rows (eval mode, fixed rng); add over batches.
   ``gather``: as in `train_step`."""
-  variables = {"params": _whole(state.params, gather), "batch_stats": state.batch_stats}
+  return eval_sums(
+    state.params, state.batch_stats, batch, model=model, step_config=step_config, gather=gather
+  )
+
+
+def eval_sums(params, batch_stats, batch: dict, *, model, step_config: StepConfig, gather=None):
+  """`eval_step` of the parameters and BatchNorm statistics alone (dicts of arrays, what
+  `mopoe_jax.platform.compilation.StoredProgram` keeps on disk)."""
+  variables = {"params": _whole(params, gather), "batch_stats": batch_stats}
   terms, available, _ = _terms(model, step_config, variables, batch, jax.random.PRNGKey(0), False)
   return objective.sums(terms, step_config.subset_names, available, row_weight=batch["valid"])
