@@ -205,6 +205,18 @@ def program_key(*parts) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def layout_key(mesh, *args) -> tuple:
+  """The part of a program's key (`program_key`) that its arguments and devices make: the
+  arguments' tree structure, each leaf's shape, dtype and sharding (arrays or shape structs), and
+  ``mesh``'s devices with their kind (compile-only devices of two GPU or TPU kinds have the same
+  ids)."""
+  return (
+    str(jax.tree.structure(args)),
+    [(x.shape, str(x.dtype), str(x.sharding)) for x in jax.tree.leaves(args)],
+    [(d.id, d.device_kind) for d in mesh.devices.flat],
+  )
+
+
 def stored_programs_dir(enabled: bool = True) -> str | None:
   """``<compilation cache>/lowered``, or None when ``enabled`` is False or JAX's persistent
   compilation cache is off (no directory set)."""

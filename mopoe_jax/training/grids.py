@@ -45,12 +45,7 @@ class TrainingGrids:
     # Traced once and kept on disk as the train step is (a restart loads it untraced).
     args = (variables, self._batch)
     key = compilation.program_key(
-      "image_grids",
-      model,
-      self._modalities,
-      str(jax.tree.structure(args)),
-      [(x.shape, str(x.dtype), str(x.sharding)) for x in jax.tree.leaves(args)],
-      [(d.id, d.device_kind) for d in mesh.devices.flat],
+      "image_grids", model, self._modalities, compilation.layout_key(mesh, *args)
     )
     program = compilation.jitted_once(
       ("stored image grids", key),

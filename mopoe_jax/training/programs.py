@@ -134,11 +134,7 @@ def train_program(
     model,
     step_config,
     trace_settings(config),
-    str(treedef),
-    [(x.shape, str(x.dtype), str(x.sharding)) for x in jax.tree.leaves(abstract)],
-    sorted((k, v.shape, str(v.dtype), str(v.sharding)) for k, v in batch_shape.items()),
-    # The devices' kind too: compile-only devices of two GPU or TPU kinds have the same ids.
-    [(d.id, d.device_kind) for d in mesh.devices.flat],
+    compilation.layout_key(mesh, abstract, batch_shape),
   )
   return compilation.jitted_once(
     ("stored train step", key),
@@ -167,14 +163,7 @@ def eval_program(
   variables = (abstract.params, abstract.batch_stats)
   gather = gather_sharding(abstract)
   key = compilation.program_key(
-    "eval_step",
-    model,
-    step_config,
-    settings,
-    str(jax.tree.structure(variables)),
-    [(x.shape, str(x.dtype), str(x.sharding)) for x in jax.tree.leaves(variables)],
-    sorted((k, v.shape, str(v.dtype), str(v.sharding)) for k, v in batch_shape.items()),
-    [(d.id, d.device_kind) for d in mesh.devices.flat],
+    "eval_step", model, step_config, settings, compilation.layout_key(mesh, variables, batch_shape)
   )
   params_shardings, stats_shardings = jax.tree.map(lambda x: x.sharding, variables)
   return compilation.jitted_once(
