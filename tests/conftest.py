@@ -27,6 +27,18 @@ if not os.environ.get("MOPOE_TEST_XLA_CACHE"):
   os.environ["MOPOE_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="mopoe_jax_test_xla_cache.")
   atexit.register(shutil.rmtree, os.environ["MOPOE_TEST_XLA_CACHE"], ignore_errors=True)
 
+# The libraries' own temporary files, in a folder of each pytest-xdist worker (and of every
+# process it starts: TMPDIR), removed when the worker ends. tensorflow-datasets leaves an empty
+# tmp*tfds folder for every builder made before its data is prepared (it makes one for a GCS
+# download that it then skips), TensorFlow's autograph a source file per function it converts:
+# ~80 per suite run, never removed. Workers only: where pytest computes its own base folder (a
+# run without xdist, xdist's controller) it follows TMPDIR, and would then be deleted with it.
+if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("MOPOE_TEST_TMPDIR"):
+  os.environ["MOPOE_TEST_TMPDIR"] = os.environ["TMPDIR"] = tempfile.tempdir = tempfile.mkdtemp(
+    prefix=f"mopoe_jax_test_tmp.{os.environ['PYTEST_XDIST_WORKER']}."
+  )
+  atexit.register(shutil.rmtree, os.environ["MOPOE_TEST_TMPDIR"], ignore_errors=True)
+
 import jax  # noqa: E402
 
 from mopoe_jax.platform import runtime  # noqa: E402
